@@ -1,0 +1,155 @@
+"""The `rmserve` command: train, export, eval, serve.
+
+Training subcommands import `training` (torch, transformers) only when they run, so a serving install
+without the `train` extra still has a working `rmserve serve` and `rmserve eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import types
+import typing
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.bundle import BundleError
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        kind = hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            continue
+        if isinstance(kind, types.UnionType):  # "int | None" -> int
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default_text = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument(flag, type=kind, default=f.default, help=help_text + default_text)
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+    from service.settings import Settings
+
+    for name, info in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = "RMSERVE_" + name.upper()
+        parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {info.default}]")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, train
+
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    train(config)
+    if args.export_to:
+        from training.export import export_bundle
+
+        export_bundle(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_bundle
+
+    export_bundle(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_bundle
+
+    metrics = evaluate_bundle(args.bundle, args.data, args.limit, device=args.device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"bundle {metrics['bundle_id']} on {metrics['data']}: {metrics['pairs']} pairs, "
+              f"accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, mean margin {metrics['mean_margin']:.4f}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.bundle import load_bundle
+    from service.http_app import create_app
+    from service.settings import Settings
+
+    given: dict[str, Any] = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
+    try:
+        settings = Settings(**given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rmserve", description="Train, export and serve reward models for RLHF.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="Train a pairwise (Bradley–Terry) reward model.",
+                           description="Train a reward model on preference pairs and save a checkpoint.")
+    from training.config import TrainConfig
+
+    _add_dataclass_options(train, TrainConfig)
+    train.add_argument("--export-to", metavar="DIR", default=None,
+                       help="After training, export the checkpoint to a bundle in DIR (as `rmserve export`).")
+    train.set_defaults(handler=_cmd_train)
+
+    export = sub.add_parser("export", help="Export a checkpoint to an ONNX bundle.",
+                            description="Export a trained checkpoint to a bundle (model.onnx, tokenizer.json, "
+                            "bundle.json), after checking ONNX Runtime against torch on a padded batch.")
+    export.add_argument("--checkpoint", required=True, help="Checkpoint directory written by `rmserve train`.")
+    export.add_argument("--output", required=True, help="Bundle directory to write.")
+    export.add_argument("--dev-data", default=None,
+                        help="Pairs for normalization stats and the dev report. Default: the checkpoint's dev data.")
+    export.add_argument("--limit-dev", type=int, default=None, help="Use only the first N dev pairs.")
+    export.set_defaults(handler=_cmd_export)
+
+    evaluate = sub.add_parser("eval", help="Measure a bundle's pairwise accuracy with the serving engine.",
+                              description="Score preference pairs with the bundle's ONNX model, exactly as the "
+                              "service does, and report pairwise accuracy, Bradley–Terry loss and mean margin.")
+    evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
+    evaluate.add_argument("--data", default=None, help="JSONL(.gz) pairs. Default: the shipped HH-RLHF dev split.")
+    evaluate.add_argument("--limit", type=int, default=None, help="Use only the first N pairs.")
+    evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
+    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object.")
+    evaluate.set_defaults(handler=_cmd_eval)
+
+    serve = sub.add_parser("serve", help="Serve a bundle over HTTP.",
+                           description="Serve POST /score and /compare (plus /healthz, /readyz, /metrics, "
+                           "/v1/model). Each option can also be set by its RMSERVE_* environment variable.")
+    _add_settings_options(serve)
+    serve.set_defaults(handler=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (BundleError, FileNotFoundError) as e:
+        print(f"rmserve {args.command}: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # DataError and bad options
+        print(f"rmserve {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The HTTP transport: a thin FastAPI adapter over the scoring core.
+
+Routes: POST /score, POST /compare, GET /healthz, /readyz, /metrics, /v1/model. Errors of the core map to
+HTTP statuses by one table, `HTTP_STATUS`; every error body is {"error": {kind, message, field}}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import __version__
+from service.errors import ErrorKind, ScoringError
+from service.metrics import Metrics
+from service.schemas import CompareRequest, CompareResponse, ModelRef, ScoreRequest, ScoreResponse
+from service.scoring import Row, Scorer
+from service.settings import Settings
+
+log = logging.getLogger("rmserve.http")
+
+HTTP_STATUS: dict[ErrorKind, int] = {
+    ErrorKind.VALIDATION: 422,
+    ErrorKind.OVERLOADED: 429,
+    ErrorKind.TIMEOUT: 504,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.INTERNAL: 500,
+}
+
+
+def error_response(error: ScoringError) -> JSONResponse:
+    return JSONResponse(status_code=HTTP_STATUS[error.kind], content={"error": error.to_dict()})
+
+
+def get_scorer(request: Request) -> Scorer:
+    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
+    if scorer is None:
+        raise ScoringError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry when /readyz answers 200")
+    return scorer
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+ScorerDep = Annotated[Scorer, Depends(get_scorer)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def model_ref(scorer: Scorer) -> ModelRef:
+    m = scorer.manifest
+    return ModelRef(bundle_id=m.bundle_id, model_sha256=m.model_sha256,
+                    normalization_version=m.normalization.version,
+                    calibration_temperature=m.calibration.temperature)
+
+
+scoring_router = APIRouter(tags=["scoring"])
+
+
+@scoring_router.post("/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, scorer: ScorerDep) -> ScoreResponse:
+    rows = [Row(prompt, response, field) for prompt, response, field in body.rows()]
+    scores = await scorer.score(rows)
+    return ScoreResponse(
+        model=model_ref(scorer),
+        rewards=scores.raw.tolist(),
+        normalized_rewards=scorer.normalize(scores.raw).tolist(),
+        truncated=scores.truncated,
+    )
+
+
+@scoring_router.post("/compare", response_model=CompareResponse)
+async def compare(body: CompareRequest, scorer: ScorerDep) -> CompareResponse:
+    rows = [Row(body.prompt, body.response_a, "response_a"), Row(body.prompt, body.response_b, "response_b")]
+    scores = await scorer.score(rows)
+    reward_a, reward_b = (float(x) for x in scores.raw)
+    normalized = scorer.normalize(scores.raw)
+    return CompareResponse(
+        model=model_ref(scorer), reward_a=reward_a, reward_b=reward_b,
+        normalized_reward_a=float(normalized[0]), normalized_reward_b=float(normalized[1]),
+        probability_a=scorer.probability_a(reward_a, reward_b),
+    )
+
+
+ops_router = APIRouter(tags=["operations"])
+
+
+@ops_router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@ops_router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    ready = getattr(request.app.state, "scorer", None) is not None
+    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
+
+
+@ops_router.get("/metrics")
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops_router.get("/v1/model")
+async def model_info(scorer: ScorerDep) -> dict[str, Any]:
+    return {"provider": scorer.engine.provider, "bundle_path": str(scorer.bundle.path),
+            "manifest": scorer.manifest.model_dump(mode="json")}
+
+
+def _field_of(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    # pydantic adds the union member's type name to a loc ("prompt.str"); it names no field.
+    return ".".join(p for p in parts if p not in {"str", "list[ChatMessage]", "function-after[_one_shape()]"})
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
+    # A union (text or chat messages) reports one error per member; the deepest one is the informative one.
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    field = _field_of(first.get("loc", ())) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        field = "body"
+        position = first.get("loc", ("body", "?"))[-1]
+        message = f"request body is not valid JSON at character {position}: {first.get('ctx', {}).get('error', message)}"
+    _count(request, "invalid")
+    return error_response(ScoringError(ErrorKind.VALIDATION, message, field))
+
+
+async def _scoring_error_handler(request: Request, exc: ScoringError) -> JSONResponse:
+    _count(request, exc.kind.value)
+    return error_response(exc)
+
+
+def _count(request: Request, outcome: str) -> None:
+    metrics: Metrics = request.app.state.metrics
+    metrics.requests.labels(request.url.path, "http", outcome).inc()
+
+
+def create_app(settings: Settings, scorer: Scorer | None = None) -> FastAPI:
+    """The ASGI app. Without a ready `scorer`, the bundle is loaded at start-up (readiness waits for it)."""
+    metrics = scorer.metrics if scorer is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.scorer is None:
+            app.state.scorer = await asyncio.to_thread(Scorer.load, settings, metrics)
+        metrics.ready.set(1)
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            app.state.scorer.close()
+
+    app = FastAPI(title="rmserve", version=__version__, lifespan=lifespan,
+                  description="Reward-model scoring for RLHF: /score and /compare.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.scorer = scorer
+    app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ScoringError, _scoring_error_handler)  # type: ignore[arg-type]
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        began = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        if path in ("/score", "/compare"):
+            elapsed = time.perf_counter() - began
+            metrics.request_duration.labels(path, "http").observe(elapsed)
+            if response.status_code < 400:
+                metrics.requests.labels(path, "http", "ok").inc()
+            response.headers["X-Total-Time-Ms"] = f"{elapsed * 1000:.2f}"
+        return response
+
+    app.include_router(scoring_router)
+    app.include_router(ops_router)
+    return app

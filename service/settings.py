@@ -1,0 +1,30 @@
+"""The one validated configuration of the service: env `RMSERVE_*`, overridable by CLI flags.
+
+Built at start-up by `rmserve serve` (never at import), so a bad value stops the process with a message
+that names the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RMSERVE_", extra="forbid")
+
+    bundle: Path = Field(Path("artifacts/default-bundle"), description="Bundle directory to serve.")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: CUDA when its provider really loads, else CPU."
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads per inference; 0 lets ONNX Runtime choose (all cores)."
+    )
+    max_responses_per_request: int = Field(256, ge=1, description="Most responses (or items) in one /score call.")
+    inference_batch_size: int = Field(32, ge=1, description="Rows per ONNX Runtime call within one request.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

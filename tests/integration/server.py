@@ -1,0 +1,58 @@
+"""Start a real `rmserve serve` process on a free 127.0.0.1 port and wait until it is ready."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "RMSERVE_DEVICE": "cpu"}
+    env.update({f"RMSERVE_{k.upper()}": str(v) for k, v in settings.items()})
+    log = open(Path(bundle).parent / f"server-{port}.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read()}")
+            try:
+                if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not become ready")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

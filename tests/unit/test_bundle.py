@@ -1,0 +1,97 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from service.bundle import BundleError, load_bundle
+from service.engine import OnnxRewardModel, check_golden
+from tests.conftest import build_tiny_onnx
+
+
+def edit_manifest(bundle_dir, **changes):
+    path = bundle_dir / "bundle.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_a_good_bundle_loads_and_reproduces_its_golden_set(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.manifest.bundle_id == "tiny" and len(bundle.manifest.golden) == 2
+    engine = OnnxRewardModel(str(bundle.model_path), device="cpu")
+    assert engine.provider == "CPUExecutionProvider"
+    assert check_golden(bundle, engine, bundle.encoder()) == 0.0
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_missing_manifest(tmp_path):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(BundleError, match="missing file: .*bundle.json"):
+        load_bundle(tmp_path / "b")
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "tokenizer.json"])
+def test_missing_file(tiny_bundle, name):
+    (tiny_bundle / name).unlink()
+    with pytest.raises(BundleError, match=f"missing file: .*{name}"):
+        load_bundle(tiny_bundle)
+
+
+def test_bad_hash(tiny_bundle):
+    build_tiny_onnx(tiny_bundle / "model.onnx", 40, seed=1)  # other weights, same shape
+    with pytest.raises(BundleError, match="bad hash: .*model.onnx"):
+        load_bundle(tiny_bundle)
+
+
+def test_wrong_format_version(tiny_bundle):
+    edit_manifest(tiny_bundle, format_version=99)
+    with pytest.raises(BundleError, match="wrong format version: .* 99, this rmserve reads version 1"):
+        load_bundle(tiny_bundle)
+
+
+def test_invalid_manifest_names_the_field(tiny_bundle):
+    path = tiny_bundle / "bundle.json"
+    data = json.loads(path.read_text())
+    data["input"]["max_length"] = "long"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="field 'input.max_length'"):
+        load_bundle(tiny_bundle)
+
+
+def test_manifest_not_json(tiny_bundle):
+    (tiny_bundle / "bundle.json").write_text("{")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tiny_bundle)
+
+
+def test_tokenizer_model_mismatch(tiny_bundle):
+    data = json.loads((tiny_bundle / "bundle.json").read_text())
+    data["model"]["vocab_size"] = 5  # the tokenizer has more tokens than the model embeds
+    (tiny_bundle / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="tokenizer/model mismatch"):
+        load_bundle(tiny_bundle)
+
+
+def test_golden_set_mismatch_is_refused(tiny_bundle):
+    data = json.loads((tiny_bundle / "bundle.json").read_text())
+    data["golden"][0]["score"] += 0.5
+    (tiny_bundle / "bundle.json").write_text(json.dumps(data))
+    bundle = load_bundle(tiny_bundle)
+    engine = OnnxRewardModel(str(bundle.model_path), device="cpu")
+    with pytest.raises(BundleError, match="golden-set parity failed"):
+        check_golden(bundle, engine, bundle.encoder())
+
+
+def test_engine_scores_do_not_depend_on_padding(tiny_bundle, tmp_path):
+    bundle = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    engine = OnnxRewardModel(str(bundle.model_path), device="cpu")
+    encoder = bundle.encoder()
+    rows = [("hello", "no"), ("hello there how are you doing today", "i am fine thanks")]
+    together = engine(encoder.pad(encoder.encode(rows)))
+    alone = np.concatenate([engine(encoder.pad(encoder.encode([r]))) for r in rows])
+    np.testing.assert_allclose(together, alone, atol=1e-6)

@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from service.cli import main
+from service.settings import Settings
+
+
+def test_settings_read_rmserve_env(monkeypatch):
+    monkeypatch.setenv("RMSERVE_PORT", "9123")
+    monkeypatch.setenv("RMSERVE_DEVICE", "cpu")
+    settings = Settings()
+    assert settings.port == 9123 and settings.device == "cpu"
+
+
+def test_bad_setting_names_the_field(monkeypatch):
+    monkeypatch.setenv("RMSERVE_DEVICE", "tpu")
+    with pytest.raises(ValidationError, match="device"):
+        Settings()
+
+
+def test_serve_with_bad_setting_exits_2_naming_it(capsys):
+    assert main(["serve", "--port", "99999"]) == 2
+    assert "setting 'port'" in capsys.readouterr().err
+
+
+def test_serve_with_missing_bundle_exits_2_with_the_bundle_error(tmp_path, capsys):
+    assert main(["serve", "--bundle", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "export", "eval", "serve"])
+def test_every_subcommand_has_help(command):
+    out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], capture_output=True, text=True, check=True)
+    assert "usage: rmserve " + command in out.stdout
+    assert "--" in out.stdout

