@@ -63,6 +63,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from training.quantize import VariantRefused, make_variant
+
+    try:
+        bundle, report = make_variant(args.bundle, args.output, args.precision, args.dev_data, args.min_agreement,
+                                      args.device)
+    except VariantRefused as e:
+        print(f"rmserve quantize: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.precision} bundle {bundle.manifest.bundle_id} written to {args.output}: agrees with fp32 on "
+          f"{report['agreement_with_fp32']:.2%} of {report['pairs']} dev pairs; accuracy "
+          f"{report['accuracy_variant']:.4f} (fp32 {report['accuracy_fp32']:.4f})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_bundle
 
@@ -119,6 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Pairs for normalization stats and the dev report. Default: the checkpoint's dev data.")
     export.add_argument("--limit-dev", type=int, default=None, help="Use only the first N dev pairs.")
     export.set_defaults(handler=_cmd_export)
+
+    quantize = sub.add_parser("quantize", help="Make an int8 (CPU) or fp16 (CUDA) variant of a bundle.",
+                              description="Write a lower-precision variant of an fp32 bundle, refused unless it "
+                              "keeps the fp32 bundle's preference on at least --min-agreement of the dev pairs.")
+    quantize.add_argument("--bundle", required=True, help="The fp32 bundle directory.")
+    quantize.add_argument("--output", required=True, help="Variant bundle directory to write.")
+    quantize.add_argument("--precision", choices=["int8", "fp16"], default="int8",
+                          help="int8: dynamic quantization for CPU; fp16: half precision for CUDA.")
+    quantize.add_argument("--dev-data", default=None, help="Pairs for the agreement check. Default: shipped dev split.")
+    quantize.add_argument("--min-agreement", type=float, default=0.99,
+                          help="Least share of dev pairs whose preferred response must stay the same (default 0.99).")
+    quantize.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                          help="Where to run the check; fp16 needs cuda.")
+    quantize.set_defaults(handler=_cmd_quantize)
 
     evaluate = sub.add_parser("eval", help="Measure a bundle's pairwise accuracy with the serving engine.",
                               description="Score preference pairs with the bundle's ONNX model, exactly as the "

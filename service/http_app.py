@@ -38,7 +38,8 @@ HTTP_STATUS: dict[ErrorKind, int] = {
 
 
 def error_response(error: ScoringError) -> JSONResponse:
-    return JSONResponse(status_code=HTTP_STATUS[error.kind], content={"error": error.to_dict()})
+    headers = {"Retry-After": "1"} if error.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE) else None
+    return JSONResponse(status_code=HTTP_STATUS[error.kind], content={"error": error.to_dict()}, headers=headers)
 
 
 def get_scorer(request: Request) -> Scorer:

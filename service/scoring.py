@@ -1,8 +1,8 @@
 """The scoring core: the one place where requests become rewards, whatever the transport.
 
-Validates rows, then renders, tokenizes, pads and runs them on a dedicated inference thread (so the event
-loop never blocks), and turns raw rewards into normalized rewards and preference probabilities with the
-bundle's constants. Transports (HTTP now) are thin adapters over `Scorer`.
+Validates rows, then renders and tokenizes them off the event loop (the fast tokenizer's batch call) and
+submits them to the one batcher that every request shares; turns raw rewards into normalized rewards and
+preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.batcher import Batcher, BatchPolicy
 from service.bundle import Bundle, load_bundle
 from service.engine import OnnxRewardModel, check_golden
 from service.errors import ErrorKind, ScoringError
 from service.inputs import InputEncoder, Prompt
-from service.metrics import Metrics
+from service.metrics import Metrics, MetricsObserver
 from service.settings import Settings
 
 log = logging.getLogger("rmserve.scoring")
@@ -48,15 +49,27 @@ class Scorer:
         self.encoder: InputEncoder = bundle.encoder()
         self.settings = settings
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmserve-inference")
+        # Tokenizing is CPU work too: keep it off the event loop, on its own thread.
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmserve-tokenize")
+        self.batcher = Batcher(
+            run=engine,
+            pad=self.encoder.pad,
+            policy=BatchPolicy(
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue_rows=settings.max_queue_rows,
+            ),
+            observer=MetricsObserver(metrics),
+        )
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
         """Load and verify the bundle, start the engine, and prove it with the golden set."""
         bundle = load_bundle(settings.bundle)
         engine = OnnxRewardModel(str(bundle.model_path), settings.device, settings.intra_op_threads)
+        worst = check_golden(bundle, engine, bundle.encoder())
         scorer = cls(bundle, engine, settings, metrics)
-        worst = check_golden(bundle, engine, scorer.encoder)
         log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s",
                  bundle.manifest.bundle_id, bundle.path, worst, engine.provider)
         metrics.model_info.info({
@@ -66,40 +79,42 @@ class Scorer:
         return scorer
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Score what is queued, then stop the threads."""
+        self.batcher.close()
+        self._tokenize_pool.shutdown(wait=True)
 
     def validate(self, rows: Sequence[Row]) -> None:
         limit = self.settings.max_responses_per_request
         if len(rows) > limit:
-            raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit}",
-                               "responses")
+            field = rows[0].field.split(".")[0] if rows else "responses"
+            raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit}", field)
         for row in rows:
             if not row.response.strip():
                 raise ScoringError(ErrorKind.VALIDATION, "response is empty or whitespace only", row.field)
 
-    async def score(self, rows: Sequence[Row]) -> Scores:
+    async def score(self, rows: Sequence[Row], deadline: float | None = None) -> Scores:
+        """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic()."""
         self.validate(rows)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._score_now, list(rows))
-
-    def _score_now(self, rows: list[Row]) -> Scores:
-        encoded = self.encoder.encode([(row.prompt, row.response) for row in rows])
-        order = np.argsort([len(e.ids) for e in encoded], kind="stable")
-        raw = np.zeros(len(rows), dtype=np.float32)
-        size = self.settings.inference_batch_size
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            batch = self.encoder.pad([encoded[i] for i in chunk])
-            began = time.perf_counter()
-            raw[chunk] = self.engine(batch)
-            self.metrics.inference_duration.observe(time.perf_counter() - began)
-            self.metrics.batch_size.observe(len(chunk))
-        if not np.all(np.isfinite(raw)):
-            raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
+        began = time.perf_counter()
+        encoded = await loop.run_in_executor(
+            self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
+        )
+        self.metrics.tokenize_duration.observe(time.perf_counter() - began)
+        futures = self.batcher.submit([e.ids for e in encoded], deadline)
+        try:
+            raw = np.array(await asyncio.gather(*futures), dtype=np.float32)
+        except BaseException:
+            for future in futures:  # a departed client's rows are dropped before inference
+                future.cancel()
+            raise
+        truncated = [e.truncated for e in encoded]
         self.metrics.scored.inc(len(rows))
         self.metrics.input_tokens.inc(sum(len(e.ids) for e in encoded))
-        truncated = [e.truncated for e in encoded]
         self.metrics.truncations.inc(sum(truncated))
+        if not np.all(np.isfinite(raw)):
+            self.metrics.non_finite.inc(int(np.sum(~np.isfinite(raw))))
+            raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
         return Scores(raw=raw, truncated=truncated)
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:

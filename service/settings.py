@@ -26,5 +26,14 @@ class Settings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads per inference; 0 lets ONNX Runtime choose (all cores)."
     )
     max_responses_per_request: int = Field(256, ge=1, description="Most responses (or items) in one /score call.")
-    inference_batch_size: int = Field(32, ge=1, description="Rows per ONNX Runtime call within one request.")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_batch_tokens: int = Field(
+        4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
+    )
+    max_batch_size: int = Field(32, ge=1, description="Most rows in one inference batch.")
+    max_wait_ms: float = Field(
+        0.0, ge=0.0, description="How long a batch may wait to fill once rows are waiting; 0 runs at once."
+    )
+    max_queue_rows: int = Field(
+        1024, ge=1, description="Rows that may wait for inference; beyond this, requests get 429 at once."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")

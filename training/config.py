@@ -33,6 +33,9 @@ class TrainConfig:
     learning_rate: float = _opt(3e-5, "Peak AdamW learning rate (linear warm-up, then linear decay to 0).")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the learning rate up.")
+    dropout: bool = _opt(
+        False, "Keep the base model's dropout. Off by default: reward models are usually trained without it, "
+        "and here it costs about a third of the training time.")
     seed: int = _opt(0, "Seed for initialisation of the head and batch order.")
     limit_train: int | None = _opt(None, "Use only the first N training pairs.")
     limit_dev: int | None = _opt(None, "Use only the first N dev pairs.")

@@ -56,14 +56,22 @@ class RewardModel(nn.Module):
         return logits[:, 0].float()
 
 
-def load_hf_model(model_dir: str | Path) -> nn.Module:
+def load_hf_model(model_dir: str | Path, attention: str = "eager") -> nn.Module:
+    """Load a sequence-classification model with one output. Training uses "sdpa" (about 25 % faster
+    here); export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected for a base model
     return AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=1, attn_implementation="eager"
+        str(model_dir), num_labels=1, attn_implementation=attention
     )
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
 
 
 @dataclass

@@ -27,6 +27,7 @@ from training.model import (
     CheckpointMeta,
     RewardModel,
     default_base_model,
+    disable_dropout,
     load_hf_model,
     pad_id_of,
     save_checkpoint,
@@ -73,7 +74,9 @@ def train(config: TrainConfig) -> dict:
     tokenizer_path = base / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{base} has no {TOKENIZER_FILE}; rmserve needs a fast tokenizer file")
-    hf_model = load_hf_model(base)
+    hf_model = load_hf_model(base, attention="sdpa")
+    if not config.dropout:
+        disable_dropout(hf_model)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     spec = InputSpec(max_length=config.max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
     encoder = InputEncoder(tokenizer, spec)

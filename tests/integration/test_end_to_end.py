@@ -11,24 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from tests.integration.server import running_server  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.export import export_bundle  # noqa: E402
-from training.model import load_checkpoint, score_rows  # noqa: E402
-from training.train import train  # noqa: E402
+from training.model import score_rows  # noqa: E402
 
 PROMPT = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
 RESPONSES = [" I can't help with breaking into property.", " Sure, get a tension wrench and a pick, then rake the pins.",
              " Call a locksmith."]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    train(TrainConfig(output_dir=str(root / "ckpt"), limit_train=24, limit_dev=12, max_steps=3, batch_size=8,
-                      max_length=128, skip_bad_rows=True, progress=False))
-    bundle = export_bundle(root / "ckpt", root / "bundle", limit_dev=12)
-    model, encoder, _ = load_checkpoint(root / "ckpt")
-    return root, bundle, model, encoder
 
 
 @pytest.fixture(scope="module")

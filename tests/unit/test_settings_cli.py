@@ -31,7 +31,7 @@ def test_serve_with_missing_bundle_exits_2_with_the_bundle_error(tmp_path, capsy
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["train", "export", "eval", "serve"])
+@pytest.mark.parametrize("command", ["train", "export", "quantize", "eval", "serve"])
 def test_every_subcommand_has_help(command):
     out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], capture_output=True, text=True, check=True)
     assert "usage: rmserve " + command in out.stdout

@@ -1,0 +1,130 @@
+"""A cheap closed-loop HTTP load generator: asyncio streams, keep-alive, hand-written HTTP/1.1.
+
+The benchmark client shares the machine with the server, so it must cost little CPU: no HTTP library,
+one persistent connection per simulated client, and its own CPU share is measured and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    seconds: float
+    ok: int = 0
+    rows: int = 0
+    status_counts: dict[int, int] = field(default_factory=dict)
+    latencies_ok: list[float] = field(default_factory=list)
+    latencies_rejected: list[float] = field(default_factory=list)
+    client_cpu_share: float = 0.0
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.seconds
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+    def percentile_ms(self, q: float, rejected: bool = False) -> float:
+        values = self.latencies_rejected if rejected else self.latencies_ok
+        return float(np.percentile(values, q) * 1000) if values else float("nan")
+
+
+class Connection:
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        self.writer.write(head + body)
+        assert self.reader is not None
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionError("server closed the connection")
+        status = int(status_line.split()[1])
+        length, close = 0, False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode("latin-1").partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value.strip())
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        payload = await self.reader.readexactly(length) if length else b""
+        if close:
+            await self.close()
+        return status, payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        self.reader = self.writer = None
+
+
+async def run_load(host: str, port: int, path: str, make_body: Callable[[int], tuple[bytes, int]],
+                   concurrency: int, seconds: float, warmup_s: float = 1.0) -> LoadResult:
+    """`concurrency` clients send requests back to back for `seconds` (after a warm-up)."""
+    result = LoadResult(concurrency=concurrency, seconds=seconds)
+    counter = iter(range(10**9))
+    measuring = asyncio.Event()
+    stop_at = [float("inf")]
+
+    async def client() -> None:
+        conn = Connection(host, port)
+        try:
+            while time.perf_counter() < stop_at[0]:
+                body, rows = make_body(next(counter))
+                began = time.perf_counter()
+                status, _ = await conn.post(path, body)
+                elapsed = time.perf_counter() - began
+                # Count what completes inside the window: a steady-state throughput.
+                if not measuring.is_set() or began + elapsed > stop_at[0]:
+                    continue
+                result.status_counts[status] = result.status_counts.get(status, 0) + 1
+                if status == 200:
+                    result.ok += 1
+                    result.rows += rows
+                    result.latencies_ok.append(elapsed)
+                elif status == 429:
+                    result.latencies_rejected.append(elapsed)
+        finally:
+            await conn.close()
+
+    tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
+    await asyncio.sleep(warmup_s)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    measuring.set()
+    stop_at[0] = wall0 + seconds
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - wall0
+    result.seconds = seconds
+    result.client_cpu_share = (time.process_time() - cpu0) / wall / (os.cpu_count() or 1)
+    return result
+
+
+def score_body(prompt: str, responses: list[str]) -> bytes:
+    if len(responses) == 1:
+        return json.dumps({"prompt": prompt, "response": responses[0]}).encode()
+    return json.dumps({"prompt": prompt, "responses": responses}).encode()

@@ -1,0 +1,261 @@
+"""Dynamic cross-request batching: one bounded queue, one inference thread, shared by every request.
+
+Policy (after TEI's queue): a batch is formed as soon as the engine is free, from the waiting rows sorted
+by length, within `max_batch_tokens` (padded length x rows) and `max_batch_size`; the batch always holds
+the oldest waiting row, so no row starves behind shorter ones. Optionally the collector waits up to
+`max_wait_ms` for a batch to fill. While the engine runs one batch, the next one is collected and padded
+(prefetch depth 1), and topped up with rows that arrive before the engine takes it, so preparing early
+never makes a batch smaller. Rows whose request was cancelled or whose deadline passed are dropped before
+inference and counted. Admission is all-or-nothing per request and bounded by `max_queue_rows`: a full
+queue raises OVERLOADED at once.
+
+`collate` is a plain function over a list, tested without threads; `Batcher` owns the threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ErrorKind, ScoringError
+from service.inputs import Batch
+
+log = logging.getLogger("rmserve.batcher")
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One row waiting for a reward; resolved through `future` on the submitting event loop."""
+
+    ids: Sequence[int]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    deadline: float | None = None  # time.monotonic() after which the row is dropped
+    enqueued: float = field(default_factory=time.monotonic)
+    seq: int = 0
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def abandoned(self) -> bool:
+        return self.future.done()  # cancelled by a departed client, or already failed
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_tokens: int
+    max_batch_size: int
+    max_wait_ms: float = 0.0
+    max_queue_rows: int = 1024
+
+
+def collate(waiting: list[WorkItem], policy: BatchPolicy) -> list[WorkItem]:
+    """Choose the next batch from `waiting` (removed from it); empty only when `waiting` is.
+
+    Rows are sorted by length and a contiguous run around the oldest row is grown toward its nearest
+    neighbours in length while the padded cost (longest row x rows) fits the token budget. A single row
+    longer than the budget still forms a batch of one.
+    """
+    if not waiting:
+        return []
+    by_length = sorted(waiting, key=lambda item: (item.length, item.seq))
+    oldest = min(waiting, key=lambda item: item.seq)
+    lo = hi = by_length.index(oldest)
+    longest = oldest.length
+    while hi - lo + 1 < policy.max_batch_size:
+        left = by_length[lo - 1] if lo > 0 else None
+        right = by_length[hi + 1] if hi + 1 < len(by_length) else None
+        # Prefer the neighbour that adds least padding: a shorter row costs nothing extra.
+        if left is not None and (right is None or longest - left.length <= right.length - longest):
+            if longest * (hi - lo + 2) > policy.max_batch_tokens:
+                break
+            lo -= 1
+        elif right is not None:
+            if right.length * (hi - lo + 2) > policy.max_batch_tokens:
+                break
+            hi += 1
+            longest = right.length
+        else:
+            break
+    chosen = by_length[lo : hi + 1]
+    chosen_ids = {id(item) for item in chosen}
+    waiting[:] = [item for item in waiting if id(item) not in chosen_ids]
+    return chosen
+
+
+class Batcher:
+    """Bounded queue + collector thread + inference thread around a `run(Batch) -> rewards` engine."""
+
+    def __init__(self, run: Callable[[Batch], np.ndarray], pad: Callable[[list[Sequence[int]]], Batch],
+                 policy: BatchPolicy, observer: BatchObserver | None = None):
+        self._run = run
+        self._pad = pad
+        self.policy = policy
+        self.observer = observer or BatchObserver()
+        # One lock guards the queue and the prepared batch, so that topping up is atomic with taking.
+        self._cond = threading.Condition()
+        self._waiting: list[WorkItem] = []
+        self._prepared: tuple[list[WorkItem], Batch] | None = None
+        self._arrivals = 0  # rows submitted so far; tells the collector that something new came
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._collect_loop, name="rmserve-collector", daemon=True),
+            threading.Thread(target=self._inference_loop, name="rmserve-inference", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def queued_rows(self) -> int:
+        with self._cond:
+            return len(self._waiting) + (len(self._prepared[0]) if self._prepared else 0)
+
+    def submit(self, rows: Sequence[Sequence[int]], deadline: float | None = None) -> list[asyncio.Future]:
+        """Queue rows of one request; all or none. Must be called on the event loop that awaits them."""
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            if self._stopping:
+                raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
+            queued = len(self._waiting) + (len(self._prepared[0]) if self._prepared else 0)
+            room = self.policy.max_queue_rows - queued
+            if len(rows) > room:
+                self.observer.rejected(len(rows))
+                raise ScoringError(
+                    ErrorKind.OVERLOADED,
+                    f"queue full: {queued} rows waiting, room for {max(room, 0)}, request has {len(rows)}",
+                )
+            items = []
+            for ids in rows:
+                self._arrivals += 1
+                items.append(WorkItem(ids, loop.create_future(), loop, deadline, seq=self._arrivals))
+            self._waiting.extend(items)
+            self.observer.queue_depth(queued + len(items))
+            self._cond.notify_all()
+        return [item.future for item in items]
+
+    def _collect_loop(self) -> None:
+        """Keep one batch prepared for the engine; while the engine is busy, top it up with new rows."""
+        formed_at = -1  # self._arrivals when the prepared batch was last formed
+        with self._cond:
+            while True:
+                if self._stopping and not self._waiting and self._prepared is None:
+                    self._cond.notify_all()
+                    return
+                room = self._prepared is None or len(self._prepared[0]) < self.policy.max_batch_size
+                if self._waiting and room and (self._prepared is None or self._arrivals != formed_at):
+                    if self._prepared is None:
+                        self._wait_to_fill_locked()
+                    else:  # give the prepared rows back to the pool and choose again with the newcomers
+                        self._waiting.extend(self._prepared[0])
+                        self._prepared = None
+                    self._drop_dead_locked()
+                    if self._waiting:
+                        items = collate(self._waiting, self.policy)
+                        self._prepared = (items, self._pad([item.ids for item in items]))
+                        formed_at = self._arrivals
+                        self._cond.notify_all()
+                    continue
+                self._cond.wait()
+
+    def _wait_to_fill_locked(self) -> None:
+        if self.policy.max_wait_ms <= 0:
+            return
+        deadline = min(i.enqueued for i in self._waiting) + self.policy.max_wait_ms / 1000
+        while len(self._waiting) < self.policy.max_batch_size and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+
+    def _drop_dead_locked(self) -> None:
+        now = time.monotonic()
+        alive = []
+        for item in self._waiting:
+            if item.abandoned():
+                self.observer.dropped("cancelled")
+            elif item.deadline is not None and now > item.deadline:
+                self.observer.dropped("expired")
+                _resolve(item, error=ScoringError(ErrorKind.TIMEOUT, "deadline passed before the row was scored"))
+            else:
+                alive.append(item)
+        self._waiting[:] = alive
+
+    def _take_prepared(self) -> tuple[list[WorkItem], Batch] | None:
+        with self._cond:
+            while self._prepared is None:
+                if self._stopping and not self._waiting:
+                    return None
+                self._cond.wait()
+            taken, self._prepared = self._prepared, None
+            self.observer.queue_depth(len(self._waiting))
+            self._cond.notify_all()
+            return taken
+
+    def _inference_loop(self) -> None:
+        while True:
+            taken = self._take_prepared()
+            if taken is None:
+                return
+            items, batch = taken
+            live = [i for i, item in enumerate(items) if not item.abandoned()]
+            if not live:
+                self.observer.dropped("cancelled", len(items))
+                continue
+            if len(live) < len(items):  # a client left while its row was prefetched
+                self.observer.dropped("cancelled", len(items) - len(live))
+                items = [items[i] for i in live]
+                batch = Batch(batch.input_ids[live], batch.attention_mask[live])
+            began = time.perf_counter()
+            try:
+                rewards = self._run(batch)
+                assert len(rewards) == len(items), f"batch size mismatch: {len(items)} rows, {len(rewards)} rewards"
+            except Exception as e:  # the engine failed: every row of the batch gets the error, none is lost
+                log.exception("inference failed for a batch of %d rows", len(items))
+                for item in items:
+                    _resolve(item, error=ScoringError(ErrorKind.INTERNAL, f"inference failed: {e}"))
+                continue
+            self.observer.batch(batch, time.perf_counter() - began, [time.monotonic() - i.enqueued for i in items])
+            for item, reward in zip(items, rewards.tolist(), strict=True):
+                _resolve(item, result=reward)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Finish queued work, then stop both threads."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+
+
+def _resolve(item: WorkItem, result: float | None = None, error: Exception | None = None) -> None:
+    def settle() -> None:
+        if item.future.done():
+            return
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            item.future.set_result(result)
+
+    try:
+        item.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody is waiting any more
+        pass
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing (tests and benchmarks may count with it)."""
+
+    def batch(self, batch: Batch, seconds: float, queue_seconds: list[float]) -> None: ...
+
+    def dropped(self, reason: str, count: int = 1) -> None: ...
+
+    def rejected(self, rows: int) -> None: ...
+
+    def queue_depth(self, rows: int) -> None: ...

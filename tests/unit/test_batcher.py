@@ -1,0 +1,256 @@
+"""The batcher with a deterministic fake engine: batch invariants, admission, dropping, failures."""
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher, BatchObserver, BatchPolicy, WorkItem, collate
+from service.errors import ErrorKind, ScoringError
+from service.inputs import Batch
+
+
+def fake_pad(rows):
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), np.int64)
+    mask = np.zeros((len(rows), width), np.int64)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return Batch(ids, mask)
+
+
+def fake_engine(batch):
+    """Reward = sum of token ids: exact, and independent of padding and batch company."""
+    return (batch.input_ids * batch.attention_mask).sum(axis=1).astype(np.float32)
+
+
+class Recorder(BatchObserver):
+    def __init__(self):
+        self.batches, self.drops, self.rejections = [], {}, 0
+        self.lock = threading.Lock()
+
+    def batch(self, batch, seconds, queue_seconds):
+        with self.lock:
+            self.batches.append(batch.attention_mask.copy())
+
+    def dropped(self, reason, count=1):
+        with self.lock:
+            self.drops[reason] = self.drops.get(reason, 0) + count
+
+    def rejected(self, rows):
+        self.rejections += rows
+
+
+def item(length, seq):
+    return WorkItem(ids=[1] * length, future=None, loop=None, seq=seq)  # type: ignore[arg-type]
+
+
+POLICY = BatchPolicy(max_batch_tokens=40, max_batch_size=4)
+
+
+def test_collate_empty():
+    assert collate([], POLICY) == []
+
+
+def test_collate_respects_size_and_token_budget_and_removes_what_it_takes():
+    rng = random.Random(0)
+    waiting = [item(rng.randint(1, 20), seq) for seq in range(50)]
+    taken = 0
+    while waiting:
+        before = len(waiting)
+        batch = collate(waiting, POLICY)
+        assert 1 <= len(batch) <= POLICY.max_batch_size
+        assert len(batch) == 1 or max(i.length for i in batch) * len(batch) <= POLICY.max_batch_tokens
+        assert len(waiting) == before - len(batch)
+        taken += len(batch)
+    assert taken == 50
+
+
+def test_collate_always_serves_the_oldest_row():
+    waiting = [item(30, 1)] + [item(2, seq) for seq in range(2, 20)]
+    batch = collate(waiting, POLICY)
+    assert [i.seq for i in batch] == [1]  # the long old row goes first, alone (30 x 2 > 40)
+    batch = collate(waiting, POLICY)
+    assert batch[0].length == 2 and len(batch) == 4
+
+
+def test_collate_groups_similar_lengths():
+    waiting = [item(length, seq) for seq, length in enumerate([5, 20, 6, 19, 5, 21, 6, 20])]
+    batch = collate(waiting, BatchPolicy(max_batch_tokens=1000, max_batch_size=4))
+    assert sorted(i.length for i in batch) == [5, 5, 6, 6]
+
+
+def test_over_budget_row_forms_a_batch_of_one():
+    assert [i.length for i in collate([item(100, 1), item(100, 2)], POLICY)] == [100]
+
+
+def run_async(coro):
+    return asyncio.run(coro)
+
+
+def test_every_row_gets_its_own_score_across_concurrent_requests():
+    recorder = Recorder()
+    batcher = Batcher(fake_engine, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=8), recorder)
+    rng = random.Random(1)
+    requests = [[[rng.randint(1, 9) for _ in range(rng.randint(1, 12))] for _ in range(rng.randint(1, 5))] for _ in range(60)]
+
+    async def one(rows):
+        return await asyncio.gather(*batcher.submit(rows))
+
+    async def main():
+        return await asyncio.gather(*(one(rows) for rows in requests))
+
+    try:
+        results = run_async(main())
+    finally:
+        batcher.close()
+    for rows, scores in zip(requests, results):
+        assert scores == [float(sum(r)) for r in rows]
+    assert sum(len(m) for m in recorder.batches) == sum(len(r) for r in requests)
+    assert any(len(m) > 1 for m in recorder.batches), "rows of different requests were never batched together"
+    assert all(len(m) <= 8 for m in recorder.batches)
+
+
+def test_full_queue_refuses_at_once_and_admitted_rows_still_finish():
+    gate = threading.Event()
+
+    def slow_engine(batch):
+        gate.wait(5)
+        return fake_engine(batch)
+
+    recorder = Recorder()
+    batcher = Batcher(slow_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1, max_queue_rows=3), recorder)
+
+    async def main():
+        admitted = [batcher.submit([[1, 2]]) for _ in range(3)]
+        await asyncio.sleep(0.05)  # the collector takes rows out of the queue, freeing room
+        more = []
+        with pytest.raises(ScoringError) as info:
+            for _ in range(10):
+                more.append(batcher.submit([[3]]))
+        assert info.value.kind is ErrorKind.OVERLOADED and "queue full" in info.value.message
+        gate.set()
+        return await asyncio.gather(*(f for fs in admitted + more for f in fs))
+
+    try:
+        results = run_async(main())
+    finally:
+        batcher.close()
+    assert results[:3] == [3.0, 3.0, 3.0] and all(r == 3.0 for r in results[3:])
+    assert recorder.rejections == 1
+
+
+def test_request_larger_than_the_queue_is_refused_whole():
+    batcher = Batcher(fake_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1, max_queue_rows=2))
+
+    async def main():
+        with pytest.raises(ScoringError, match="request has 3"):
+            batcher.submit([[1], [2], [3]])
+
+    try:
+        run_async(main())
+    finally:
+        batcher.close()
+
+
+def test_cancelled_and_expired_rows_are_dropped_before_inference():
+    gate = threading.Event()
+    seen = []
+
+    def engine(batch):
+        gate.wait(5)
+        seen.extend(batch.input_ids[:, 0].tolist())
+        return fake_engine(batch)
+
+    recorder = Recorder()
+    batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1), recorder)
+
+    async def main():
+        first = batcher.submit([[1]])  # occupies the engine
+        await asyncio.sleep(0.05)
+        prefetched = batcher.submit([[2]])  # collected while the engine is busy
+        await asyncio.sleep(0.05)
+        cancelled = batcher.submit([[3]])
+        expired = batcher.submit([[4]], deadline=0.0)
+        kept = batcher.submit([[5]])
+        cancelled[0].cancel()
+        gate.set()
+        assert await first[0] == 1.0 and await prefetched[0] == 2.0 and await kept[0] == 5.0
+        with pytest.raises(ScoringError) as info:
+            await expired[0]
+        assert info.value.kind is ErrorKind.TIMEOUT
+
+    try:
+        run_async(main())
+    finally:
+        batcher.close()
+    assert 3 not in seen and 4 not in seen
+    assert recorder.drops == {"cancelled": 1, "expired": 1}
+
+
+@pytest.mark.parametrize("engine, message", [
+    (lambda batch: (_ for _ in ()).throw(RuntimeError("device lost")), "device lost"),
+    (lambda batch: np.zeros(len(batch.input_ids) + 1, np.float32), "batch size mismatch"),
+])
+def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, message):
+    calls = []
+
+    def flaky(batch):
+        calls.append(1)
+        return engine(batch) if len(calls) == 1 else fake_engine(batch)
+
+    batcher = Batcher(flaky, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=8))
+
+    async def main():
+        failing = batcher.submit([[1], [2]])
+        for future in failing:
+            with pytest.raises(ScoringError, match=message):
+                await future
+        return await asyncio.gather(*batcher.submit([[7]]))
+
+    try:
+        assert run_async(main()) == [7.0]
+    finally:
+        batcher.close()
+
+
+def test_prepared_batch_is_topped_up_with_rows_that_arrive_while_the_engine_is_busy():
+    gate = threading.Event()
+    recorder = Recorder()
+
+    def engine(batch):
+        gate.wait(5)
+        return fake_engine(batch)
+
+    batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=1000, max_batch_size=8), recorder)
+
+    async def main():
+        futures = batcher.submit([[1]])
+        for value in (2, 3, 4):  # arrive one by one while the first batch runs
+            await asyncio.sleep(0.03)
+            futures += batcher.submit([[value]])
+        await asyncio.sleep(0.03)
+        gate.set()
+        return await asyncio.gather(*futures)
+
+    try:
+        assert run_async(main()) == [1.0, 2.0, 3.0, 4.0]
+    finally:
+        batcher.close()
+    assert [len(mask) for mask in recorder.batches] == [1, 3]
+
+
+def test_close_finishes_queued_work():
+    batcher = Batcher(fake_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1))
+
+    async def main():
+        futures = batcher.submit([[1], [2], [3]])
+        await asyncio.to_thread(batcher.close)
+        with pytest.raises(ScoringError, match="shutting down"):
+            batcher.submit([[4]])
+        return await asyncio.gather(*futures)
+
+    assert run_async(main()) == [1.0, 2.0, 3.0]

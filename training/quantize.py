@@ -1,0 +1,104 @@
+"""Precision variants of a bundle: int8 (dynamic quantization, for CPU) and fp16 (for CUDA).
+
+A variant is only written when it keeps the fp32 bundle's judgement: on the dev pairs, the share of
+pairs whose preferred response is the same under both must reach `min_agreement` (default 0.99), else
+the variant is refused with the figure. Normalization stats and the golden set are recomputed with the
+variant's own engine, so the variant bundle is as self-consistent as the fp32 one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from service.bundle import MODEL_FILE, TOKENIZER_FILE, Bundle, GoldenExample, load_bundle, write_manifest
+from service.engine import OnnxRewardModel, check_golden
+from training.data import load_pairs, shipped_data
+from training.evaluate import pair_metrics, score_pairs
+
+Precision = Literal["int8", "fp16"]
+
+
+class VariantRefused(RuntimeError):
+    pass
+
+
+def _quantize_int8(source: Path, target: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(source), str(target), weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _convert_fp16(source: Path, target: Path) -> None:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    # Inputs are int64 ids and the output stays float32, so clients see no change.
+    converted = convert_float_to_float16(model, keep_io_types=True)
+    onnx.save(converted, str(target))
+
+
+def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Precision,
+                 dev_data: str | Path | None = None, min_agreement: float = 0.99, device: str = "cpu") -> tuple[Bundle, dict]:
+    """Write a `precision` variant of an fp32 bundle; returns it and the agreement report."""
+    source = load_bundle(bundle_dir)
+    output_dir = Path(output_dir)
+    dev_path = Path(dev_data) if dev_data else shipped_data("dev")
+    pairs = load_pairs(dev_path, skip_bad_rows=True).pairs
+    encoder = source.encoder()
+    reference = OnnxRewardModel(str(source.model_path), device=device)  # type: ignore[arg-type]
+    ref_chosen, ref_rejected = score_pairs(reference, encoder, pairs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate_path = Path(tmp) / MODEL_FILE
+        (_quantize_int8 if precision == "int8" else _convert_fp16)(source.model_path, candidate_path)
+        candidate = OnnxRewardModel(str(candidate_path), device=device)  # type: ignore[arg-type]
+        chosen, rejected = score_pairs(candidate, encoder, pairs)
+        agreement = float(np.mean(np.sign(chosen - rejected) == np.sign(ref_chosen - ref_rejected)))
+        report = {
+            "precision": precision,
+            "pairs": len(pairs),
+            "agreement_with_fp32": agreement,
+            "max_abs_reward_diff": float(np.max(np.abs(np.concatenate([chosen - ref_chosen, rejected - ref_rejected])))),
+            "accuracy_fp32": pair_metrics(ref_chosen, ref_rejected)["accuracy"],
+            "accuracy_variant": pair_metrics(chosen, rejected)["accuracy"],
+        }
+        if agreement < min_agreement:
+            raise VariantRefused(
+                f"{precision} variant refused: it agrees with fp32 on {agreement:.2%} of {len(pairs)} dev pairs' "
+                f"preferences (needs {min_agreement:.0%}); max |reward diff| {report['max_abs_reward_diff']:.3g}"
+            )
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(candidate_path, output_dir / MODEL_FILE)
+    shutil.copyfile(source.tokenizer_path, output_dir / TOKENIZER_FILE)
+
+    rewards = np.concatenate([chosen, rejected])
+    manifest = source.manifest
+    golden = [
+        GoldenExample(prompt=g.prompt, response=g.response,
+                      score=float(candidate(encoder.pad(encoder.encode([(g.prompt, g.response)])))[0]))
+        for g in manifest.golden
+    ]
+    variant = manifest.model_copy(update={
+        "bundle_id": "pending",
+        "model": manifest.model.model_copy(update={"precision": precision}),
+        "normalization": manifest.normalization.model_copy(update={
+            "mean": float(rewards.mean()), "std": float(max(rewards.std(), 1e-6)),
+            "version": manifest.normalization.version + f"-{precision}",
+        }),
+        "golden": golden,
+        "provenance": {**manifest.provenance, "variant_of": manifest.bundle_id, "variant_report": report},
+    })
+    written = write_manifest(output_dir, variant)
+    write_manifest(output_dir, written.model_copy(update={"bundle_id": f"rm-{written.model_sha256[:12]}-{precision}"}))
+    bundle = load_bundle(output_dir)
+    check_golden(bundle, OnnxRewardModel(str(bundle.model_path), device=device), bundle.encoder())  # type: ignore[arg-type]
+    return bundle, report
