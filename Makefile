@@ -9,12 +9,13 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install bundle serve test test-unit test-integration lint eval clean
+.PHONY: help install bundle serve test test-unit test-integration lint eval proto clean
 
 help:
 	@echo "make serve  - create .venv, install, build the default bundle if missing, serve on $(HOST):$(PORT)"
 	@echo "make test   - run the whole test suite (what CI runs)"
 	@echo "make eval   - accuracy of the default bundle on the shipped dev split"
+	@echo "make proto  - regenerate the gRPC stubs in service/grpc_gen from proto/"
 	@echo "make lint   - ruff"
 
 # torch is pinned exactly and installed first: a loose requirement makes pip fetch a multi-GB CUDA build.
@@ -45,6 +46,9 @@ test-unit: $(VENV)/.installed
 
 test-integration: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -m integration
+
+proto: $(VENV)/.installed
+	$(BIN)/python proto/generate.py
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check service training tests bench

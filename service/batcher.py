@@ -175,17 +175,21 @@ class Batcher:
             self._cond.wait(remaining)
 
     def _drop_dead_locked(self) -> None:
+        self._waiting[:] = self._without_dead(self._waiting)
+
+    def _without_dead(self, items: list[WorkItem]) -> list[WorkItem]:
+        """Items still worth scoring; the others are counted and, if someone still waits, answered."""
         now = time.monotonic()
         alive = []
-        for item in self._waiting:
-            if item.abandoned():
-                self.observer.dropped("cancelled")
-            elif item.deadline is not None and now > item.deadline:
+        for item in items:
+            if item.deadline is not None and now > item.deadline:  # checked first: a deadline also cancels
                 self.observer.dropped("expired")
                 _resolve(item, error=ScoringError(ErrorKind.TIMEOUT, "deadline passed before the row was scored"))
+            elif item.abandoned():
+                self.observer.dropped("cancelled")
             else:
                 alive.append(item)
-        self._waiting[:] = alive
+        return alive
 
     def _take_prepared(self) -> tuple[list[WorkItem], Batch] | None:
         with self._cond:
@@ -204,14 +208,13 @@ class Batcher:
             if taken is None:
                 return
             items, batch = taken
-            live = [i for i, item in enumerate(items) if not item.abandoned()]
-            if not live:
-                self.observer.dropped("cancelled", len(items))
+            alive = self._without_dead(items)  # a client may have left while its row was prepared
+            if not alive:
                 continue
-            if len(live) < len(items):  # a client left while its row was prefetched
-                self.observer.dropped("cancelled", len(items) - len(live))
-                items = [items[i] for i in live]
-                batch = Batch(batch.input_ids[live], batch.attention_mask[live])
+            if len(alive) < len(items):
+                keep = [i for i, item in enumerate(items) if item in alive]
+                items = alive
+                batch = Batch(batch.input_ids[keep], batch.attention_mask[keep])
             began = time.perf_counter()
             try:
                 rewards = self._run(batch)

@@ -41,7 +41,8 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = "RMSERVE_" + name.upper()
-        parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {info.default}]")
+        default = "" if name == "api_keys" else info.default
+        parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {default!r}]")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -91,10 +92,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    import asyncio
 
     from service.bundle import load_bundle
-    from service.http_app import create_app
+    from service.runtime import serve
     from service.settings import Settings
 
     given: dict[str, Any] = {
@@ -108,8 +109,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
-    return 0
+    return asyncio.run(serve(settings))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,8 @@ HTTP statuses by one table, `HTTP_STATUS`; every error body is {"error": {kind, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -21,9 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import __version__
 from service.errors import ErrorKind, ScoringError
 from service.metrics import Metrics
-from service.schemas import CompareRequest, CompareResponse, ModelRef, ScoreRequest, ScoreResponse
+from service.runtime import ServiceState
+from service.schemas import (
+    CompareRequest,
+    CompareResponse,
+    ModelRef,
+    ScoreRequest,
+    ScoreResponse,
+    validation_error,
+)
 from service.scoring import Row, Scorer
-from service.settings import Settings
 
 log = logging.getLogger("rmserve.http")
 
@@ -42,15 +46,20 @@ def error_response(error: ScoringError) -> JSONResponse:
     return JSONResponse(status_code=HTTP_STATUS[error.kind], content={"error": error.to_dict()}, headers=headers)
 
 
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
 def get_scorer(request: Request) -> Scorer:
-    scorer: Scorer | None = getattr(request.app.state, "scorer", None)
-    if scorer is None:
-        raise ScoringError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry when /readyz answers 200")
-    return scorer
+    return get_state(request).require_scorer()
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    return get_state(request).metrics
+
+
+def authorized(request: Request) -> None:
+    get_state(request).api_keys.check(request.headers.get("authorization"))
 
 
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]
@@ -64,7 +73,7 @@ def model_ref(scorer: Scorer) -> ModelRef:
                     calibration_temperature=m.calibration.temperature)
 
 
-scoring_router = APIRouter(tags=["scoring"])
+scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)])
 
 
 @scoring_router.post("/score", response_model=ScoreResponse)
@@ -102,7 +111,7 @@ async def healthz() -> dict[str, str]:
 
 @ops_router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    ready = getattr(request.app.state, "scorer", None) is not None
+    ready = get_state(request).ready
     return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
 
 
@@ -111,32 +120,15 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@ops_router.get("/v1/model")
+@ops_router.get("/v1/model", dependencies=[Depends(authorized)])
 async def model_info(scorer: ScorerDep) -> dict[str, Any]:
     return {"provider": scorer.engine.provider, "bundle_path": str(scorer.bundle.path),
             "manifest": scorer.manifest.model_dump(mode="json")}
 
 
-def _field_of(loc: tuple | list) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] == "body":
-        parts = parts[1:]
-    # pydantic adds the union member's type name to a loc ("prompt.str"); it names no field.
-    return ".".join(p for p in parts if p not in {"str", "list[ChatMessage]", "function-after[_one_shape()]"})
-
-
 async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors() or [{"loc": (), "msg": "invalid request"}]
-    # A union (text or chat messages) reports one error per member; the deepest one is the informative one.
-    first = max(errors, key=lambda e: len(e.get("loc", ())))
-    field = _field_of(first.get("loc", ())) or None
-    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
-    if first.get("type") == "json_invalid":
-        field = "body"
-        position = first.get("loc", ("body", "?"))[-1]
-        message = f"request body is not valid JSON at character {position}: {first.get('ctx', {}).get('error', message)}"
     _count(request, "invalid")
-    return error_response(ScoringError(ErrorKind.VALIDATION, message, field))
+    return error_response(validation_error(exc.errors(), strip_prefix="body"))
 
 
 async def _scoring_error_handler(request: Request, exc: ScoringError) -> JSONResponse:
@@ -145,30 +137,16 @@ async def _scoring_error_handler(request: Request, exc: ScoringError) -> JSONRes
 
 
 def _count(request: Request, outcome: str) -> None:
-    metrics: Metrics = request.app.state.metrics
+    metrics = get_metrics(request)
     metrics.requests.labels(request.url.path, "http", outcome).inc()
 
 
-def create_app(settings: Settings, scorer: Scorer | None = None) -> FastAPI:
-    """The ASGI app. Without a ready `scorer`, the bundle is loaded at start-up (readiness waits for it)."""
-    metrics = scorer.metrics if scorer is not None else Metrics()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if app.state.scorer is None:
-            app.state.scorer = await asyncio.to_thread(Scorer.load, settings, metrics)
-        metrics.ready.set(1)
-        try:
-            yield
-        finally:
-            metrics.ready.set(0)
-            app.state.scorer.close()
-
-    app = FastAPI(title="rmserve", version=__version__, lifespan=lifespan,
+def create_app(state: ServiceState) -> FastAPI:
+    """The ASGI app over a shared `ServiceState`; the runtime loads the bundle into it."""
+    metrics = state.metrics
+    app = FastAPI(title="rmserve", version=__version__,
                   description="Reward-model scoring for RLHF: /score and /compare.")
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.scorer = scorer
+    app.state.service = state
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ScoringError, _scoring_error_handler)  # type: ignore[arg-type]
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.errors import ErrorKind, ScoringError
 from service.inputs import ChatMessage
 
 PromptField = str | list[ChatMessage]
@@ -74,3 +78,24 @@ class CompareResponse(BaseModel):
     normalized_reward_a: float
     normalized_reward_b: float
     probability_a: float = Field(description="P(a preferred over b) = sigmoid((reward_a - reward_b) / temperature).")
+
+
+# pydantic names a union member in an error's location ("prompt.str"); such parts name no field.
+_NOT_FIELDS = {"str", "list[ChatMessage]", "function-after[_one_shape()]"}
+
+
+def validation_error(errors: Sequence[Any], strip_prefix: str | None = None) -> ScoringError:
+    """One ScoringError naming the field, from pydantic's error list (shared by HTTP and gRPC)."""
+    errors = list(errors) or [{"loc": (), "msg": "invalid request"}]
+    # A union (text or chat messages) reports one error per member; the deepest one is the informative one.
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
+    loc = [str(p) for p in first.get("loc", ())]
+    if strip_prefix and loc and loc[0] == strip_prefix:
+        loc = loc[1:]
+    field = ".".join(p for p in loc if p not in _NOT_FIELDS) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        position = loc[-1] if loc else "?"
+        field = "body"
+        message = f"request body is not valid JSON at character {position}: {first.get('ctx', {}).get('error', message)}"
+    return ScoringError(ErrorKind.VALIDATION, message, field)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,10 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    url: str  # http://127.0.0.1:PORT
+    grpc_target: str  # 127.0.0.1:PORT
+    process: subprocess.Popen
+
+
 @contextlib.contextmanager
-def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iterator[str]:
+def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iterator[RunningServer]:
     port = free_port()
-    env = {**os.environ, "RMSERVE_DEVICE": "cpu"}
+    grpc_port = free_port()
+    env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
     env.update({f"RMSERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log = open(Path(bundle).parent / f"server-{port}.log", "w+")
     proc = subprocess.Popen(
@@ -48,7 +57,7 @@ def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iter
             if time.monotonic() > deadline:
                 raise TimeoutError("server did not become ready")
             time.sleep(0.2)
-        yield url
+        yield RunningServer(url=url, grpc_target=f"127.0.0.1:{grpc_port}", process=proc)
     finally:
         proc.terminate()
         try:

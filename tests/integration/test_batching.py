@@ -28,7 +28,8 @@ def score_one(url, prompt, response, client=None):
 
 def test_scores_do_not_depend_on_batch_company(trained, texts):
     _, bundle, _, _ = trained
-    with running_server(bundle.path, max_batch_size=8, max_batch_tokens=2048) as url:
+    with running_server(bundle.path, max_batch_size=8, max_batch_tokens=2048) as running:
+        url = running.url
         alone = [score_one(url, p, r) for p, r in texts[:10]]
         # The same rows inside one request with rows of other lengths, then under concurrent load.
         items = [{"prompt": p, "response": r} for p, r in texts]
@@ -44,7 +45,8 @@ def test_scores_do_not_depend_on_batch_company(trained, texts):
 
 def test_full_queue_answers_429_at_once_and_admitted_requests_succeed(trained, texts):
     _, bundle, _, _ = trained
-    with running_server(bundle.path, max_queue_rows=8, max_batch_size=4) as url:
+    with running_server(bundle.path, max_queue_rows=8, max_batch_size=4) as running:
+        url = running.url
         def request(i):
             p = texts[i % len(texts)][0]
             responses = [texts[(i + k) % len(texts)][1] for k in range(4)]

@@ -21,8 +21,8 @@ RESPONSES = [" I can't help with breaking into property.", " Sure, get a tension
 @pytest.fixture(scope="module")
 def server(trained):
     _, bundle, _, _ = trained
-    with running_server(bundle.path) as url:
-        yield url
+    with running_server(bundle.path) as running:
+        yield running.url
 
 
 def test_score_matches_torch(trained, server):

@@ -10,8 +10,8 @@ from tests.integration.server import running_server
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("http") / "bundle")
-    with running_server(bundle, max_responses_per_request=4) as url:
-        yield url
+    with running_server(bundle, max_responses_per_request=4) as running:
+        yield running.url
 
 
 @pytest.mark.parametrize("body, field, message", [

@@ -1,0 +1,113 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Conversation(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("text", "messages")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    messages: Conversation
+    def __init__(self, text: _Optional[str] = ..., messages: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class ScoreItem(_message.Message):
+    __slots__ = ("prompt", "response")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    response: str
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., response: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("prompt", "responses", "items")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    responses: _containers.RepeatedScalarFieldContainer[str]
+    items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., responses: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("bundle_id", "model_sha256", "normalization_version", "calibration_temperature")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    model_sha256: str
+    normalization_version: str
+    calibration_temperature: float
+    def __init__(self, bundle_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., normalization_version: _Optional[str] = ..., calibration_temperature: _Optional[float] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("model", "rewards", "normalized_rewards", "truncated")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    normalized_rewards: _containers.RepeatedScalarFieldContainer[float]
+    truncated: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., normalized_rewards: _Optional[_Iterable[float]] = ..., truncated: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("prompt", "response_a", "response_b")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_A_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_B_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    response_a: str
+    response_b: str
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., response_a: _Optional[str] = ..., response_b: _Optional[str] = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("model", "reward_a", "reward_b", "normalized_reward_a", "normalized_reward_b", "probability_a")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REWARD_A_FIELD_NUMBER: _ClassVar[int]
+    REWARD_B_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARD_A_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARD_B_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_A_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    reward_a: float
+    reward_b: float
+    normalized_reward_a: float
+    normalized_reward_b: float
+    probability_a: float
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., reward_a: _Optional[float] = ..., reward_b: _Optional[float] = ..., normalized_reward_a: _Optional[float] = ..., normalized_reward_b: _Optional[float] = ..., probability_a: _Optional[float] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model", "provider", "max_length", "manifest_json")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    provider: str
+    max_length: int
+    manifest_json: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., provider: _Optional[str] = ..., max_length: _Optional[int] = ..., manifest_json: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,175 @@
+"""gRPC over a real server on 127.0.0.1 (same process as HTTP): every RPC, health, reflection, identical
+rewards to HTTP, and each error code."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from service.grpc_gen import reward_pb2 as pb
+from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from tests.integration.server import running_server
+
+PROMPT = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
+RESPONSES = [" I can't help with breaking into property.", " Sure, get a tension wrench and a pick.", " Call a locksmith."]
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    _, bundle, _, _ = trained
+    with running_server(bundle.path, max_queue_rows=64) as running:
+        yield running
+
+
+@pytest.fixture
+def stub(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        yield pb_grpc.RewardModelStub(channel)
+
+
+def text(prompt: str) -> pb.Prompt:
+    return pb.Prompt(text=prompt)
+
+
+def test_score_matches_http(server, stub):
+    reply = stub.Score(pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES), timeout=30)
+    http = httpx.post(server.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}).json()
+    np.testing.assert_allclose(reply.rewards, http["rewards"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(reply.normalized_rewards, http["normalized_rewards"], atol=1e-4, rtol=0)
+    assert list(reply.truncated) == http["truncated"]
+    assert reply.model.bundle_id == http["model"]["bundle_id"] and reply.model.model_sha256 == http["model"]["model_sha256"]
+
+
+def test_items_with_chat_prompt_match_http(server, stub):
+    chat = pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="user", content="How do I pick a lock?")]))
+    reply = stub.Score(pb.ScoreRequest(items=[pb.ScoreItem(prompt=chat, response=RESPONSES[0]),
+                                              pb.ScoreItem(prompt=text("short"), response=RESPONSES[2])]), timeout=30)
+    http = httpx.post(server.url + "/score", json={"items": [
+        {"prompt": [{"role": "user", "content": "How do I pick a lock?"}], "response": RESPONSES[0]},
+        {"prompt": "short", "response": RESPONSES[2]}]}).json()
+    np.testing.assert_allclose(reply.rewards, http["rewards"], atol=1e-5, rtol=0)
+
+
+def test_compare_matches_http(server, stub):
+    reply = stub.Compare(pb.CompareRequest(prompt=text(PROMPT), response_a=RESPONSES[0], response_b=RESPONSES[1]), timeout=30)
+    http = httpx.post(server.url + "/compare", json={"prompt": PROMPT, "response_a": RESPONSES[0],
+                                                     "response_b": RESPONSES[1]}).json()
+    for name in ("reward_a", "reward_b", "probability_a"):
+        assert getattr(reply, name) == pytest.approx(http[name], abs=1e-5)
+
+
+def test_score_stream_answers_each_request_in_order(stub):
+    requests = [pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES[: i + 1]) for i in range(3)] * 3
+    replies = list(stub.ScoreStream(iter(requests), timeout=60))
+    assert [len(r.rewards) for r in replies] == [1, 2, 3] * 3
+    single = stub.Score(pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES), timeout=30)
+    np.testing.assert_allclose(replies[2].rewards, single.rewards, atol=1e-5, rtol=0)
+
+
+def test_model_info(stub, trained):
+    _, bundle, _, _ = trained
+    info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert info.model.bundle_id == bundle.manifest.bundle_id
+    assert info.provider == "CPUExecutionProvider" and info.max_length == bundle.manifest.input.max_length
+    assert '"format_version": 1' in info.manifest_json
+
+
+def test_health_and_reflection(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "rmserve.v1.RewardModel"):
+            assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"rmserve.v1.RewardModel", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize("request_, detail", [
+    (pb.ScoreRequest(prompt=text(PROMPT), responses=["ok", "  "]), "responses.1: response is empty"),
+    (pb.ScoreRequest(responses=["ok"]), "'prompt' is required"),
+    (pb.ScoreRequest(), "exactly one of"),
+    (pb.ScoreRequest(prompt=pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="robot", content="x")])),
+                     responses=["a"]), "prompt.0.role"),
+])
+def test_invalid_argument_names_the_field(stub, request_, detail):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Score(request_, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert detail in info.value.details()
+
+
+def test_compare_without_prompt_is_invalid(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Compare(pb.CompareRequest(response_a="a", response_b="b"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "prompt" in info.value.details()
+
+
+def test_request_larger_than_the_queue_is_resource_exhausted(stub):
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Score(pb.ScoreRequest(prompt=text(PROMPT), responses=["a response"] * 65), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in info.value.details()
+
+
+def test_expired_deadline_is_dropped_before_inference(server, stub):
+    def expired_count() -> float:
+        for line in httpx.get(server.url + "/metrics").text.splitlines():
+            if line.startswith('rmserve_dropped_rows_total{reason="expired"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = expired_count()
+    long_text = " ".join(["the lock has pins and a spring"] * 40)
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        busy = pb_grpc.RewardModelStub(channel).Score.future(
+            pb.ScoreRequest(prompt=text(PROMPT), responses=[long_text + str(i) for i in range(48)]), timeout=120)
+        time.sleep(0.2)  # the engine is now busy with long rows
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES), timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(busy.result().rewards) == 48
+    assert expired_count() >= before + 1
+
+
+def test_grpc_unavailable_before_the_bundle_is_loaded(tmp_path):
+    from service.grpc_app import start_grpc_server
+    from service.runtime import ServiceState
+    from service.settings import Settings
+    from tests.integration.server import free_port
+
+    async def main():
+        port = free_port()
+        state = ServiceState(Settings(bundle=tmp_path, grpc_port=port))  # never loaded
+        server = await start_grpc_server(state)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=text("hi"), responses=["a"]), timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                status = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("script", ["grpc_client_sync.py", "grpc_client_async.py"])
+def test_readme_client_examples_run(server, script):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "examples" / script), server.grpc_target], cwd=root,
+                         capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(root), "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert "rewards:" in out.stdout
