@@ -1,8 +1,9 @@
 """Dynamic cross-request batching: one bounded queue, one inference thread, shared by every request.
 
 Policy (after TEI's queue): a batch is formed as soon as the engine is free, from the waiting rows sorted
-by length, within `max_batch_tokens` (padded length x rows) and `max_batch_size`; the batch always holds
-the oldest waiting row, so no row starves behind shorter ones. Optionally the collector waits up to
+by length, within `max_batch_tokens` (padded length x rows), `max_batch_size` and `max_padding_ratio`
+(padding costs compute, which on a CPU is all the cost); the batch always holds the oldest waiting row,
+so no row starves behind shorter ones. Optionally the collector waits up to
 `max_wait_ms` for a batch to fill. While the engine runs one batch, the next one is collected and padded
 (prefetch depth 1), and topped up with rows that arrive before the engine takes it, so preparing early
 never makes a batch smaller. Rows whose request was cancelled or whose deadline passed are dropped before
@@ -54,36 +55,44 @@ class BatchPolicy:
     max_batch_size: int
     max_wait_ms: float = 0.0
     max_queue_rows: int = 1024
+    max_padding_ratio: float = 1.0  # 1.0: no limit
 
 
 def collate(waiting: list[WorkItem], policy: BatchPolicy) -> list[WorkItem]:
     """Choose the next batch from `waiting` (removed from it); empty only when `waiting` is.
 
-    Rows are sorted by length and a contiguous run around the oldest row is grown toward its nearest
-    neighbours in length while the padded cost (longest row x rows) fits the token budget. A single row
-    longer than the budget still forms a batch of one.
+    Rows are sorted by length and a contiguous run around the oldest row is grown, one neighbour at a
+    time (the one that adds least padding first), while the padded cost (longest row x rows) fits
+    `max_batch_tokens` and padding stays within `max_padding_ratio` of it. A single row longer than the
+    budget still forms a batch of one, so every row is eventually served.
     """
     if not waiting:
         return []
     by_length = sorted(waiting, key=lambda item: (item.length, item.seq))
     oldest = min(waiting, key=lambda item: item.seq)
     lo = hi = by_length.index(oldest)
-    longest = oldest.length
+    longest, real = oldest.length, oldest.length
+
+    def fits(candidate: WorkItem) -> bool:
+        rows = hi - lo + 2
+        padded = max(longest, candidate.length) * rows
+        return padded <= policy.max_batch_tokens and real + candidate.length >= (1 - policy.max_padding_ratio) * padded
+
     while hi - lo + 1 < policy.max_batch_size:
         left = by_length[lo - 1] if lo > 0 else None
         right = by_length[hi + 1] if hi + 1 < len(by_length) else None
-        # Prefer the neighbour that adds least padding: a shorter row costs nothing extra.
-        if left is not None and (right is None or longest - left.length <= right.length - longest):
-            if longest * (hi - lo + 2) > policy.max_batch_tokens:
-                break
-            lo -= 1
-        elif right is not None:
-            if right.length * (hi - lo + 2) > policy.max_batch_tokens:
-                break
-            hi += 1
-            longest = right.length
-        else:
+        candidates = [c for c in (left, right) if c is not None and fits(c)]
+        if not candidates:
             break
+        # A shorter row adds (longest - its length) padding; a longer one adds (its length - longest) per row.
+        best = min(candidates, key=lambda c: (longest - c.length) if c.length <= longest
+                   else (c.length - longest) * (hi - lo + 1))
+        if best is left:
+            lo -= 1
+        else:
+            hi += 1
+            longest = best.length
+        real += best.length
     chosen = by_length[lo : hi + 1]
     chosen_ids = {id(item) for item in chosen}
     waiting[:] = [item for item in waiting if id(item) not in chosen_ids]

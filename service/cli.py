@@ -13,6 +13,7 @@ import logging
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -86,7 +87,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"bundle {metrics['bundle_id']} on {metrics['data']}: {metrics['pairs']} pairs, "
+        print(f"bundle {metrics['bundle_id']} on {Path(metrics['data']).name}: {metrics['pairs']} pairs, "
               f"accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, mean margin {metrics['mean_margin']:.4f}")
     return 0
 

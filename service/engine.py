@@ -35,6 +35,9 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: a failed CUDA load is reported by us, once
+    # Idle ONNX Runtime workers spin by default, taking the CPU that the event loop and the tokenizer
+    # need between batches; in a server they must sleep.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -46,19 +46,21 @@ def error_response(error: ScoringError) -> JSONResponse:
     return JSONResponse(status_code=HTTP_STATUS[error.kind], content={"error": error.to_dict()}, headers=headers)
 
 
+# Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a thread pool, a
+# thread hop per dependency per request that costs more than the work they do.
 def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-def get_scorer(request: Request) -> Scorer:
+async def get_scorer(request: Request) -> Scorer:
     return get_state(request).require_scorer()
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return get_state(request).metrics
 
 
-def authorized(request: Request) -> None:
+async def authorized(request: Request) -> None:
     get_state(request).api_keys.check(request.headers.get("authorization"))
 
 
@@ -137,7 +139,7 @@ async def _scoring_error_handler(request: Request, exc: ScoringError) -> JSONRes
 
 
 def _count(request: Request, outcome: str) -> None:
-    metrics = get_metrics(request)
+    metrics = get_state(request).metrics
     metrics.requests.labels(request.url.path, "http", outcome).inc()
 
 

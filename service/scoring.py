@@ -59,6 +59,7 @@ class Scorer:
                 max_batch_size=settings.max_batch_size,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue_rows=settings.max_queue_rows,
+                max_padding_ratio=settings.max_padding_ratio,
             ),
             observer=MetricsObserver(metrics),
         )
