@@ -254,3 +254,16 @@ def test_close_finishes_queued_work():
         return await asyncio.gather(*futures)
 
     assert run_async(main()) == [1.0, 2.0, 3.0]
+
+
+def test_collate_keeps_padding_within_the_ratio():
+    rng = random.Random(3)
+    policy = BatchPolicy(max_batch_tokens=4096, max_batch_size=32, max_padding_ratio=0.1)
+    waiting = [item(rng.randint(10, 250), seq) for seq in range(200)]
+    sizes = []
+    while waiting:
+        batch = collate(waiting, policy)
+        padded = max(i.length for i in batch) * len(batch)
+        assert sum(i.length for i in batch) >= 0.9 * padded
+        sizes.append(len(batch))
+    assert max(sizes) > 4, "similar lengths were not grouped"
