@@ -128,3 +128,45 @@ def score_body(prompt: str, responses: list[str]) -> bytes:
     if len(responses) == 1:
         return json.dumps({"prompt": prompt, "response": responses[0]}).encode()
     return json.dumps({"prompt": prompt, "responses": responses}).encode()
+
+
+async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object, int]], concurrency: int,
+                        seconds: float, warmup_s: float = 1.0) -> LoadResult:
+    """Closed-loop gRPC Score calls from `concurrency` tasks over one HTTP/2 channel."""
+    import grpc
+
+    from service.grpc_gen import reward_pb2_grpc
+
+    result = LoadResult(concurrency=concurrency, seconds=seconds)
+    counter = iter(range(10**9))
+    measuring = asyncio.Event()
+    stop_at = [float("inf")]
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = reward_pb2_grpc.RewardModelStub(channel)
+
+        async def client() -> None:
+            while time.perf_counter() < stop_at[0]:
+                request, rows = make_request(next(counter))
+                began = time.perf_counter()
+                try:
+                    await stub.Score(request, timeout=60)
+                    status = 200
+                except grpc.aio.AioRpcError as e:
+                    status = 429 if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
+                elapsed = time.perf_counter() - began
+                if not measuring.is_set() or began + elapsed > stop_at[0]:
+                    continue
+                result.status_counts[status] = result.status_counts.get(status, 0) + 1
+                if status == 200:
+                    result.ok += 1
+                    result.rows += rows
+                    result.latencies_ok.append(elapsed)
+
+        tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup_s)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        measuring.set()
+        stop_at[0] = wall0 + seconds
+        await asyncio.gather(*tasks)
+        result.client_cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
+    return result

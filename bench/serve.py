@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.loadgen import LoadResult, run_load, score_body  # noqa: E402
+from bench.loadgen import LoadResult, run_grpc_load, run_load, score_body  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
 from service.engine import OnnxRewardModel  # noqa: E402
 from tests.integration.server import free_port  # noqa: E402
@@ -153,12 +153,24 @@ def machine_name(device: str) -> str:
     return name
 
 
+def grpc_load_point(target: str, rows: list, concurrency: int, seconds: float) -> LoadResult:
+    from service.grpc_gen import reward_pb2 as pb
+
+    def make_request(i: int) -> tuple[object, int]:
+        prompt, response = rows[i % len(rows)]
+        return pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=[response]), 1
+
+    return asyncio.run(run_grpc_load(target, make_request, concurrency, seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="artifacts/default-bundle")
     parser.add_argument("--checkpoint", default="artifacts/default-checkpoint", help="For the naive torch peer.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Measured seconds per load point.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--grpc-concurrency", type=int, nargs="*", default=[1, 8, 32, 128],
+                        help="Concurrency levels for the gRPC path (none to skip).")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores).")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Execution provider for rmserve and the engine limit.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-batch-size 64'.")
@@ -173,9 +185,9 @@ def main() -> None:
     print(f"engine limit: {limit:.1f} texts/s ({shape}); single text p50 {single_ms:.1f} ms")
 
     table = [("engine limit (in-process ORT)", f"{limit:.1f}", "1.00", "", "", shape, "", "")]
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    server_env = {"RMSERVE_DEVICE": args.device, "RMSERVE_LOG_LEVEL": "warning", "RMSERVE_INTRA_OP_THREADS": str(args.threads)}
+    server_env = {"RMSERVE_GRPC_PORT": str(grpc_port), "RMSERVE_DEVICE": args.device, "RMSERVE_LOG_LEVEL": "warning", "RMSERVE_INTRA_OP_THREADS": str(args.threads)}
     server = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
                     *args.server_args.split()], server_env, url)
     results = {}
@@ -191,6 +203,19 @@ def main() -> None:
             padded = max(delta.get("rmserve_batch_tokens_sum", 0), 1)
             waste = 1 - delta.get("rmserve_input_tokens_total", 0) / padded
             label = f"rmserve HTTP c={conc}" + (" (16 responses/request)" if per_request > 1 else "")
+            results[label] = res
+            table.append((label, f"{res.rows_per_s:.1f}", f"{res.rows_per_s / limit:.2f}", f"{res.percentile_ms(50):.1f}",
+                          f"{res.percentile_ms(99):.1f}", f"mean batch {mean_batch:.1f}", f"{waste:.1%}",
+                          f"{res.client_cpu_share:.0%}"))
+            print(table[-1])
+        for conc in args.grpc_concurrency:
+            before = scrape(url)
+            res = grpc_load_point(f"127.0.0.1:{grpc_port}", rows, conc, args.seconds)
+            after = scrape(url)
+            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            mean_batch = delta.get("rmserve_batch_size_sum", 0) / max(delta.get("rmserve_batch_size_count", 0), 1)
+            waste = 1 - delta.get("rmserve_input_tokens_total", 0) / max(delta.get("rmserve_batch_tokens_sum", 0), 1)
+            label = f"rmserve gRPC c={conc}"
             results[label] = res
             table.append((label, f"{res.rows_per_s:.1f}", f"{res.rows_per_s / limit:.2f}", f"{res.percentile_ms(50):.1f}",
                           f"{res.percentile_ms(99):.1f}", f"mean batch {mean_batch:.1f}", f"{waste:.1%}",
