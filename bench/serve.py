@@ -113,6 +113,27 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def start_infinity(binary: str, model_dir: str, port: int, url: str, timeout: float = 240.0) -> subprocess.Popen:
+    import httpx
+
+    proc = subprocess.Popen([binary, "v2", "--model-id", model_dir, "--engine", "torch", "--device", "cpu",
+                             "--port", str(port), "--host", "127.0.0.1"], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
+                            stdout=subprocess.DEVNULL, stderr=open(ROOT / "artifacts" / "infinity.log", "w"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"infinity_emb exited with {proc.returncode}; see artifacts/infinity.log")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("infinity_emb did not become ready; see artifacts/infinity.log")
+
+
 def scrape(url: str) -> dict[str, float]:
     import httpx
 
@@ -175,6 +196,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="Execution provider for rmserve and the engine limit.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-batch-size 64'.")
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--infinity-bin", default=None,
+                        help="Path of an `infinity_emb` executable (PyPI infinity-emb, installed in its own venv); "
+                        "serves the same checkpoint through its /rerank endpoint as a peer row.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
     args = parser.parse_args()
 
@@ -258,6 +282,25 @@ def main() -> None:
         ours = results.get("rmserve HTTP c=32")
         if ours:
             print(f"rmserve / naive at c=32: {ours.rows_per_s / naive_rate:.2f}x")
+
+    if args.infinity_bin:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        model_dir = str(ROOT / args.checkpoint)
+        infinity = start_infinity(args.infinity_bin, model_dir, port, url)
+        try:
+            def make_body(i: int) -> tuple[bytes, int]:
+                prompt, response = rows[i % len(rows)]
+                return json.dumps({"model": model_dir, "query": prompt, "documents": [response]}).encode(), 1
+
+            res = asyncio.run(run_load("127.0.0.1", port, "/rerank", make_body, 32, args.seconds))
+            bad = {k: v for k, v in res.status_counts.items() if k != 200}
+            table.append(("infinity-emb c=32 (torch, /rerank)", f"{res.rows_per_s:.1f}", f"{res.rows_per_s / limit:.2f}",
+                          f"{res.percentile_ms(50):.1f}", f"{res.percentile_ms(99):.1f}",
+                          "its own batching" + (f", errors {bad}" if bad else ""), "", f"{res.client_cpu_share:.0%}"))
+            print(table[-1])
+        finally:
+            stop(infinity)
 
     header = "| path | texts/s | × engine limit | p50 ms | p99 ms | batching | padding waste | client CPU |"
     lines = [header, "|---|---|---|---|---|---|---|---|"] + ["| " + " | ".join(row) + " |" for row in table]

@@ -21,6 +21,7 @@ from service.inputs import InputEncoder, InputSpec
 
 CHECKPOINT_META = "rmserve_checkpoint.json"
 TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json")
 
 
 def default_base_model() -> Path:
@@ -92,6 +93,17 @@ def save_checkpoint(directory: Path, model: RewardModel, tokenizer_path: Path, m
     directory.mkdir(parents=True, exist_ok=True)
     model.hf_model.save_pretrained(str(directory))
     (directory / TOKENIZER_FILE).write_bytes(Path(tokenizer_path).read_bytes())
+    # The Hugging Face tokenizer files too, so that the checkpoint is a complete model directory that
+    # other tools (transformers, sentence-transformers, peer servers) can load.
+    for name in HF_TOKENIZER_FILES:
+        source = Path(tokenizer_path).parent / name
+        if source.is_file():
+            (directory / name).write_bytes(source.read_bytes())
+    config_path = directory / "tokenizer_config.json"
+    if config_path.is_file():  # the length the model was trained at, for tools that read it from here
+        tokenizer_config = json.loads(config_path.read_text())
+        tokenizer_config["model_max_length"] = meta.input["max_length"]
+        config_path.write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (directory / CHECKPOINT_META).write_text(json.dumps(asdict(meta), indent=2) + "\n")
 
 

@@ -25,6 +25,7 @@ def tiny_base(tmp_path):
     base = tmp_path / "base"
     model.save_pretrained(str(base))
     tokenizer.save(str(base / "tokenizer.json"))
+    (base / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
     return base
 
 
@@ -47,5 +48,7 @@ def test_training_changes_every_parameter_and_writes_a_checkpoint(tiny_base, tmp
     unchanged = [name for name, value in after.items() if torch.equal(value.detach(), before[name])]
     assert not unchanged, f"parameters not updated by training: {unchanged}"
     assert meta.input_spec.max_length == 32 and encoder.spec.max_length == 32
+    # The checkpoint is a complete model directory for other tools, at the length it was trained with.
+    assert json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())["model_max_length"] == 32
     # The task is trivially learnable: after 3 large steps the chosen response must score higher.
     assert metrics["dev_accuracy"] == 1.0
