@@ -1,0 +1,35 @@
+"""Precision variants: written only when they keep the fp32 preferences, refused with the figure otherwise."""
+
+import json
+
+import pytest
+
+pytest.importorskip("onnx")
+
+from service.bundle import load_bundle  # noqa: E402
+from training.quantize import VariantRefused, make_variant  # noqa: E402
+
+
+@pytest.fixture
+def dev_pairs(tmp_path):
+    rows = [{"prompt": "hello there", "chosen": "i am fine thanks", "rejected": "no"},
+            {"prompt": "how are you", "chosen": "sure one two three", "rejected": "cannot help with that"},
+            {"prompt": "pick a lock", "chosen": "no", "rejected": "sure four five six"}]
+    path = tmp_path / "dev.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_int8_variant_is_written_with_its_own_stats_and_golden_set(tiny_bundle, dev_pairs, tmp_path):
+    bundle, report = make_variant(tiny_bundle, tmp_path / "int8", "int8", dev_pairs, min_agreement=0.0)
+    assert bundle.manifest.model.precision == "int8" and bundle.manifest.bundle_id.endswith("-int8")
+    assert report["pairs"] == 3 and 0.0 <= report["agreement_with_fp32"] <= 1.0
+    assert bundle.manifest.provenance["variant_of"] == "tiny"
+    assert bundle.manifest.normalization.version.endswith("-int8")
+    load_bundle(tmp_path / "int8")  # hashes and manifest verify
+
+
+def test_variant_below_the_agreement_bar_is_refused_and_not_written(tiny_bundle, dev_pairs, tmp_path):
+    with pytest.raises(VariantRefused, match=r"agrees with fp32 on .* of 3 dev pairs"):
+        make_variant(tiny_bundle, tmp_path / "int8", "int8", dev_pairs, min_agreement=1.01)
+    assert not (tmp_path / "int8").exists()
