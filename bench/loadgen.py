@@ -10,7 +10,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,23 +83,25 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def run_load(host: str, port: int, path: str, make_body: Callable[[int], tuple[bytes, int]],
-                   concurrency: int, seconds: float, warmup_s: float = 1.0) -> LoadResult:
-    """`concurrency` clients send requests back to back for `seconds` (after a warm-up)."""
+Sender = Callable[[int], Awaitable[tuple[int, int]]]  # request number -> (HTTP-like status, rows scored)
+
+
+async def run_closed_loop(open_sender: Callable[[], Awaitable[tuple[Sender, Callable[[], Awaitable[None]]]]],
+                          concurrency: int, seconds: float, warmup_s: float = 1.0) -> LoadResult:
+    """`concurrency` clients send back to back; what completes inside the `seconds` window after a
+    warm-up is counted (a steady-state throughput). `open_sender` gives each client its send and close."""
     result = LoadResult(concurrency=concurrency, seconds=seconds)
     counter = iter(range(10**9))
     measuring = asyncio.Event()
     stop_at = [float("inf")]
 
     async def client() -> None:
-        conn = Connection(host, port)
+        send, close = await open_sender()
         try:
             while time.perf_counter() < stop_at[0]:
-                body, rows = make_body(next(counter))
                 began = time.perf_counter()
-                status, _ = await conn.post(path, body)
+                status, rows = await send(next(counter))
                 elapsed = time.perf_counter() - began
-                # Count what completes inside the window: a steady-state throughput.
                 if not measuring.is_set() or began + elapsed > stop_at[0]:
                     continue
                 result.status_counts[status] = result.status_counts.get(status, 0) + 1
@@ -110,7 +112,7 @@ async def run_load(host: str, port: int, path: str, make_body: Callable[[int], t
                 elif status == 429:
                     result.latencies_rejected.append(elapsed)
         finally:
-            await conn.close()
+            await close()
 
     tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
     await asyncio.sleep(warmup_s)
@@ -118,55 +120,55 @@ async def run_load(host: str, port: int, path: str, make_body: Callable[[int], t
     measuring.set()
     stop_at[0] = wall0 + seconds
     await asyncio.gather(*tasks)
-    wall = time.perf_counter() - wall0
-    result.seconds = seconds
-    result.client_cpu_share = (time.process_time() - cpu0) / wall / (os.cpu_count() or 1)
+    result.client_cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
     return result
+
+
+async def run_load(host: str, port: int, path: str, make_body: Callable[[int], tuple[bytes, int]],
+                   concurrency: int, seconds: float) -> LoadResult:
+    """Closed-loop HTTP POSTs, one keep-alive connection per client."""
+
+    async def open_sender() -> tuple[Sender, Callable[[], Awaitable[None]]]:
+        conn = Connection(host, port)
+
+        async def send(i: int) -> tuple[int, int]:
+            body, rows = make_body(i)
+            status, _ = await conn.post(path, body)
+            return status, rows
+
+        return send, conn.close
+
+    return await run_closed_loop(open_sender, concurrency, seconds)
+
+
+async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object, int]], concurrency: int,
+                        seconds: float) -> LoadResult:
+    """Closed-loop gRPC Score calls from `concurrency` tasks over one HTTP/2 channel."""
+    import grpc
+
+    from service.grpc_gen import reward_pb2_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = reward_pb2_grpc.RewardModelStub(channel)
+
+        async def open_sender() -> tuple[Sender, Callable[[], Awaitable[None]]]:
+            async def send(i: int) -> tuple[int, int]:
+                request, rows = make_request(i)
+                try:
+                    await stub.Score(request, timeout=60)
+                    return 200, rows
+                except grpc.aio.AioRpcError as e:
+                    return (429 if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500), rows
+
+            async def close() -> None:
+                return None
+
+            return send, close
+
+        return await run_closed_loop(open_sender, concurrency, seconds)
 
 
 def score_body(prompt: str, responses: list[str]) -> bytes:
     if len(responses) == 1:
         return json.dumps({"prompt": prompt, "response": responses[0]}).encode()
     return json.dumps({"prompt": prompt, "responses": responses}).encode()
-
-
-async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object, int]], concurrency: int,
-                        seconds: float, warmup_s: float = 1.0) -> LoadResult:
-    """Closed-loop gRPC Score calls from `concurrency` tasks over one HTTP/2 channel."""
-    import grpc
-
-    from service.grpc_gen import reward_pb2_grpc
-
-    result = LoadResult(concurrency=concurrency, seconds=seconds)
-    counter = iter(range(10**9))
-    measuring = asyncio.Event()
-    stop_at = [float("inf")]
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = reward_pb2_grpc.RewardModelStub(channel)
-
-        async def client() -> None:
-            while time.perf_counter() < stop_at[0]:
-                request, rows = make_request(next(counter))
-                began = time.perf_counter()
-                try:
-                    await stub.Score(request, timeout=60)
-                    status = 200
-                except grpc.aio.AioRpcError as e:
-                    status = 429 if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 500
-                elapsed = time.perf_counter() - began
-                if not measuring.is_set() or began + elapsed > stop_at[0]:
-                    continue
-                result.status_counts[status] = result.status_counts.get(status, 0) + 1
-                if status == 200:
-                    result.ok += 1
-                    result.rows += rows
-                    result.latencies_ok.append(elapsed)
-
-        tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
-        await asyncio.sleep(warmup_s)
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        measuring.set()
-        stop_at[0] = wall0 + seconds
-        await asyncio.gather(*tasks)
-        result.client_cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
-    return result

@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,22 +88,26 @@ def engine_limit(bundle_dir: Path, rows: list, seconds: float, threads: int, dev
     return best, best_shape, float(np.median(latencies) * 1000)
 
 
-def start(cmd: list[str], env: dict, url: str, timeout: float = 120.0) -> subprocess.Popen:
+def start(cmd: list[str], env: dict, url: str, timeout: float = 120.0, ready_path: str = "/readyz",
+          log_path: Path | None = None) -> subprocess.Popen:
+    """Start a server process and wait until `ready_path` answers 200."""
     import httpx
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = open(log_path, "w") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=stderr)
+    where = f"; see {log_path}" if log_path else ""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+            raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}{where}")
         try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+            if httpx.get(url + ready_path, timeout=1).status_code == 200:
                 return proc
         except httpx.TransportError:
             pass
         time.sleep(0.3)
     proc.kill()
-    raise TimeoutError(f"{cmd} did not become ready")
+    raise TimeoutError(f"{cmd[0]} did not become ready{where}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -113,25 +118,10 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def start_infinity(binary: str, model_dir: str, port: int, url: str, timeout: float = 240.0) -> subprocess.Popen:
-    import httpx
-
-    proc = subprocess.Popen([binary, "v2", "--model-id", model_dir, "--engine", "torch", "--device", "cpu",
-                             "--port", str(port), "--host", "127.0.0.1"], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"},
-                            stdout=subprocess.DEVNULL, stderr=open(ROOT / "artifacts" / "infinity.log", "w"))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"infinity_emb exited with {proc.returncode}; see artifacts/infinity.log")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("infinity_emb did not become ready; see artifacts/infinity.log")
+def start_infinity(binary: str, model_dir: str, port: int, url: str) -> subprocess.Popen:
+    return start([binary, "v2", "--model-id", model_dir, "--engine", "torch", "--device", "cpu", "--port", str(port),
+                  "--host", "127.0.0.1"], {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}, url,
+                 timeout=240.0, ready_path="/health", log_path=ROOT / "artifacts" / "infinity.log")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -216,30 +206,17 @@ def main() -> None:
                     *args.server_args.split()], server_env, url)
     results = {}
     try:
-        for c in args.concurrency + [("x16", 8)]:
-            per_request, conc = (16, c[1]) if isinstance(c, tuple) else (1, c)
+        points: list[tuple[str, Callable[[], LoadResult]]] = [
+            (f"rmserve HTTP c={c}", lambda c=c: load_point(port, rows, 1, c, args.seconds)) for c in args.concurrency]
+        points.append(("rmserve HTTP c=8 (16 responses/request)", lambda: load_point(port, rows, 16, 8, args.seconds)))
+        points += [(f"rmserve gRPC c={c}", lambda c=c: grpc_load_point(f"127.0.0.1:{grpc_port}", rows, c, args.seconds))
+                   for c in args.grpc_concurrency]
+        for label, run in points:
             before = scrape(url)
-            res = load_point(port, rows, per_request, conc, args.seconds)
-            after = scrape(url)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-            batches = max(delta.get("rmserve_batch_size_count", 0), 1)
-            mean_batch = delta.get("rmserve_batch_size_sum", 0) / batches
-            padded = max(delta.get("rmserve_batch_tokens_sum", 0), 1)
-            waste = 1 - delta.get("rmserve_input_tokens_total", 0) / padded
-            label = f"rmserve HTTP c={conc}" + (" (16 responses/request)" if per_request > 1 else "")
-            results[label] = res
-            table.append((label, f"{res.rows_per_s:.1f}", f"{res.rows_per_s / limit:.2f}", f"{res.percentile_ms(50):.1f}",
-                          f"{res.percentile_ms(99):.1f}", f"mean batch {mean_batch:.1f}", f"{waste:.1%}",
-                          f"{res.client_cpu_share:.0%}"))
-            print(table[-1])
-        for conc in args.grpc_concurrency:
-            before = scrape(url)
-            res = grpc_load_point(f"127.0.0.1:{grpc_port}", rows, conc, args.seconds)
-            after = scrape(url)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            res = run()
+            delta = {k: v - before.get(k, 0) for k, v in scrape(url).items()}
             mean_batch = delta.get("rmserve_batch_size_sum", 0) / max(delta.get("rmserve_batch_size_count", 0), 1)
             waste = 1 - delta.get("rmserve_input_tokens_total", 0) / max(delta.get("rmserve_batch_tokens_sum", 0), 1)
-            label = f"rmserve gRPC c={conc}"
             results[label] = res
             table.append((label, f"{res.rows_per_s:.1f}", f"{res.rows_per_s / limit:.2f}", f"{res.percentile_ms(50):.1f}",
                           f"{res.percentile_ms(99):.1f}", f"mean batch {mean_batch:.1f}", f"{waste:.1%}",

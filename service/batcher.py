@@ -6,7 +6,7 @@ by length, within `max_batch_tokens` (padded length x rows), `max_batch_size` an
 so no row starves behind shorter ones. Optionally the collector waits up to
 `max_wait_ms` for a batch to fill. While the engine runs one batch, the next one is collected and padded
 (prefetch depth 1), and topped up with rows that arrive before the engine takes it, so preparing early
-never makes a batch smaller. Rows whose request was cancelled or whose deadline passed are dropped before
+never makes a batch smaller; an idle engine forms its batch itself. Rows whose request was cancelled or whose deadline passed are dropped before
 inference and counted. Admission is all-or-nothing per request and bounded by `max_queue_rows`: a full
 queue raises OVERLOADED at once.
 
@@ -201,8 +201,17 @@ class Batcher:
         return alive
 
     def _take_prepared(self) -> tuple[list[WorkItem], Batch] | None:
+        """The next batch for the engine: the prepared one, or, when the engine finds rows waiting and
+        nothing prepared, one it forms itself (saving a thread hop on an idle service)."""
         with self._cond:
             while self._prepared is None:
+                if self._waiting and self.policy.max_wait_ms <= 0:
+                    self._drop_dead_locked()
+                    if self._waiting:
+                        items = collate(self._waiting, self.policy)
+                        self.observer.queue_depth(len(self._waiting))
+                        return items, self._pad([item.ids for item in items])
+                    continue
                 if self._stopping and not self._waiting:
                     return None
                 self._cond.wait()
