@@ -67,3 +67,31 @@ def test_full_queue_answers_429_at_once_and_admitted_requests_succeed(trained, t
         # Still healthy afterwards, and the refusals were counted.
         assert httpx.get(url + "/readyz").status_code == 200
         assert "rmserve_rejected_rows_total" in httpx.get(url + "/metrics").text
+
+
+def test_rows_of_a_client_that_disconnects_are_dropped_before_inference(trained, texts):
+    import json
+    import socket
+    import threading
+    import time
+
+    _, bundle, _, _ = trained
+    with running_server(bundle.path) as running:
+        url = running.url
+        long_text = " ".join(["the lock has pins and a spring"] * 40)
+        busy = threading.Thread(target=lambda: httpx.post(
+            url + "/score", json={"prompt": "q", "responses": [long_text + str(i) for i in range(48)]}, timeout=120))
+        busy.start()
+        time.sleep(0.3)  # the engine is busy with long rows
+        body = json.dumps({"prompt": "hi", "responses": [f"short answer {i}" for i in range(8)]}).encode()
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.3)  # queued behind the long rows; now the client leaves
+        busy.join(120)
+        metrics = httpx.get(url + "/metrics").text
+    dropped = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                  if line.startswith('rmserve_dropped_rows_total{reason="cancelled"}'))
+    assert dropped == 8
+    assert 'outcome="client_gone"' in metrics

@@ -36,3 +36,10 @@ def test_every_subcommand_has_help(command):
     out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], capture_output=True, text=True, check=True)
     assert "usage: rmserve " + command in out.stdout
     assert "--" in out.stdout
+
+
+def test_missing_api_keys_file_stops_start_up_naming_it(tiny_bundle, tmp_path, capsys):
+    code = main(["serve", "--bundle", str(tiny_bundle), "--api-keys-file", str(tmp_path / "keys.txt"),
+                 "--port", "0", "--grpc-port", "-1"])
+    assert code == 2
+    assert "api_keys_file" in capsys.readouterr().err
