@@ -126,6 +126,20 @@ class Batcher:
         with self._cond:
             return len(self._waiting) + (len(self._prepared[0]) if self._prepared else 0)
 
+    def is_full(self) -> bool:
+        """No room for even one more row (unlocked: a hint for shedding load early)."""
+        prepared = self._prepared
+        return len(self._waiting) + (len(prepared[0]) if prepared else 0) >= self.policy.max_queue_rows
+
+    def check_room(self, count: int) -> None:
+        """Refuse at once, before any work is spent on them, `count` rows that could not be queued now.
+        `submit` checks again under the lock; this is the cheap early answer for an overloaded service."""
+        prepared = self._prepared  # read once: the collector may replace it meanwhile (unlocked: a hint)
+        queued = len(self._waiting) + (len(prepared[0]) if prepared else 0)
+        if count > self.policy.max_queue_rows - queued:
+            self.observer.rejected(count)
+            raise ScoringError(ErrorKind.OVERLOADED, f"queue full: {queued} rows waiting, request has {count}")
+
     def submit(self, rows: Sequence[Sequence[int]], deadline: float | None = None) -> list[asyncio.Future]:
         """Queue rows of one request; all or none. Must be called on the event loop that awaits them."""
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Literal
 
 import numpy as np
@@ -21,6 +22,21 @@ log = logging.getLogger("rmserve.engine")
 Device = Literal["auto", "cuda", "cpu"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux: no per-thread priorities to set
+        return set()
+
+
+def _renice(tid: int, nice: int) -> None:
+    """Lower one thread's CPU priority, so that the event loop answers while inference computes."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (OSError, AttributeError) as e:
+        log.warning("could not lower the priority of thread %d: %s", tid, e)
 
 
 def nvidia_device_present() -> bool:
@@ -44,7 +60,7 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 class OnnxRewardModel:
     """Runs padded batches through the bundle's ONNX model and returns one float32 reward per row."""
 
-    def __init__(self, model_path: str, device: Device = "auto", intra_op_threads: int = 0):
+    def __init__(self, model_path: str, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0):
         wanted = [CUDA, CPU] if device in ("auto", "cuda") else [CPU]
         if device == "auto" and not nvidia_device_present():
             wanted = [CPU]  # trying CUDA without a GPU only fills the log with loader errors
@@ -53,9 +69,16 @@ class OnnxRewardModel:
         providers = [p for p in wanted if p in available]
         if device == "cuda" and CUDA not in providers:
             raise RuntimeError(f"device=cuda but this onnxruntime offers only {available}")
+        threads_before = _thread_ids()
         self.session = ort.InferenceSession(
             model_path, sess_options=_session_options(intra_op_threads), providers=providers
         )
+        self.nice = nice
+        self._reniced = threading.local()
+        if nice:
+            # ONNX Runtime's own worker threads were created with the session: lower them too.
+            for tid in _thread_ids() - threads_before:
+                _renice(tid, nice)
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider != CUDA:
             raise RuntimeError("device=cuda but the CUDA provider failed to load (see onnxruntime's error above)")
@@ -67,6 +90,9 @@ class OnnxRewardModel:
             raise BundleError(f"model.onnx takes inputs {sorted(names)}, expected input_ids and attention_mask")
 
     def __call__(self, batch: Batch) -> np.ndarray:
+        if self.nice and not getattr(self._reniced, "done", False):
+            _renice(threading.get_native_id(), self.nice)  # the calling (inference) thread
+            self._reniced.done = True
         (rewards,) = self.session.run(
             ["reward"], {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         )

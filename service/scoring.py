@@ -68,7 +68,8 @@ class Scorer:
     def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
         """Load and verify the bundle, start the engine, and prove it with the golden set."""
         bundle = load_bundle(settings.bundle)
-        engine = OnnxRewardModel(str(bundle.model_path), settings.device, settings.intra_op_threads)
+        engine = OnnxRewardModel(str(bundle.model_path), settings.device, settings.intra_op_threads,
+                                 settings.inference_nice)
         worst = check_golden(bundle, engine, bundle.encoder())
         scorer = cls(bundle, engine, settings, metrics)
         log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s",
@@ -96,6 +97,7 @@ class Scorer:
     async def score(self, rows: Sequence[Row], deadline: float | None = None) -> Scores:
         """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic()."""
         self.validate(rows)
+        self.batcher.check_room(len(rows))  # an overloaded service answers before tokenizing
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
         encoded = await loop.run_in_executor(

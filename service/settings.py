@@ -39,6 +39,11 @@ class Settings(BaseSettings):
         "empty (and no file) disables authentication. /healthz, /readyz, /metrics and gRPC health stay open."
     )
     api_keys_file: Path | None = Field(None, description="File with one API key per line, added to api_keys.")
+    inference_nice: int = Field(
+        0, ge=0, le=19,
+        description="Niceness for the inference threads (0 leaves them alone). On a CPU host a positive value "
+        "lets the event loop answer (429s, health, new requests) while inference holds every core.",
+    )
     max_responses_per_request: int = Field(256, ge=1, description="Most responses (or items) in one /score call.")
     max_batch_tokens: int = Field(
         4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
