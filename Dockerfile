@@ -2,7 +2,7 @@
 #   docker build -t rmserve .                                  # GPU image, bundle mounted at run time
 #   docker build --build-arg BUNDLE=artifacts/default-bundle -t rmserve .   # bundle baked in
 #   docker build --build-arg RUNTIME_BASE=python:3.12-slim --build-arg ORT=onnxruntime -t rmserve:cpu .
-#   docker run --gpus all -p 8000:8000 -v $PWD/artifacts/default-bundle:/bundle:ro rmserve
+#   docker run --gpus all -p 8000:8000 -p 50051:50051 -v $PWD/artifacts/default-bundle:/bundle:ro rmserve
 # onnxruntime-gpu 1.31 needs CUDA 13.x and cuDNN 9.x: the runtime base below provides both.
 ARG RUNTIME_BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
@@ -35,7 +35,7 @@ COPY --chown=rmserve ${BUNDLE:-README.md} /tmp/bundle-src
 RUN if [ -d /tmp/bundle-src ]; then cp -r /tmp/bundle-src/. /bundle/; fi && rm -rf /tmp/bundle-src
 USER rmserve
 ENV RMSERVE_BUNDLE=/bundle RMSERVE_HOST=0.0.0.0 RMSERVE_PORT=8000
-EXPOSE 8000
+EXPOSE 8000 50051
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
   CMD python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
 ENTRYPOINT ["rmserve", "serve"]
