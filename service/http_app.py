@@ -7,6 +7,7 @@ HTTP statuses by one table, `HTTP_STATUS`; every error body is {"error": {kind, 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -176,6 +177,10 @@ def _count(request: Request, outcome: str) -> None:
 
 
 SCORING_PATHS = ("/score", "/compare")
+_SHED_BODY = json.dumps({"error": ScoringError(
+    ErrorKind.OVERLOADED, "queue full: retry after the Retry-After delay").to_dict()}).encode()
+_SHED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_SHED_BODY)).encode()),
+                 (b"retry-after", b"1")]
 
 
 class ObserveAndShed:
@@ -199,8 +204,9 @@ class ObserveAndShed:
         if scorer is not None and scorer.batcher.is_full() and self._authorized(scope):
             metrics.requests.labels(path, "http", ErrorKind.OVERLOADED.value).inc()
             scorer.batcher.observer.rejected(1)
-            response = error_response(ScoringError(ErrorKind.OVERLOADED, "queue full: retry after the Retry-After delay"))
-            await response(scope, receive, send)
+            # Pre-rendered: a flood of refusals must cost the event loop as little as possible.
+            await send({"type": "http.response.start", "status": 429, "headers": _SHED_HEADERS})
+            await send({"type": "http.response.body", "body": _SHED_BODY})
             return
         status = 500
 
