@@ -121,21 +121,19 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    @property
-    def queued_rows(self) -> int:
-        with self._cond:
-            return len(self._waiting) + (len(self._prepared[0]) if self._prepared else 0)
+    def _queued(self) -> int:
+        """Rows admitted and not yet taken by the engine. Exact under the lock, a hint without it."""
+        prepared = self._prepared  # read once: the collector may replace it meanwhile
+        return len(self._waiting) + (len(prepared[0]) if prepared else 0)
 
     def is_full(self) -> bool:
         """No room for even one more row (unlocked: a hint for shedding load early)."""
-        prepared = self._prepared
-        return len(self._waiting) + (len(prepared[0]) if prepared else 0) >= self.policy.max_queue_rows
+        return self._queued() >= self.policy.max_queue_rows
 
     def check_room(self, count: int) -> None:
         """Refuse at once, before any work is spent on them, `count` rows that could not be queued now.
         `submit` checks again under the lock; this is the cheap early answer for an overloaded service."""
-        prepared = self._prepared  # read once: the collector may replace it meanwhile (unlocked: a hint)
-        queued = len(self._waiting) + (len(prepared[0]) if prepared else 0)
+        queued = self._queued()
         if count > self.policy.max_queue_rows - queued:
             self.observer.rejected(count)
             raise ScoringError(ErrorKind.OVERLOADED, f"queue full: {queued} rows waiting, request has {count}")
@@ -146,7 +144,7 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
-            queued = len(self._waiting) + (len(self._prepared[0]) if self._prepared else 0)
+            queued = self._queued()
             room = self.policy.max_queue_rows - queued
             if len(rows) > room:
                 self.observer.rejected(len(rows))

@@ -3,8 +3,8 @@
 
 Start-up: both servers listen at once (liveness answers immediately) while the bundle loads in a
 thread; readiness (/readyz, gRPC health) turns true when the bundle is verified. Shutdown (SIGTERM or
-SIGINT, handled by uvicorn): readiness turns false, the servers stop taking new calls, queued work is
-scored, then the process exits.
+SIGINT, handled here rather than by uvicorn): readiness turns false and new work gets 503/UNAVAILABLE,
+the servers stop taking calls, queued work is scored, then the process exits 0.
 """
 
 from __future__ import annotations
