@@ -49,10 +49,11 @@ class Settings(BaseSettings):
         4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
     )
     max_batch_size: int = Field(32, ge=1, description="Most rows in one inference batch.")
-    max_padding_ratio: float = Field(
-        0.1, gt=0.0, le=1.0,
+    max_padding_ratio: float | None = Field(
+        None, gt=0.0, le=1.0,
         description="Most padding a batch may carry, as a share of its padded tokens; a row that would exceed it "
-        "waits for the next batch. Low on CPU, where padding is wasted compute; higher suits a GPU.",
+        "waits for the next batch. Default by provider: 0.02 on CPU, where padding is wasted compute and "
+        "batching gains nothing (measured in docs/benchmarks.md); 0.2 on CUDA, where rows run in parallel.",
     )
     max_wait_ms: float = Field(
         0.0, ge=0.0, description="How long a batch may wait to fill once rows are waiting; 0 runs at once."

@@ -43,3 +43,17 @@ def test_missing_api_keys_file_stops_start_up_naming_it(tiny_bundle, tmp_path, c
                  "--port", "0", "--grpc-port", "-1"])
     assert code == 2
     assert "api_keys_file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given, expected", [(None, 0.02), (0.3, 0.3)])
+def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
+    from service.metrics import Metrics
+    from service.scoring import Scorer, default_padding_ratio
+
+    assert default_padding_ratio("CUDAExecutionProvider") == 0.2
+    scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu", max_padding_ratio=given), Metrics())
+    try:
+        assert scorer.engine.provider == "CPUExecutionProvider"
+        assert scorer.batcher.policy.max_padding_ratio == expected
+    finally:
+        scorer.close()
