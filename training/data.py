@@ -1,30 +1,78 @@
-"""Preference data: reading JSONL (optionally gzipped) into (prompt, chosen, rejected) pairs.
+"""Preference data: the row formats rmserve trains and evaluates on, and the one parser that reads them.
 
-Two row shapes are accepted:
-  {"prompt": str | [{"role", "content"}], "chosen": str, "rejected": str}
-  {"chosen": full dialogue, "rejected": full dialogue}   (HH-RLHF: the shared prefix is the prompt)
-Every bad row raises `DataError` naming the file, the line and the field.
+Where the data can be
+  - a JSONL file, one row per line, optionally gzipped (`.jsonl.gz`); rows are reported as `file:line`;
+  - a directory written by Hugging Face `datasets`' `Dataset.save_to_disk` (one split: for a `DatasetDict`
+    give the split's subdirectory); rows are reported as `dir:row N`, where N indexes the dataset
+    (`dataset[N]`). Needs the `datasets` package (in the `train` extra).
+
+Row shapes (a prompt is plain text or chat messages `[{"role": "system"|"user"|"assistant", "content": str}]`,
+rendered by the bundle's template exactly as the service renders it):
+
+  pair      {"prompt": ..., "chosen": str, "rejected": str}
+  dialogue  {"chosen": str, "rejected": str}
+            two full dialogues (HH-RLHF): the prefix they share, up to its last "\\n\\nAssistant:", is the prompt.
+  ranking   {"prompt": ..., "responses": [str, str, ...]}              best first
+            {"prompt": ..., "responses": [...], "ranks": [number, ...]} lower rank = better; equal ranks tie
+            A ranking of K responses yields all K(K-1)/2 comparisons of that prompt, kept together (one
+            `PreferenceGroup`, each response stored, and so encoded, once), and counts as one prompt in the
+            listwise loss however many pairs it has (InstructGPT). Responses must be distinct.
+
+Optional fields of a pair or dialogue row:
+  label   P(chosen preferred over rejected), a number in [0, 1]: 1 (the default) is a hard preference,
+          0.5 a tie, 0.8 "chosen is better, 4 raters in 5 agree". A label below 0.5 is kept as given (it says
+          the rejected response is the likelier better one); it is not swapped.
+  margin  a finite number >= 0: how far chosen should score above rejected (Llama 2's preference strength).
+          A non-zero margin needs a hard preference: with `label` other than 1 it is an error.
+
+Fields not named here (ids, sources, metadata) are ignored, and a null field counts as absent (a saved
+dataset with rows of several shapes fills other shapes' columns with nulls). A row with fields of two
+shapes (say `responses` and `chosen`) or of none is an error naming the shapes accepted.
+
+Every bad row raises `DataError` naming where it is and the field (`pairs.jsonl:17 field 'rejected': is
+empty`; an element of a list as `responses.3` or `prompt.0.role`). With `skip_bad_rows=True` bad rows are
+left out and returned in `.skipped` instead (the CLI's `--skip-bad-rows`), so a run can say how many.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import NamedTuple
 
-from service.inputs import Prompt
+from pydantic import ValidationError
+
+from service.inputs import ChatMessage, Prompt
 
 ASSISTANT_TURN = "\n\nAssistant:"
+SHAPES = (
+    "accepted row shapes: {prompt, chosen, rejected} and {chosen, rejected} as full dialogues "
+    "(both with optional label, margin), {prompt, responses} (optional ranks)"
+)
+PAIR_FIELDS = ("chosen", "rejected", "label", "margin")
+RANKING_FIELDS = ("responses", "ranks")
+SKIP_HINT = " (--skip-bad-rows leaves such rows out)"
 
 
 class DataError(ValueError):
-    def __init__(self, path: str | Path, line: int, field: str | None, message: str):
-        where = f"{path}:{line}" + (f" field '{field}'" if field else "")
-        super().__init__(f"{where}: {message}")
-        self.path, self.line, self.field, self.message = str(path), line, field, message
+    """A bad row (or file): `path`, `line` (a dataset's row index when `unit` is "row"; 0 for the whole
+    file), `field` (None when the row as a whole is wrong) and `message`."""
+
+    def __init__(self, path: str | Path, line: int, field: str | None, message: str, *, unit: str = "line"):
+        self.path, self.line, self.field, self.message, self.unit = str(path), line, field, message, unit
+        super().__init__(f"{self.where}" + (f" field '{field}'" if field else "") + f": {message}")
+
+    @property
+    def where(self) -> str:
+        if self.line == 0 and self.unit == "line":
+            return self.path
+        return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
 
 
 @dataclass(frozen=True)
@@ -32,6 +80,53 @@ class PreferencePair:
     prompt: Prompt
     chosen: str
     rejected: str
+    label: float = 1.0  # P(chosen preferred over rejected); 0.5 is a tie
+    margin: float = 0.0  # how much higher chosen should score (Llama 2's preference strength)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    better: int  # index into PreferenceGroup.responses
+    worse: int
+    label: float = 1.0  # P(better preferred over worse) in [0, 1]; 0.5 = tie
+    margin: float = 0.0  # >= 0; non-zero only with label 1.0
+
+
+@dataclass(frozen=True)
+class PreferenceGroup:
+    """One prompt, its distinct responses (each encoded once), and the comparisons between them.
+    A pair row is a group of 2 responses and 1 comparison; a ranking of K is K responses, K(K-1)/2 comparisons."""
+
+    prompt: Prompt
+    responses: tuple[str, ...]
+    comparisons: tuple[Comparison, ...]
+    source: str = ""  # "file:line" or "dir:row N"
+
+    def pairs(self) -> list[PreferencePair]:
+        """The comparisons as pairs: chosen = the better response, with the comparison's label and margin."""
+        return [
+            PreferencePair(self.prompt, self.responses[c.better], self.responses[c.worse], c.label, c.margin)
+            for c in self.comparisons
+        ]
+
+
+@dataclass(frozen=True)
+class PreferenceFile:
+    path: Path
+    groups: list[PreferenceGroup]
+    skipped: list[DataError]
+
+    @property
+    def pairs(self) -> list[PreferencePair]:
+        """Every comparison of every group as a pair (a new list each call), in file order."""
+        return [pair for group in self.groups for pair in group.pairs()]
+
+
+@dataclass(frozen=True)
+class PairFile:
+    path: Path
+    pairs: list[PreferencePair]
+    skipped: list[DataError]
 
 
 def shipped_data(split: str) -> Path:
@@ -42,21 +137,60 @@ def shipped_data(split: str) -> Path:
     return path
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file."""
-    path = Path(path)
+class _Where(NamedTuple):
+    """A row's place, for errors and `PreferenceGroup.source`."""
+
+    path: Path
+    line: int
+    unit: str = "line"
+
+    def error(self, field: str | None, message: str) -> DataError:
+        return DataError(self.path, self.line, field, message, unit=self.unit)
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[_Where, dict | DataError]]:
+    """Rows of a JSONL file; a line that is not a JSON object comes as its DataError, so it can be skipped."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            where = _Where(path, line_no)
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(path, line_no, None, f"not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise DataError(path, line_no, None, "each line must be a JSON object")
-            yield line_no, row
+                yield where, where.error(None, f"not valid JSON ({e.msg})")
+                continue
+            yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file."""
+    for where, row in _jsonl_rows(Path(path)):
+        if isinstance(row, DataError):
+            raise row
+        yield where.line, row
+
+
+def _dataset_rows(path: Path) -> Iterator[tuple[_Where, dict]]:
+    try:
+        from datasets import DatasetDict, load_from_disk
+    except ImportError as e:
+        raise ImportError(f"{path} is a directory; reading a saved dataset needs `datasets` "
+                          "(pip install 'rmserve[train]')") from e
+    try:
+        dataset = load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise DataError(path, 0, None, "is a directory but not a dataset written by datasets' save_to_disk") from e
+    if isinstance(dataset, DatasetDict):
+        splits = list(dataset)
+        raise DataError(path, 0, None, f"holds the splits {splits}; give one split's directory, "
+                                       f"e.g. {path / splits[0]}" if splits else "holds no splits")
+    for index, row in enumerate(dataset):
+        yield _Where(path, index, "row"), row
 
 
 def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -77,69 +211,168 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return chosen[:end], chosen[end:], rejected[end:]
 
 
-def _text(row: dict, field: str, path: Path, line: int) -> str:
-    if field not in row:
-        raise DataError(path, line, field, "missing")
-    value = row[field]
+def _text(value: object, field: str, where: _Where) -> str:
     if not isinstance(value, str):
-        raise DataError(path, line, field, f"must be a string, got {type(value).__name__}")
+        raise where.error(field, f"must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise DataError(path, line, field, "is empty")
+        raise where.error(field, "is empty")
     return value
 
 
-def _prompt(row: dict, path: Path, line: int) -> Prompt:
-    value = row["prompt"]
+def _required(row: dict, field: str, where: _Where) -> str:
+    if field not in row:
+        raise where.error(field, "missing")
+    return _text(row[field], field, where)
+
+
+def _prompt(value: object, where: _Where) -> Prompt:
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    ):
-        return value  # rendered by the bundle's InputSpec, as in serving
-    raise DataError(path, line, "prompt", "must be a string or a non-empty list of {role, content} messages")
+    if not isinstance(value, list) or not value:
+        raise where.error("prompt", "must be a string or a non-empty list of {role, content} messages")
+    messages = []
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise where.error(f"prompt.{i}", f"must be a {{role, content}} object, got {type(message).__name__}")
+        try:  # the service's own message model, so training cannot accept a prompt serving would refuse
+            checked = ChatMessage.model_validate({k: v for k, v in message.items() if v is not None})
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in (f"prompt.{i}", *first["loc"]))
+            raise where.error(field, first["msg"]) from None
+        messages.append(checked.model_dump())
+    return messages  # rendered by the bundle's InputSpec, as in serving
 
 
-def parse_pair(row: dict, path: Path, line: int) -> PreferencePair:
-    chosen = _text(row, "chosen", path, line)
-    rejected = _text(row, "rejected", path, line)
+def _number(value: object, field: str, where: _Where, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise where.error(field, f"must be {what}, got {type(value).__name__}")
+    return float(value)
+
+
+def _label(row: dict, where: _Where) -> float:
+    if "label" not in row:
+        return 1.0
+    label = _number(row["label"], "label", where, "a number in [0, 1]")
+    if not 0.0 <= label <= 1.0:  # also false for NaN
+        raise where.error("label", f"must be in [0, 1] (P(chosen preferred over rejected)), got {label}")
+    return label
+
+
+def _margin(row: dict, label: float, where: _Where) -> float:
+    if "margin" not in row:
+        return 0.0
+    margin = _number(row["margin"], "margin", where, "a finite number >= 0")
+    if not math.isfinite(margin) or margin < 0:
+        raise where.error("margin", f"must be a finite number >= 0, got {margin}")
+    if margin > 0 and label != 1.0:
+        raise where.error("margin", f"needs a hard preference (label 1), but label is {label}")
+    return margin
+
+
+def _parse_pair(row: dict, where: _Where) -> PreferenceGroup:
+    chosen = _required(row, "chosen", where)
+    rejected = _required(row, "rejected", where)
     if "prompt" in row:
-        return PreferencePair(_prompt(row, path, line), chosen, rejected)
-    split = split_dialogue(chosen, rejected)
-    if split is None:
-        raise DataError(
-            path, line, "chosen",
-            "no 'prompt' field, and chosen/rejected share no prefix ending in '\\n\\nAssistant:'",
-        )
-    prompt, chosen_reply, rejected_reply = split
-    if not chosen_reply.strip() or not rejected_reply.strip():
-        raise DataError(path, line, "chosen" if not chosen_reply.strip() else "rejected", "empty reply after the prompt")
-    return PreferencePair(prompt, chosen_reply, rejected_reply)
+        prompt = _prompt(row["prompt"], where)
+    else:
+        split = split_dialogue(chosen, rejected)
+        if split is None:
+            raise where.error(
+                "chosen", "no 'prompt' field, and chosen/rejected share no prefix ending in '\\n\\nAssistant:'"
+            )
+        prompt, chosen, rejected = split
+        if not chosen.strip() or not rejected.strip():
+            raise where.error("chosen" if not chosen.strip() else "rejected", "empty reply after the prompt")
+    if chosen == rejected:
+        raise where.error("rejected", "is the same text as chosen")
+    label = _label(row, where)
+    comparison = Comparison(0, 1, label, _margin(row, label, where))
+    return PreferenceGroup(prompt, (chosen, rejected), (comparison,), str(where))
+
+
+def _parse_ranking(row: dict, where: _Where) -> PreferenceGroup:
+    if "prompt" not in row:
+        raise where.error("prompt", "missing (a ranking needs its prompt)")
+    prompt = _prompt(row["prompt"], where)
+    responses = row.get("responses")
+    if not isinstance(responses, list):
+        raise where.error("responses", "missing" if responses is None else
+                          f"must be a list of strings, best first, got {type(responses).__name__}")
+    if len(responses) < 2:
+        raise where.error("responses", f"needs at least 2 responses, got {len(responses)}")
+    first_at: dict[str, int] = {}
+    for i, response in enumerate(responses):
+        _text(response, f"responses.{i}", where)
+        if response in first_at:
+            raise where.error(f"responses.{i}", f"is the same text as responses.{first_at[response]}")
+        first_at[response] = i
+    if "ranks" in row:
+        ranks = row["ranks"]
+        if not isinstance(ranks, list) or len(ranks) != len(responses):
+            got = f"{len(ranks)} ranks" if isinstance(ranks, list) else type(ranks).__name__
+            raise where.error("ranks", f"must be a list of one number per response ({len(responses)}), got {got}")
+        for i, rank in enumerate(ranks):
+            if not math.isfinite(_number(rank, f"ranks.{i}", where, "a number")):
+                raise where.error(f"ranks.{i}", f"must be finite, got {rank}")
+    else:
+        ranks = list(range(len(responses)))
+    comparisons = []
+    for i in range(len(responses)):
+        for j in range(i + 1, len(responses)):
+            if ranks[i] == ranks[j]:
+                comparisons.append(Comparison(i, j, 0.5))
+            else:
+                comparisons.append(Comparison(i, j) if ranks[i] < ranks[j] else Comparison(j, i))
+    return PreferenceGroup(prompt, tuple(responses), tuple(comparisons), str(where))
+
+
+def _parse_row(row: dict, where: _Where) -> PreferenceGroup:
+    """One row of any accepted shape as a PreferenceGroup; DataError (with file, line, field) if bad."""
+    row = {key: value for key, value in row.items() if value is not None}
+    pair = [f for f in PAIR_FIELDS if f in row]
+    ranking = [f for f in RANKING_FIELDS if f in row]
+    if pair and ranking:
+        raise where.error(pair[0], f"a row with {ranking[0]!r} is a ranking and cannot have {pair}; {SHAPES}")
+    if ranking:
+        return _parse_ranking(row, where)
+    if pair:
+        return _parse_pair(row, where)
+    raise where.error(None, f"no preference fields (it has {sorted(row)}); {SHAPES}")
+
+
+def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PreferenceFile:
+    """Every row of a .jsonl / .jsonl.gz file or a save_to_disk directory as a PreferenceGroup (the first
+    `limit` good rows when given). A bad row raises DataError unless `skip_bad_rows`, in which case it is
+    left out and returned in `PreferenceFile.skipped`."""
+    path = Path(path)
+    if path.is_dir():
+        rows: Iterator[tuple[_Where, dict | DataError]] = _dataset_rows(path)
+    elif path.is_file():
+        rows = _jsonl_rows(path)
+    else:
+        raise FileNotFoundError(f"data file {path} does not exist")
+    groups: list[PreferenceGroup] = []
+    skipped: list[DataError] = []
+    for where, row in rows:
+        if limit is not None and len(groups) >= limit:
+            break
+        try:
+            if isinstance(row, DataError):
+                raise row
+            groups.append(_parse_row(row, where))
+        except DataError as e:
+            if not skip_bad_rows:
+                raise DataError(e.path, e.line, e.field, e.message + SKIP_HINT, unit=e.unit) from None
+            skipped.append(e)
+    if not groups:
+        raise DataError(path, 0, None, "holds no preference rows"
+                        + (f" ({len(skipped)} bad rows skipped)" if skipped else ""))
+    return PreferenceFile(path=path, groups=groups, skipped=skipped)
 
 
 def load_pairs(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PairFile:
-    """Pairs of a file (the first `limit` when given). A bad row raises DataError unless
-    `skip_bad_rows`, in which case it is left out and reported in `PairFile.skipped`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    pairs: list[PreferencePair] = []
-    skipped: list[DataError] = []
-    for line, row in iter_jsonl(path):
-        try:
-            pairs.append(parse_pair(row, path, line))
-        except DataError as e:
-            if not skip_bad_rows:
-                raise DataError(e.path, e.line, e.field, e.message + " (--skip-bad-rows leaves such rows out)") from None
-            skipped.append(e)
-        if limit is not None and len(pairs) >= limit:
-            break
-    if not pairs:
-        raise DataError(path, 0, None, "holds no preference pairs")
-    return PairFile(path=path, pairs=pairs, skipped=skipped)
-
-
-@dataclass(frozen=True)
-class PairFile:
-    path: Path
-    pairs: list[PreferencePair]
-    skipped: list[DataError]
+    """`load_preferences` flattened to pairs (for evaluation and export); `limit` counts rows, so a
+    ranking row brings all its pairs."""
+    loaded = load_preferences(path, limit, skip_bad_rows)
+    return PairFile(path=loaded.path, pairs=loaded.pairs, skipped=loaded.skipped)
