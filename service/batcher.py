@@ -30,6 +30,16 @@ from service.inputs import Batch
 log = logging.getLogger("rmserve.batcher")
 
 
+@dataclass
+class RequestTiming:
+    """Where one request's time went, filled in by the inference thread before its rows resolve:
+    `queue_seconds` is the longest wait of its rows before their batch started, `inference_seconds`
+    the engine time of the batches its rows ran in (each batch counted once)."""
+
+    queue_seconds: float = 0.0
+    inference_seconds: float = 0.0
+
+
 @dataclass(eq=False)
 class WorkItem:
     """One row waiting for a reward; resolved through `future` on the submitting event loop."""
@@ -40,6 +50,7 @@ class WorkItem:
     deadline: float | None = None  # time.monotonic() after which the row is dropped
     enqueued: float = field(default_factory=time.monotonic)
     seq: int = 0
+    timing: RequestTiming | None = None
 
     @property
     def length(self) -> int:
@@ -138,8 +149,10 @@ class Batcher:
             self.observer.rejected(count)
             raise ScoringError(ErrorKind.OVERLOADED, f"queue full: {queued} rows waiting, request has {count}")
 
-    def submit(self, rows: Sequence[Sequence[int]], deadline: float | None = None) -> list[asyncio.Future]:
-        """Queue rows of one request; all or none. Must be called on the event loop that awaits them."""
+    def submit(self, rows: Sequence[Sequence[int]], deadline: float | None = None,
+               timing: RequestTiming | None = None) -> list[asyncio.Future]:
+        """Queue rows of one request; all or none. Must be called on the event loop that awaits them.
+        `timing`, if given, is filled in with the request's queue and inference time."""
         loop = asyncio.get_running_loop()
         with self._cond:
             if self._stopping:
@@ -155,7 +168,7 @@ class Batcher:
             items = []
             for ids in rows:
                 self._arrivals += 1
-                items.append(WorkItem(ids, loop.create_future(), loop, deadline, seq=self._arrivals))
+                items.append(WorkItem(ids, loop.create_future(), loop, deadline, seq=self._arrivals, timing=timing))
             self._waiting.extend(items)
             self.observer.queue_depth(queued + len(items))
             self._cond.notify_all()
@@ -245,6 +258,7 @@ class Batcher:
                 keep = [i for i, item in enumerate(items) if item in alive]
                 items = alive
                 batch = Batch(batch.input_ids[keep], batch.attention_mask[keep])
+            waited = [time.monotonic() - item.enqueued for item in items]
             began = time.perf_counter()
             try:
                 rewards = self._run(batch)
@@ -254,7 +268,9 @@ class Batcher:
                 for item in items:
                     _resolve(item, error=ScoringError(ErrorKind.INTERNAL, f"inference failed: {e}"))
                 continue
-            self.observer.batch(batch, time.perf_counter() - began, [time.monotonic() - i.enqueued for i in items])
+            seconds = time.perf_counter() - began
+            self.observer.batch(batch, seconds, waited)
+            _record_timings(items, waited, seconds)
             for item, reward in zip(items, rewards.tolist(), strict=True):
                 _resolve(item, result=reward)
 
@@ -265,6 +281,20 @@ class Batcher:
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+
+
+def _record_timings(items: list[WorkItem], waited: list[float], seconds: float) -> None:
+    """Add one batch to the timings of the requests it served; written before the rows resolve, so
+    a request reads complete figures once all its rows are answered."""
+    counted: set[int] = set()
+    for item, wait in zip(items, waited, strict=True):
+        timing = item.timing
+        if timing is None:
+            continue
+        timing.queue_seconds = max(timing.queue_seconds, wait)
+        if id(timing) not in counted:
+            counted.add(id(timing))
+            timing.inference_seconds += seconds
 
 
 def _resolve(item: WorkItem, result: float | None = None, error: Exception | None = None) -> None:

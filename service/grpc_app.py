@@ -132,6 +132,8 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def _call(self, method: str, context: grpc.aio.ServicerContext, work):  # type: ignore[no-untyped-def]
         metrics = self.state.metrics
         began = time.perf_counter()
+        in_flight = metrics.in_flight.labels("grpc")
+        in_flight.inc()
         try:
             metadata = dict(context.invocation_metadata() or ())
             self.state.api_keys.check(metadata.get("authorization"))
@@ -142,8 +144,16 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             metrics.requests.labels(method, "grpc", e.kind.value).inc()
             detail = f"{e.field}: {e.message}" if e.field else e.message
             await context.abort(GRPC_STATUS[e.kind], detail)
+        except asyncio.CancelledError:  # the client left or its deadline passed
+            metrics.requests.labels(method, "grpc", "client_gone").inc()
+            raise
+        except Exception:  # grpc answers UNKNOWN
+            metrics.requests.labels(method, "grpc", ErrorKind.INTERNAL.value).inc()
+            raise
+        finally:
+            in_flight.dec()
+            metrics.request_duration.labels(method, "grpc").observe(time.perf_counter() - began)
         metrics.requests.labels(method, "grpc", "ok").inc()
-        metrics.request_duration.labels(method, "grpc").observe(time.perf_counter() - began)
         return result
 
 

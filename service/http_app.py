@@ -2,6 +2,8 @@
 
 Routes: POST /score, POST /compare, GET /healthz, /readyz, /metrics, /v1/model. Errors of the core map to
 HTTP statuses by one table, `HTTP_STATUS`; every error body is {"error": {kind, message, field}}.
+Scoring answers carry timing headers: X-Tokenize-Time-Ms, X-Queue-Time-Ms and X-Inference-Time-Ms
+(measured for this request in the scoring core and the batcher) and X-Total-Time-Ms (the whole request).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from service.schemas import (
     ScoreResponse,
     validation_error,
 )
-from service.scoring import Row, Scorer
+from service.scoring import Row, Scorer, Scores
 
 log = logging.getLogger("rmserve.http")
 T = TypeVar("T")
@@ -103,13 +105,20 @@ async def unless_client_leaves(request: Request, work: Coroutine[Any, Any, T]) -
     return task.result()
 
 
+def timing_headers(response: Response, scores: Scores) -> None:
+    response.headers["X-Tokenize-Time-Ms"] = f"{scores.tokenize_seconds * 1000:.2f}"
+    response.headers["X-Queue-Time-Ms"] = f"{scores.queue_seconds * 1000:.2f}"
+    response.headers["X-Inference-Time-Ms"] = f"{scores.inference_seconds * 1000:.2f}"
+
+
 scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)])
 
 
 @scoring_router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> ScoreResponse:
-    rows = [Row(prompt, response, field) for prompt, response, field in body.rows()]
+async def score(body: ScoreRequest, scorer: ScorerDep, request: Request, response: Response) -> ScoreResponse:
+    rows = [Row(prompt, text, field) for prompt, text, field in body.rows()]
     scores = await unless_client_leaves(request, scorer.score(rows))
+    timing_headers(response, scores)
     return ScoreResponse(
         model=model_ref(scorer),
         rewards=scores.raw.tolist(),
@@ -119,9 +128,10 @@ async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> Scor
 
 
 @scoring_router.post("/compare", response_model=CompareResponse)
-async def compare(body: CompareRequest, scorer: ScorerDep, request: Request) -> CompareResponse:
+async def compare(body: CompareRequest, scorer: ScorerDep, request: Request, response: Response) -> CompareResponse:
     rows = [Row(body.prompt, body.response_a, "response_a"), Row(body.prompt, body.response_b, "response_b")]
     scores = await unless_client_leaves(request, scorer.score(rows))
+    timing_headers(response, scores)
     reward_a, reward_b = (float(x) for x in scores.raw)
     normalized = scorer.normalize(scores.raw)
     return CompareResponse(
@@ -218,8 +228,16 @@ class ObserveAndShed:
                 message.setdefault("headers", []).append((b"x-total-time-ms", f"{elapsed_ms:.2f}".encode()))
             await send(message)
 
-        await self.app(scope, receive, send_timed)
-        metrics.request_duration.labels(path, "http").observe(time.perf_counter() - began)
+        in_flight = metrics.in_flight.labels("http")
+        in_flight.inc()
+        try:
+            await self.app(scope, receive, send_timed)
+        except Exception:  # not a ScoringError (those have handlers): Starlette answers 500
+            metrics.requests.labels(path, "http", ErrorKind.INTERNAL.value).inc()
+            raise
+        finally:
+            in_flight.dec()
+            metrics.request_duration.labels(path, "http").observe(time.perf_counter() - began)
         if status < 400:
             metrics.requests.labels(path, "http", "ok").inc()
 

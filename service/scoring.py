@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.batcher import Batcher, BatchPolicy
+from service.batcher import Batcher, BatchPolicy, RequestTiming
 from service.bundle import Bundle, load_bundle
 from service.engine import CUDA, OnnxRewardModel, check_golden
 from service.errors import ErrorKind, ScoringError
@@ -39,6 +39,9 @@ class Row:
 class Scores:
     raw: np.ndarray
     truncated: list[bool]
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0  # longest wait of this request's rows before their batch ran
+    inference_seconds: float = 0.0  # engine time of the batches this request's rows ran in
 
 
 def default_padding_ratio(provider: str) -> float:
@@ -110,8 +113,10 @@ class Scorer:
         encoded = await loop.run_in_executor(
             self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
         )
-        self.metrics.tokenize_duration.observe(time.perf_counter() - began)
-        futures = self.batcher.submit([e.ids for e in encoded], deadline)
+        tokenize_seconds = time.perf_counter() - began
+        self.metrics.tokenize_duration.observe(tokenize_seconds)
+        timing = RequestTiming()
+        futures = self.batcher.submit([e.ids for e in encoded], deadline, timing)
         try:
             raw = np.array(await asyncio.gather(*futures), dtype=np.float32)
         except BaseException:
@@ -122,10 +127,10 @@ class Scorer:
         self.metrics.scored.inc(len(rows))
         self.metrics.input_tokens.inc(sum(len(e.ids) for e in encoded))
         self.metrics.truncations.inc(sum(truncated))
-        if not np.all(np.isfinite(raw)):
-            self.metrics.non_finite.inc(int(np.sum(~np.isfinite(raw))))
+        if self.metrics.observe_rewards(raw, self.normalize(raw), np.array([len(e.ids) for e in encoded])):
             raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
-        return Scores(raw=raw, truncated=truncated)
+        return Scores(raw=raw, truncated=truncated, tokenize_seconds=tokenize_seconds,
+                      queue_seconds=timing.queue_seconds, inference_seconds=timing.inference_seconds)
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         stats = self.manifest.normalization
