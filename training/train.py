@@ -1,14 +1,18 @@
-"""Pairwise Bradley–Terry training of a reward model, with a progress bar and a dev evaluation.
+"""The training loop: preference groups → reward model checkpoint, on one process or many (torchrun).
 
-Chosen and rejected responses of a batch go through the model in one forward pass. Batches are drawn in
-length-grouped order (shuffled windows, sorted inside) so that padding costs little. The result is a
-checkpoint directory that `training.export` turns into a bundle.
+Each optimizer step takes `batch_size` preference rows (pairs or whole rankings) in a length-grouped
+order that depends only on (seed, epoch); with several processes each rank takes every world-size-th
+row of the step's batch, and with gradient accumulation the rank's share is split into micro-batches.
+The loss of a micro-batch is scaled by its share of the step's rows (and pairs, for the centering
+term), so one process, several processes and any accumulation give the same update for the same batch.
+Only rank 0 writes: the training log (JSONL, and TensorBoard when installed), resumable states and the
+final checkpoint, which `training.export` turns into a bundle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,10 +22,13 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from service.inputs import EncodedInput, InputEncoder, InputSpec
+from service.inputs import InputEncoder, InputSpec
+from training.batching import EncodedGroup, collate, encode_groups, length_grouped_batches
 from training.config import TrainConfig
-from training.data import PreferencePair, load_pairs, shipped_data
-from training.losses import bradley_terry_loss, pairwise_accuracy
+from training.data import PreferencePair, load_preferences, shipped_data
+from training.distributed import World, barrier, setup, sum_over_ranks, teardown
+from training.log import TrainLog
+from training.losses import centering_penalty, listwise_mean, pair_losses
 from training.model import (
     TOKENIZER_FILE,
     CheckpointMeta,
@@ -31,45 +38,129 @@ from training.model import (
     load_hf_model,
     pad_id_of,
     save_checkpoint,
-    score_rows,
 )
+from training.state import load_state, resolve_state, save_state
+
+SCHEDULES = ("linear", "cosine", "constant")
 
 
-def _length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    window = batch_size * 16
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
 
 
-def evaluate_pairs(model: RewardModel, encoder: InputEncoder, pairs: list[PreferencePair]) -> dict[str, float]:
-    chosen = torch.tensor(score_rows(model, encoder, [(p.prompt, p.chosen) for p in pairs]))
-    rejected = torch.tensor(score_rows(model, encoder, [(p.prompt, p.rejected) for p in pairs]))
-    return {
-        "pairs": len(pairs),
-        "loss": float(bradley_terry_loss(chosen, rejected)),
-        "accuracy": pairwise_accuracy(chosen, rejected),
-    }
+def pair_accuracy_counts(delta: torch.Tensor, label: torch.Tensor) -> tuple[int, int]:
+    """(right, counted) over pairs with a preference; ties (label 0.5) have no right answer."""
+    decided = label != 0.5
+    right = ((delta > 0) == (label > 0.5)) & decided
+    return int(right.sum()), int(decided.sum())
+
+
+@torch.no_grad()
+def dev_metrics(model: RewardModel, encoder: InputEncoder, pairs: list[PreferencePair], device: torch.device,
+                batch_size: int = 32) -> dict[str, float]:
+    """Dev loss (with each pair's label) and accuracy over pairs that have a preference."""
+    was_training = model.training
+    model.eval()
+    rows = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    encoded = encoder.encode(rows)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    scores = torch.zeros(len(encoded))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = encoder.pad([encoded[i] for i in chunk])
+        out = model(torch.from_numpy(batch.input_ids).to(device), torch.from_numpy(batch.attention_mask).to(device))
+        scores[chunk] = out.float().cpu()
+    model.train(was_training)
+    n = len(pairs)
+    delta = scores[:n] - scores[n:]
+    label = torch.tensor([p.label for p in pairs])
+    right, counted = pair_accuracy_counts(delta, label)
+    return {"pairs": n, "loss": float(pair_losses(delta, label, torch.zeros(n)).mean()),
+            "accuracy": right / max(counted, 1)}
+
+
+def _wrap_lora(hf_model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError as e:
+        raise RuntimeError("--lora-r needs the `peft` package (pip install peft)") from e
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=0.0, target_modules="all-linear")
+    return get_peft_model(hf_model, lora)
+
+
+def _micro_batches(ids: list[int], parts: int) -> list[list[int]]:
+    size = math.ceil(len(ids) / max(parts, 1))
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def train_step(model: torch.nn.Module, encoder: InputEncoder, groups: list[EncodedGroup], batch_ids: list[int],
+               config: TrainConfig, world: World) -> tuple[float, int, int]:
+    """Forward and backward for one optimizer step; returns this rank's (loss share, right, counted)."""
+    total_groups = len(batch_ids)
+    total_pairs = sum(len(groups[i].better) for i in batch_ids)
+    local, weight = batch_ids[world.rank :: world.size], 1.0
+    if not local:  # fewer rows than ranks: join the collective with a zero-weight pass
+        local, weight = batch_ids[:1], 0.0
+    chunks = _micro_batches(local, config.gradient_accumulation_steps)
+    loss_share, right, counted = 0.0, 0, 0
+    for k, chunk in enumerate(chunks):
+        batch = collate(encoder, [groups[i] for i in chunk]).to(world.device)
+        last = k == len(chunks) - 1
+        sync = contextlib.nullcontext() if (world.size == 1 or last) else model.no_sync()
+        with sync:
+            with torch.autocast(device_type=world.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                rewards = model(batch.input_ids, batch.attention_mask)
+            rewards = rewards.float()
+            better, worse = rewards[batch.better], rewards[batch.worse]
+            per_pair = pair_losses(better - worse, batch.label, batch.margin)
+            loss = listwise_mean(per_pair, batch.group_of_pair, batch.groups) * (batch.groups / total_groups)
+            if config.center_rewards:
+                loss = loss + config.center_rewards * centering_penalty(better, worse) * (len(per_pair) / total_pairs)
+            # DDP averages gradients over ranks; the shares above already sum to the step's mean.
+            (loss * weight * world.size).backward()
+        loss_share += float(loss.detach()) * weight
+        r, c = pair_accuracy_counts((better - worse).detach(), batch.label)
+        right, counted = right + int(r * weight), counted + int(c * weight)
+    return loss_share, right, counted
 
 
 def train(config: TrainConfig) -> dict:
-    """Train, evaluate on the dev set, save the checkpoint; returns the metrics."""
+    """Train, evaluate on the dev set, save the checkpoint; returns the metrics (on every rank)."""
+    if config.lr_schedule not in SCHEDULES:
+        raise ValueError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {config.lr_schedule!r}")
+    if config.batch_size < 1 or config.gradient_accumulation_steps < 1:
+        raise ValueError("--batch-size and --gradient-accumulation-steps must be at least 1")
+    world = setup(config.device)
+    try:
+        return _train(config, world)
+    finally:
+        teardown(world)
+
+
+def _train(config: TrainConfig, world: World) -> dict:
+    say = print if world.is_main else (lambda *a, **k: None)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
+    output_dir = Path(config.output_dir)
     base = Path(config.base_model) if config.base_model else default_base_model()
     train_path = Path(config.train_data) if config.train_data else shipped_data("train")
     dev_path = Path(config.dev_data) if config.dev_data else shipped_data("dev")
-    train_file = load_pairs(train_path, config.limit_train, config.skip_bad_rows)
-    dev_file = load_pairs(dev_path, config.limit_dev, config.skip_bad_rows)
-    for skipped in train_file.skipped + dev_file.skipped:
-        print(f"skipped bad row: {skipped}")
+    train_file = load_preferences(train_path, config.limit_train, config.skip_bad_rows)
+    dev_file = load_preferences(dev_path, config.limit_dev, config.skip_bad_rows)
+    skipped = train_file.skipped + dev_file.skipped
+    for bad in skipped:
+        say(f"skipped bad row: {bad}")
+    if skipped:
+        say(f"skipped {len(skipped)} bad rows ({len(train_file.skipped)} train, {len(dev_file.skipped)} dev)")
 
     tokenizer_path = base / TOKENIZER_FILE
     if not tokenizer_path.is_file():
@@ -80,78 +171,112 @@ def train(config: TrainConfig) -> dict:
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     spec = InputSpec(max_length=config.max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
     encoder = InputEncoder(tokenizer, spec)
-    model = RewardModel(hf_model)
+    if config.gradient_checkpointing:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.lora_r:
+        hf_model = _wrap_lora(hf_model, config)
+    model = RewardModel(hf_model).to(world.device)
 
-    pairs = train_file.pairs
-    chosen_rows = encoder.encode([(p.prompt, p.chosen) for p in pairs])
-    rejected_rows = encoder.encode([(p.prompt, p.rejected) for p in pairs])
-    truncated = sum(r.truncated for r in chosen_rows + rejected_rows)
-    lengths = [max(len(c.ids), len(r.ids)) for c, r in zip(chosen_rows, rejected_rows)]
-
-    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    groups = encode_groups(encoder, train_file.groups)
+    pair_count = sum(len(g.better) for g in groups)
+    rows = sum(len(g.rows) for g in groups)
+    truncated = sum(g.truncated_rows for g in groups)
+    lengths = [g.length for g in groups]
+    steps_per_epoch = math.ceil(len(groups) / config.batch_size)
     total_steps = config.max_steps or max(1, math.ceil(steps_per_epoch * config.epochs))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     warmup = int(total_steps * config.warmup_ratio)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, config.lr_schedule))
+    start_step = 0
+    if config.resume_from:
+        state_path = resolve_state(config.resume_from, output_dir)
+        start_step = load_state(state_path, model, optimizer, scheduler, config)
+        say(f"resumed from {state_path} at step {start_step}")
+    ddp_model: torch.nn.Module = model
+    if world.size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[world.device.index] if world.device.type == "cuda" else None)
 
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    print(
-        f"training {base.name} on {len(pairs)} pairs from {train_path.name} "
-        f"(max_length {spec.max_length}, {truncated} of {2 * len(pairs)} rows truncated), "
-        f"{total_steps} steps of {config.batch_size} pairs"
-    )
+    say(f"training {base.name} on {len(groups)} rows ({pair_count} pairs, {rows} responses) from {train_path.name}: "
+        f"max_length {spec.max_length}, {truncated} of {rows} responses truncated (prompt cut first), "
+        f"{total_steps} steps of {config.batch_size} rows on {world.size} × {world.device.type}")
+    log = TrainLog(output_dir, config.tensorboard, resumed=start_step > 0) if world.is_main else None
     model.train()
-    started = time.perf_counter()
-    step, losses, accuracies = 0, [], []
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not config.progress)
-    while step < total_steps:
-        for batch_ids in _length_grouped_batches(lengths, config.batch_size, rng):
-            if step >= total_steps:
-                break
-            rows: list[EncodedInput] = [chosen_rows[i] for i in batch_ids] + [rejected_rows[i] for i in batch_ids]
-            batch = encoder.pad(rows)
-            rewards = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask))
-            chosen, rejected = rewards[: len(batch_ids)], rewards[len(batch_ids) :]
-            loss = bradley_terry_loss(chosen, rejected)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            losses.append(loss.item())
-            accuracies.append(pairwise_accuracy(chosen.detach(), rejected.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accuracies[-20:]):.2f}")
+    started, step_seconds = time.perf_counter(), 0.0
+    recent_loss, recent_acc, pairs_done = [], [], 0
+    epoch_batches: dict[int, list[list[int]]] = {}
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not (config.progress and world.is_main))
+    for step in range(start_step, total_steps):
+        epoch, index = divmod(step, steps_per_epoch)
+        if epoch not in epoch_batches:
+            epoch_batches = {epoch: length_grouped_batches(lengths, config.batch_size, config.seed, epoch)}
+        batch_ids = epoch_batches[epoch][index]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_share, right, counted = train_step(ddp_model, encoder, groups, batch_ids, config, world)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm) if config.max_grad_norm > 0
+                     else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable if p.grad is not None])))
+        lr_used = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        step_seconds += time.perf_counter() - t0
+        loss, right, counted = sum_over_ranks([loss_share, right, counted], world)
+        step_pairs = sum(len(groups[i].better) for i in batch_ids)
+        pairs_done += step_pairs
+        recent_loss.append(loss)
+        recent_acc.append(right / max(counted, 1))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(recent_loss[-20:]):.3f}", acc=f"{np.mean(recent_acc[-20:]):.2f}")
+        done = step + 1
+        if log and (done % max(config.log_steps, 1) == 0 or done == total_steps):
+            log.write({"step": done, "epoch": round(done / steps_per_epoch, 4), "loss": loss,
+                       "accuracy": recent_acc[-1], "lr": lr_used, "grad_norm": float(grad_norm),
+                       "pairs_per_s": pairs_done / max(step_seconds, 1e-9)})
+        if config.eval_steps and done % config.eval_steps == 0 and done != total_steps:
+            if world.is_main:
+                dev = dev_metrics(model, encoder, dev_file.pairs, world.device)
+                log.write({"step": done, "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"]})  # type: ignore[union-attr]
+            barrier(world)
+        if config.save_steps and done % config.save_steps == 0 and done != total_steps:
+            if world.is_main:
+                save_state(output_dir, done, model, optimizer, scheduler, config, config.save_total_limit)
+            barrier(world)
     bar.close()
     train_seconds = time.perf_counter() - started
 
-    dev = evaluate_pairs(model, encoder, dev_file.pairs)
-    metrics = {
-        "train_pairs": len(pairs),
-        "train_steps": step,
-        "train_seconds": round(train_seconds, 1),
-        "train_loss_last20": float(np.mean(losses[-20:])),
-        "truncated_rows": truncated,
-        "skipped_rows": len(train_file.skipped) + len(dev_file.skipped),
-        "dev_pairs": dev["pairs"],
-        "dev_loss": dev["loss"],
-        "dev_accuracy": dev["accuracy"],
-    }
-    print(
-        f"dev: accuracy {dev['accuracy']:.4f}, loss {dev['loss']:.4f} on {dev['pairs']} pairs; "
-        f"training took {train_seconds:.0f} s"
-    )
-    meta = CheckpointMeta(
-        base_model=str(base),
-        input=spec.model_dump(),
-        training={**asdict(config), "train_data": str(train_path), "dev_data": str(dev_path)},
-        metrics=metrics,
-    )
-    save_checkpoint(Path(config.output_dir), model, tokenizer_path, meta)
-    print(f"checkpoint written to {config.output_dir}")
+    metrics: dict = {}
+    if world.is_main:
+        dev = dev_metrics(model, encoder, dev_file.pairs, world.device)
+        metrics = {
+            "train_rows": len(groups),
+            "train_pairs": pair_count,
+            "train_steps": total_steps,
+            "resumed_at_step": start_step,
+            "train_seconds": round(train_seconds, 1),
+            "train_pairs_per_s": round(pairs_done / max(step_seconds, 1e-9), 2),
+            "train_loss_last20": float(np.mean(recent_loss[-20:])) if recent_loss else None,
+            "truncated_rows": truncated,
+            "skipped_rows": len(skipped),
+            "world_size": world.size,
+            "dev_pairs": dev["pairs"],
+            "dev_loss": dev["loss"],
+            "dev_accuracy": dev["accuracy"],
+        }
+        log.write({"step": total_steps, "dev_loss": dev["loss"], "dev_accuracy": dev["accuracy"]})  # type: ignore[union-attr]
+        log.close()  # type: ignore[union-attr]
+        say(f"dev: accuracy {dev['accuracy']:.4f}, loss {dev['loss']:.4f} on {dev['pairs']} pairs; "
+            f"training took {train_seconds:.0f} s ({metrics['train_pairs_per_s']} pairs/s)")
+        if config.lora_r:
+            model.hf_model = model.hf_model.merge_and_unload()  # a plain model directory, as export expects
+        meta = CheckpointMeta(
+            base_model=str(base),
+            input=spec.model_dump(),
+            training={**asdict(config), "train_data": str(train_path), "dev_data": str(dev_path)},
+            metrics=metrics,
+        )
+        save_checkpoint(output_dir, model, tokenizer_path, meta)
+        say(f"checkpoint written to {output_dir}")
+    barrier(world)
     return metrics

@@ -41,6 +41,7 @@ def test_training_changes_every_parameter_and_writes_a_checkpoint(tiny_base, tmp
     metrics = train(TrainConfig(
         output_dir=str(tmp_path / "ckpt"), base_model=str(tiny_base), train_data=str(data), dev_data=str(data),
         max_length=32, batch_size=4, max_steps=3, learning_rate=1e-2, warmup_ratio=0.0, progress=False,
+        center_rewards=0.01,  # the head's bias cancels in r_c - r_r: only centering gives it a gradient
     ))
     assert metrics["train_steps"] == 3 and metrics["dev_pairs"] == 12
     model, encoder, meta = load_checkpoint(tmp_path / "ckpt")

@@ -1,0 +1,114 @@
+"""Training batches: preference groups → token rows → padded tensors with comparison indices.
+
+Each response of a group (two for a pair, K for a ranking) is encoded once and becomes one row of the
+batch; a group's comparisons index into those rows, so a ranking of K responses costs K rows however
+many of its K(K-1)/2 pairs the loss uses (InstructGPT's reason for keeping a prompt's ranking together).
+Batches are length-grouped (shuffled windows, sorted inside) so padding costs little, and the order is a
+pure function of (seed, epoch) so that a resumed or distributed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from service.inputs import EncodedInput, InputEncoder
+from training.data import PreferenceGroup
+
+# Groups sorted by length within windows of this many batches: long enough to pad little, short enough
+# that successive batches still mix lengths (a fully sorted epoch trains on short rows, then long ones).
+LENGTH_WINDOW_BATCHES = 16
+
+
+@dataclass(frozen=True)
+class EncodedGroup:
+    rows: list[EncodedInput]
+    better: list[int]
+    worse: list[int]
+    label: list[float]
+    margin: list[float]
+
+    @property
+    def length(self) -> int:
+        return max(len(r.ids) for r in self.rows)
+
+    @property
+    def truncated_rows(self) -> int:
+        return sum(r.truncated for r in self.rows)
+
+
+def encode_groups(encoder: InputEncoder, groups: list[PreferenceGroup]) -> list[EncodedGroup]:
+    """Tokenize every response of every group in one batch call to the fast tokenizer."""
+    flat = [(g.prompt, response) for g in groups for response in g.responses]
+    encoded = encoder.encode(flat)
+    out, start = [], 0
+    for g in groups:
+        rows = encoded[start : start + len(g.responses)]
+        start += len(g.responses)
+        out.append(EncodedGroup(
+            rows=rows,
+            better=[c.better for c in g.comparisons],
+            worse=[c.worse for c in g.comparisons],
+            label=[c.label for c in g.comparisons],
+            margin=[c.margin for c in g.comparisons],
+        ))
+    return out
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of indices for one epoch: shuffled, sorted by length inside windows, batches shuffled."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * LENGTH_WINDOW_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class TrainBatch:
+    """One forward pass: padded rows, and per comparison the rows it compares and its target."""
+
+    input_ids: torch.Tensor  # [rows, length]
+    attention_mask: torch.Tensor
+    better: torch.Tensor  # [pairs] row index of the preferred response
+    worse: torch.Tensor
+    label: torch.Tensor  # [pairs] P(better ≻ worse)
+    margin: torch.Tensor
+    group_of_pair: torch.Tensor  # [pairs] index of the pair's group within this batch
+    groups: int
+
+    def to(self, device: torch.device) -> TrainBatch:
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        return TrainBatch(**moved)
+
+
+def collate(encoder: InputEncoder, groups: list[EncodedGroup]) -> TrainBatch:
+    rows: list[EncodedInput] = []
+    better, worse, label, margin, group_of_pair = [], [], [], [], []
+    for g_index, group in enumerate(groups):
+        offset = len(rows)
+        rows.extend(group.rows)
+        better += [offset + i for i in group.better]
+        worse += [offset + i for i in group.worse]
+        label += group.label
+        margin += group.margin
+        group_of_pair += [g_index] * len(group.better)
+    padded = encoder.pad(rows)
+    assert len(better) == len(worse) == len(label) == len(group_of_pair), "comparison arrays differ in length"
+    return TrainBatch(
+        input_ids=torch.from_numpy(padded.input_ids),
+        attention_mask=torch.from_numpy(padded.attention_mask),
+        better=torch.tensor(better, dtype=torch.long),
+        worse=torch.tensor(worse, dtype=torch.long),
+        label=torch.tensor(label, dtype=torch.float32),
+        margin=torch.tensor(margin, dtype=torch.float32),
+        group_of_pair=torch.tensor(group_of_pair, dtype=torch.long),
+        groups=len(groups),
+    )
