@@ -179,9 +179,11 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
             f"tokenizer/model mismatch: tokenizer.json has {vocab} tokens but the model embeds "
             f"{manifest.model.vocab_size}; the tokenizer does not belong to this model"
         )
-    if manifest.input.pad_id >= manifest.model.vocab_size:
-        raise BundleError(
-            f"tokenizer/model mismatch: pad_id {manifest.input.pad_id} is outside the model's "
-            f"{manifest.model.vocab_size}-token vocabulary"
-        )
+    for name in ("pad_id", "eos_id"):
+        token_id = getattr(manifest.input, name)
+        if token_id is not None and token_id >= manifest.model.vocab_size:
+            raise BundleError(
+                f"tokenizer/model mismatch: {name} {token_id} is outside the model's "
+                f"{manifest.model.vocab_size}-token vocabulary"
+            )
     return Bundle(path=directory, manifest=manifest)

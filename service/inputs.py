@@ -8,7 +8,9 @@ Rendering: a prompt is plain text or a list of chat messages; messages are rende
 role prefixes and followed by `response_prefix` (the HH-RLHF convention: "\\n\\nHuman: ..." turns and a
 trailing "\\n\\nAssistant:"). Prompt and response are tokenized separately, then joined either by the
 tokenizer's own pair template (`join="pair"`, e.g. `[CLS] prompt [SEP] response [SEP]` for BERT-style
-encoders) or as one sequence (`join="concat"`, for decoders that score the last token).
+encoders) or as one sequence (`join="concat"`, for decoders that score the last token). A spec with an
+`eos_id` ends every row with that token, after any template tokens, so a decoder reads its score at the
+same token whatever the response; truncation keeps room for it.
 
 Truncation keeps what the score depends on: the end of the response. When prompt + response exceed
 `max_length`, the prompt is cut from the left first; the response is cut (also from the left) only when
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from tokenizers import Encoding, Tokenizer
 
 
@@ -58,6 +60,18 @@ class InputSpec(BaseModel):
     )
     padding_side: Literal["right", "left"] = "right"
     pad_id: int = Field(0, ge=0, description="Token id used to pad rows of a batch.")
+    eos_id: int | None = Field(
+        None, ge=0, description="Token id appended to every row, after the response and any template tokens "
+        "(decoders: the token the score is read at). None: nothing appended.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_eos(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Specs without eos_id (every encoder bundle) serialize exactly as before the field existed.
+        data = handler(self)
+        if data.get("eos_id", 0) is None:
+            del data["eos_id"]
+        return data
 
 
 def render_prompt(prompt: Prompt, spec: InputSpec) -> str:
@@ -108,7 +122,7 @@ class InputEncoder:
         self.tokenizer.no_padding()
         is_pair = spec.join == "pair"
         self.special_tokens = tokenizer.num_special_tokens_to_add(is_pair=is_pair)
-        self.budget = spec.max_length - self.special_tokens
+        self.budget = spec.max_length - self.special_tokens - (spec.eos_id is not None)
         if self.budget < 2:
             raise ValueError(f"max_length {spec.max_length} leaves no room beside {self.special_tokens} special tokens")
 
@@ -142,7 +156,7 @@ class InputEncoder:
         else:
             merged = Encoding.merge([prompt, response], growing_offsets=True)
             joined = self.tokenizer.post_process(merged, None, add_special_tokens=True)
-        ids = joined.ids
+        ids = joined.ids if self.spec.eos_id is None else [*joined.ids, self.spec.eos_id]
         assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
         return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
 

@@ -131,7 +131,9 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
         bundle_id="pending",
         input=spec,
         model=ModelInfo(
-            architecture="decoder" if getattr(model.hf_model.config, "is_decoder", False) else "encoder",
+            # Llama-style configs do not set is_decoder; the model's structure says what it is.
+            architecture="decoder" if model.is_decoder else "encoder",
+            pooling="last_token" if model.is_decoder else "model_head",
             base_model=meta.base_model,
             vocab_size=int(model.hf_model.config.vocab_size),
             onnx_opset=OPSET,

@@ -1,8 +1,14 @@
 """The trainable reward model: a Hugging Face sequence-classification model with one output.
 
 Owns where the default base model lives, how a model directory is loaded (eager attention, so ONNX
-Runtime can fuse it after export), the wrapper whose forward is exactly what model.onnx computes, and the
-checkpoint format that carries what export needs to rebuild the bundle.
+Runtime can fuse it after export), the wrapper whose forward is exactly what model.onnx computes, the
+input spec a base model needs, and the checkpoint format that carries what export needs to rebuild the bundle.
+
+Encoders (BERT, MiniLM) are scored by their own classification head. Decoders (Llama/Qwen/Mistral-style
+`...ForSequenceClassification`: a `score` head over a causal backbone) are scored here at the last token
+the attention mask marks as real, with position ids counted from the mask, so that left and right
+padding, and a pad id equal to EOS, give every row the score it gets alone. Transformers' own pooling
+finds the last token by comparing ids with pad_token_id, which is wrong when pad equals EOS.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 from torch import nn
 
 from service.inputs import InputEncoder, InputSpec
@@ -45,6 +51,24 @@ def pad_id_of(tokenizer: Tokenizer, model_config: Any) -> int:
     return 0
 
 
+def decoder_parts(hf_model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """(backbone, score head) of a decoder sequence classifier, None for an encoder. A peft wrapper is
+    looked through: its LoRA layers live inside the wrapped model's modules."""
+    inner = hf_model.get_base_model() if hasattr(hf_model, "get_base_model") else hf_model
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    head = getattr(inner, "score", None)
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+    if not isinstance(head, nn.Module) or not isinstance(backbone, nn.Module) or backbone is inner:
+        return None
+    return backbone, head
+
+
+def is_decoder_model(hf_model: nn.Module) -> bool:
+    return decoder_parts(hf_model) is not None
+
+
 class RewardModel(nn.Module):
     """forward(input_ids, attention_mask) -> reward [batch], float32: what model.onnx computes."""
 
@@ -52,9 +76,67 @@ class RewardModel(nn.Module):
         super().__init__()
         self.hf_model = hf_model
 
+    @property
+    def is_decoder(self) -> bool:
+        return is_decoder_model(self.hf_model)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return logits[:, 0].float()
+        parts = decoder_parts(self.hf_model)
+        if parts is None:
+            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return logits[:, 0].float()
+        backbone, head = parts
+        # Positions count real tokens only, so a left-padded row sees the positions it has alone.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+        # The rightmost position the mask marks real (ArgMax keeps the first of equal values, in torch and ONNX).
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.long)
+        last = (positions * attention_mask.long()).argmax(-1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device, dtype=torch.long)
+        return head(hidden[rows, last])[:, 0].float()
+
+
+def _first_id(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int) -> InputSpec:
+    """The input spec a base model is trained with.
+
+    Encoders: the tokenizer's pair template and pad id, as before. Decoders: prompt and response as one
+    sequence ending with the EOS token (unless the tokenizer's template already ends rows with it), so the
+    score is read at a fixed token that has seen the whole response; the pad id is the tokenizer's, else
+    the config's, else EOS. A config without pad_token_id gets this pad id, so that the saved checkpoint
+    also works batched in other tools.
+    """
+    if not is_decoder_model(hf_model):
+        return InputSpec(max_length=max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
+    config = hf_model.config
+    eos_id = _first_id(getattr(config, "eos_token_id", None))
+    if eos_id is not None and tokenizer.id_to_token(eos_id) is None:
+        raise ValueError(f"config eos_token_id {eos_id} is not in the tokenizer's vocabulary")
+    padding = tokenizer.padding
+    pad_id = _first_id(padding.get("pad_id") if padding else None)
+    if pad_id is None:
+        pad_id = _first_id(getattr(config, "pad_token_id", None))
+    if pad_id is None:
+        pad_id = eos_id if eos_id is not None else 0
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = pad_id
+    # A model loaded with pad_token_id builds its embedding with padding_idx, whose row never gets a
+    # gradient: with pad = EOS that would freeze the very token the score is read at. Pad positions are
+    # masked out, so they need no such protection.
+    embeddings = hf_model.get_input_embeddings()
+    if isinstance(embeddings, nn.Embedding):
+        embeddings.padding_idx = None
+    if eos_id is not None:
+        template_ids = tokenizer.post_process(Encoding.merge([]), None, add_special_tokens=True).ids
+        if template_ids and template_ids[-1] == eos_id:
+            eos_id = None
+    return InputSpec(max_length=max_length, join="concat", pad_id=pad_id, eos_id=eos_id)
 
 
 def load_hf_model(model_dir: str | Path, attention: str = "eager") -> nn.Module:

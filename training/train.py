@@ -22,7 +22,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from service.inputs import InputEncoder, InputSpec
+from service.inputs import InputEncoder
 from training.batching import EncodedGroup, collate, encode_groups, length_grouped_batches
 from training.config import TrainConfig
 from training.data import PreferencePair, load_preferences, shipped_data
@@ -35,8 +35,8 @@ from training.model import (
     RewardModel,
     default_base_model,
     disable_dropout,
+    input_spec_for,
     load_hf_model,
-    pad_id_of,
     save_checkpoint,
 )
 from training.state import load_state, resolve_state, save_state
@@ -169,7 +169,7 @@ def _train(config: TrainConfig, world: World) -> dict:
     if not config.dropout:
         disable_dropout(hf_model)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    spec = InputSpec(max_length=config.max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
+    spec = input_spec_for(hf_model, tokenizer, config.max_length)
     encoder = InputEncoder(tokenizer, spec)
     if config.gradient_checkpointing:
         hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
