@@ -40,6 +40,10 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
 }
 
 
+_VALUES = {reward_pb2.REWARD_VALUES_RAW: "raw", reward_pb2.REWARD_VALUES_NORMALIZED: "normalized",
+           reward_pb2.REWARD_VALUES_GROUP: "group"}
+
+
 def _prompt(message: reward_pb2.Prompt) -> Any:
     kind = message.WhichOneof("kind")
     if kind == "text":
@@ -57,6 +61,8 @@ def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
         body["responses"] = list(request.responses)
     if request.items:
         body["items"] = [{"prompt": _prompt(item.prompt), "response": item.response} for item in request.items]
+    if request.values:
+        body["values"] = _VALUES.get(request.values, request.values)  # an unknown number fails validation
     try:
         return ScoreRequest.model_validate(body)
     except ValidationError as e:
@@ -92,9 +98,13 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
         scorer = self.state.require_scorer()
         body = score_request_from_proto(request)
         scores = await scorer.score([Row(p, r, f) for p, r, f in body.rows()], _deadline(context))
-        return reward_pb2.ScoreResponse(model=_model_ref(scorer), rewards=scores.raw.tolist(),
-                                        normalized_rewards=scorer.normalize(scores.raw).tolist(),
-                                        truncated=scores.truncated)
+        summary = scorer.summarize(scores, body.values, body.grouped)
+        group = summary.group
+        return reward_pb2.ScoreResponse(
+            model=_model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
+            truncated=scores.truncated, values=summary.values.tolist(),
+            group=None if group is None else reward_pb2.GroupStats(
+                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps))
 
     async def Score(self, request, context):  # noqa: N802 - gRPC method names
         return await self._call("Score", context, self._score(request, context))
@@ -125,7 +135,8 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             scorer = self.state.require_scorer()
             return reward_pb2.ModelInfo(model=_model_ref(scorer), provider=scorer.engine.provider,
                                         max_length=scorer.manifest.input.max_length,
-                                        manifest_json=json.dumps(scorer.manifest.model_dump(mode="json")))
+                                        manifest_json=json.dumps(scorer.manifest.model_dump(mode="json")),
+                                        max_responses_per_request=scorer.settings.max_responses_per_request)
 
         return await self._call("GetModelInfo", context, info())
 

@@ -27,6 +27,7 @@ from service.runtime import ServiceState
 from service.schemas import (
     CompareRequest,
     CompareResponse,
+    GroupSummary,
     ModelRef,
     ScoreRequest,
     ScoreResponse,
@@ -119,11 +120,14 @@ async def score(body: ScoreRequest, scorer: ScorerDep, request: Request, respons
     rows = [Row(prompt, text, field) for prompt, text, field in body.rows()]
     scores = await unless_client_leaves(request, scorer.score(rows))
     timing_headers(response, scores)
+    summary = scorer.summarize(scores, body.values, body.grouped)
     return ScoreResponse(
         model=model_ref(scorer),
-        rewards=scores.raw.tolist(),
-        normalized_rewards=scorer.normalize(scores.raw).tolist(),
+        rewards=summary.raw.tolist(),
+        normalized_rewards=summary.normalized.tolist(),
         truncated=scores.truncated,
+        values=summary.values.tolist(),
+        group=GroupSummary.of(summary.group),
     )
 
 
@@ -163,6 +167,7 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
 @ops_router.get("/v1/model", dependencies=[Depends(authorized)])
 async def model_info(scorer: ScorerDep) -> dict[str, Any]:
     return {"provider": scorer.engine.provider, "bundle_path": str(scorer.bundle.path),
+            "max_responses_per_request": scorer.settings.max_responses_per_request,
             "manifest": scorer.manifest.model_dump(mode="json")}
 
 

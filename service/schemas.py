@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.errors import ErrorKind, ScoringError
+from service.groups import GROUP_EPS, GroupStats, ValueKind
 from service.inputs import ChatMessage
 
 PromptField = str | list[ChatMessage]
@@ -27,6 +28,22 @@ class ScoreRequest(BaseModel):
     response: str | None = Field(None, description="One response to score against `prompt`.")
     responses: list[str] | None = Field(None, min_length=1, description="Several responses to `prompt`.")
     items: list[ScoreItem] | None = Field(None, min_length=1, description="Independent prompt/response pairs.")
+    values: ValueKind = Field(
+        "raw", description="What the answer's `values` carry: `raw` rewards, `normalized` rewards (bundle stats) "
+        "or `group` advantages (r - mean) / (std + eps) over this request's responses (needs `prompt`).",
+    )
+
+    @field_validator("values")
+    @classmethod
+    def _group_needs_one_prompt(cls, values: ValueKind, info: ValidationInfo) -> ValueKind:
+        if values == "group" and info.data.get("items") is not None:
+            raise ValueError("'group' values need one 'prompt' with its 'responses', not 'items'")
+        return values
+
+    @property
+    def grouped(self) -> bool:
+        """One prompt with its responses: the answer carries group statistics."""
+        return self.items is None
 
     @model_validator(mode="after")
     def _one_shape(self) -> ScoreRequest:
@@ -57,11 +74,29 @@ class ModelRef(BaseModel):
     calibration_temperature: float
 
 
+class GroupSummary(BaseModel):
+    mean: float = Field(description="Mean of the group's raw rewards.")
+    std: float = Field(description="Population standard deviation (ddof=0) of the group's raw rewards.")
+    advantages: list[float] = Field(
+        description=f"(reward - mean) / (std + eps) per response, in request order; eps = {GROUP_EPS:g}.")
+    eps: float = Field(GROUP_EPS, description="The eps of `advantages`.")
+
+    @classmethod
+    def of(cls, stats: GroupStats | None) -> GroupSummary | None:
+        if stats is None:
+            return None
+        return cls(mean=stats.mean, std=stats.std, advantages=stats.advantages.tolist(), eps=stats.eps)
+
+
 class ScoreResponse(BaseModel):
     model: ModelRef
     rewards: list[float] = Field(description="Raw reward per response, in request order.")
     normalized_rewards: list[float] = Field(description="(raw - mean) / std with the bundle's reference stats.")
     truncated: list[bool] = Field(description="Whether the row was cut to fit max_length.")
+    values: list[float] = Field(description="Per response, what the request's `values` asked for: the raw "
+                                "reward, the normalized reward or the group advantage.")
+    group: GroupSummary | None = Field(None, description="Statistics of the group of responses to one `prompt`; "
+                                       "null for `items` requests.")
 
 
 class CompareRequest(BaseModel):

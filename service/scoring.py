@@ -21,6 +21,7 @@ from service.batcher import Batcher, BatchPolicy, RequestTiming
 from service.bundle import Bundle, load_bundle
 from service.engine import CUDA, OnnxRewardModel, check_golden
 from service.errors import ErrorKind, ScoringError
+from service.groups import RewardSummary, ValueKind, summarize
 from service.inputs import InputEncoder, Prompt
 from service.metrics import Metrics, MetricsObserver
 from service.settings import Settings
@@ -135,6 +136,11 @@ class Scorer:
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         stats = self.manifest.normalization
         return (raw.astype(np.float64) - stats.mean) / stats.std
+
+    def summarize(self, scores: Scores, values: ValueKind = "raw", grouped: bool = False) -> RewardSummary:
+        """Normalized rewards, group statistics (for one prompt's responses) and the values a request
+        asked for: computed here once, whatever the transport."""
+        return summarize(scores.raw, self.normalize(scores.raw), values, grouped)
 
     def probability_a(self, reward_a: float, reward_b: float) -> float:
         z = (reward_a - reward_b) / self.manifest.calibration.temperature

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rmserve/v1/reward.proto\x12\nrmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rmserve.v1.ChatMessage\"N\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x08messages\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x42\x06\n\x04kind\"A\n\tScoreItem\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x10\n\x08response\x18\x02 \x01(\t\"k\n\x0cScoreRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x11\n\tresponses\x18\x02 \x03(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.rmserve.v1.ScoreItem\"s\n\x08ModelRef\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x1d\n\x15normalization_version\x18\x03 \x01(\t\x12\x1f\n\x17\x63\x61libration_temperature\x18\x04 \x01(\x01\"t\n\rScoreResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x0f\n\x07rewards\x18\x02 \x03(\x01\x12\x1a\n\x12normalized_rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\"\\\n\x0e\x43ompareRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xab\x01\n\x0f\x43ompareResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08reward_a\x18\x02 \x01(\x01\x12\x10\n\x08reward_b\x18\x03 \x01(\x01\x12\x1b\n\x13normalized_reward_a\x18\x04 \x01(\x01\x12\x1b\n\x13normalized_reward_b\x18\x05 \x01(\x01\x12\x15\n\rprobability_a\x18\x06 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"m\n\tModelInfo\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x15\n\rmanifest_json\x18\x04 \x01(\t2\x9f\x02\n\x0bRewardModel\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x42\n\x07\x43ompare\x12\x1a.rmserve.v1.CompareRequest\x1a\x1b.rmserve.v1.CompareResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.rmserve.v1.GetModelInfoRequest\x1a\x15.rmserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rmserve/v1/reward.proto\x12\nrmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rmserve.v1.ChatMessage\"N\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x08messages\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x42\x06\n\x04kind\"A\n\tScoreItem\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x10\n\x08response\x18\x02 \x01(\t\"\x95\x01\n\x0cScoreRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x11\n\tresponses\x18\x02 \x03(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.rmserve.v1.ScoreItem\x12(\n\x06values\x18\x04 \x01(\x0e\x32\x18.rmserve.v1.RewardValues\"H\n\nGroupStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03std\x18\x02 \x01(\x01\x12\x12\n\nadvantages\x18\x03 \x03(\x01\x12\x0b\n\x03\x65ps\x18\x04 \x01(\x01\"s\n\x08ModelRef\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x1d\n\x15normalization_version\x18\x03 \x01(\t\x12\x1f\n\x17\x63\x61libration_temperature\x18\x04 \x01(\x01\"\xab\x01\n\rScoreResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x0f\n\x07rewards\x18\x02 \x03(\x01\x12\x1a\n\x12normalized_rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12%\n\x05group\x18\x06 \x01(\x0b\x32\x16.rmserve.v1.GroupStats\"\\\n\x0e\x43ompareRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xab\x01\n\x0f\x43ompareResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08reward_a\x18\x02 \x01(\x01\x12\x10\n\x08reward_b\x18\x03 \x01(\x01\x12\x1b\n\x13normalized_reward_a\x18\x04 \x01(\x01\x12\x1b\n\x13normalized_reward_b\x18\x05 \x01(\x01\x12\x15\n\rprobability_a\x18\x06 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"\x90\x01\n\tModelInfo\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12!\n\x19max_responses_per_request\x18\x05 \x01(\x05*{\n\x0cRewardValues\x12\x1d\n\x19REWARD_VALUES_UNSPECIFIED\x10\x00\x12\x15\n\x11REWARD_VALUES_RAW\x10\x01\x12\x1c\n\x18REWARD_VALUES_NORMALIZED\x10\x02\x12\x17\n\x13REWARD_VALUES_GROUP\x10\x03\x32\x9f\x02\n\x0bRewardModel\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x42\n\x07\x43ompare\x12\x1a.rmserve.v1.CompareRequest\x1a\x1b.rmserve.v1.CompareResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.rmserve.v1.GetModelInfoRequest\x1a\x15.rmserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rmserve.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REWARDVALUES']._serialized_start=1246
+  _globals['_REWARDVALUES']._serialized_end=1369
   _globals['_CHATMESSAGE']._serialized_start=39
   _globals['_CHATMESSAGE']._serialized_end=83
   _globals['_CONVERSATION']._serialized_start=85
@@ -39,20 +41,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPT']._serialized_end=222
   _globals['_SCOREITEM']._serialized_start=224
   _globals['_SCOREITEM']._serialized_end=289
-  _globals['_SCOREREQUEST']._serialized_start=291
-  _globals['_SCOREREQUEST']._serialized_end=398
-  _globals['_MODELREF']._serialized_start=400
-  _globals['_MODELREF']._serialized_end=515
-  _globals['_SCORERESPONSE']._serialized_start=517
-  _globals['_SCORERESPONSE']._serialized_end=633
-  _globals['_COMPAREREQUEST']._serialized_start=635
-  _globals['_COMPAREREQUEST']._serialized_end=727
-  _globals['_COMPARERESPONSE']._serialized_start=730
-  _globals['_COMPARERESPONSE']._serialized_end=901
-  _globals['_GETMODELINFOREQUEST']._serialized_start=903
-  _globals['_GETMODELINFOREQUEST']._serialized_end=924
-  _globals['_MODELINFO']._serialized_start=926
-  _globals['_MODELINFO']._serialized_end=1035
-  _globals['_REWARDMODEL']._serialized_start=1038
-  _globals['_REWARDMODEL']._serialized_end=1325
+  _globals['_SCOREREQUEST']._serialized_start=292
+  _globals['_SCOREREQUEST']._serialized_end=441
+  _globals['_GROUPSTATS']._serialized_start=443
+  _globals['_GROUPSTATS']._serialized_end=515
+  _globals['_MODELREF']._serialized_start=517
+  _globals['_MODELREF']._serialized_end=632
+  _globals['_SCORERESPONSE']._serialized_start=635
+  _globals['_SCORERESPONSE']._serialized_end=806
+  _globals['_COMPAREREQUEST']._serialized_start=808
+  _globals['_COMPAREREQUEST']._serialized_end=900
+  _globals['_COMPARERESPONSE']._serialized_start=903
+  _globals['_COMPARERESPONSE']._serialized_end=1074
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1076
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1097
+  _globals['_MODELINFO']._serialized_start=1100
+  _globals['_MODELINFO']._serialized_end=1244
+  _globals['_REWARDMODEL']._serialized_start=1372
+  _globals['_REWARDMODEL']._serialized_end=1659
 # @@protoc_insertion_point(module_scope)

@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RewardValues(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWARD_VALUES_UNSPECIFIED: _ClassVar[RewardValues]
+    REWARD_VALUES_RAW: _ClassVar[RewardValues]
+    REWARD_VALUES_NORMALIZED: _ClassVar[RewardValues]
+    REWARD_VALUES_GROUP: _ClassVar[RewardValues]
+REWARD_VALUES_UNSPECIFIED: RewardValues
+REWARD_VALUES_RAW: RewardValues
+REWARD_VALUES_NORMALIZED: RewardValues
+REWARD_VALUES_GROUP: RewardValues
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -37,14 +49,28 @@ class ScoreItem(_message.Message):
     def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., response: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("prompt", "responses", "items")
+    __slots__ = ("prompt", "responses", "items", "values")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     prompt: Prompt
     responses: _containers.RepeatedScalarFieldContainer[str]
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
-    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., responses: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ...) -> None: ...
+    values: RewardValues
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., responses: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., values: _Optional[_Union[RewardValues, str]] = ...) -> None: ...
+
+class GroupStats(_message.Message):
+    __slots__ = ("mean", "std", "advantages", "eps")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    std: float
+    advantages: _containers.RepeatedScalarFieldContainer[float]
+    eps: float
+    def __init__(self, mean: _Optional[float] = ..., std: _Optional[float] = ..., advantages: _Optional[_Iterable[float]] = ..., eps: _Optional[float] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("bundle_id", "model_sha256", "normalization_version", "calibration_temperature")
@@ -59,16 +85,20 @@ class ModelRef(_message.Message):
     def __init__(self, bundle_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., normalization_version: _Optional[str] = ..., calibration_temperature: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("model", "rewards", "normalized_rewards", "truncated")
+    __slots__ = ("model", "rewards", "normalized_rewards", "truncated", "values", "group")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZED_REWARDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     rewards: _containers.RepeatedScalarFieldContainer[float]
     normalized_rewards: _containers.RepeatedScalarFieldContainer[float]
     truncated: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., normalized_rewards: _Optional[_Iterable[float]] = ..., truncated: _Optional[_Iterable[bool]] = ...) -> None: ...
+    values: _containers.RepeatedScalarFieldContainer[float]
+    group: GroupStats
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., normalized_rewards: _Optional[_Iterable[float]] = ..., truncated: _Optional[_Iterable[bool]] = ..., values: _Optional[_Iterable[float]] = ..., group: _Optional[_Union[GroupStats, _Mapping]] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
     __slots__ = ("prompt", "response_a", "response_b")
@@ -101,13 +131,15 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model", "provider", "max_length", "manifest_json")
+    __slots__ = ("model", "provider", "max_length", "manifest_json", "max_responses_per_request")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     provider: str
     max_length: int
     manifest_json: str
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., provider: _Optional[str] = ..., max_length: _Optional[int] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    max_responses_per_request: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., provider: _Optional[str] = ..., max_length: _Optional[int] = ..., manifest_json: _Optional[str] = ..., max_responses_per_request: _Optional[int] = ...) -> None: ...
