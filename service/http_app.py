@@ -191,7 +191,7 @@ def _count(request: Request, outcome: str) -> None:
     metrics.requests.labels(request.url.path, "http", outcome).inc()
 
 
-SCORING_PATHS = ("/score", "/compare")
+SCORING_PATHS = ("/score", "/compare", "/get_reward")
 _SHED_BODY = json.dumps({"error": ScoringError(
     ErrorKind.OVERLOADED, "queue full: retry after the Retry-After delay").to_dict()}).encode()
 _SHED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_SHED_BODY)).encode()),
@@ -268,4 +268,7 @@ def create_app(state: ServiceState) -> FastAPI:
 
     app.include_router(scoring_router)
     app.include_router(ops_router)
+    from service.openrlhf import router as openrlhf_router  # here: service.openrlhf imports this module
+
+    app.include_router(openrlhf_router)
     return app
