@@ -9,7 +9,7 @@ PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install bundle serve test test-unit test-integration lint eval proto clean
+.PHONY: help install system-deps bundle serve test test-unit test-integration lint eval proto clean
 
 help:
 	@echo "make serve  - create .venv, install, build the default bundle if missing, serve on $(HOST):$(PORT)"
@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# promtool/prometheus and kubectl, from Debian's packages: the deploy/ tests need them (idempotent).
+system-deps:
+	bash scripts/install-system-deps.sh
+
 $(BUNDLE)/bundle.json: | $(VENV)/.installed
 	$(BIN)/rmserve train --output-dir $(CHECKPOINT) --skip-bad-rows --export-to $(BUNDLE)
 
@@ -38,13 +42,13 @@ serve: $(BUNDLE)/bundle.json
 eval: $(BUNDLE)/bundle.json
 	$(BIN)/rmserve eval --bundle $(BUNDLE)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed system-deps
 	$(BIN)/python -m pytest -q
 
-test-unit: $(VENV)/.installed
+test-unit: $(VENV)/.installed system-deps
 	$(BIN)/python -m pytest -q -m unit
 
-test-integration: $(VENV)/.installed
+test-integration: $(VENV)/.installed system-deps
 	$(BIN)/python -m pytest -q -m integration
 
 proto: $(VENV)/.installed

@@ -100,6 +100,8 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("rmserve_queue_depth", "Rows waiting for a batch.", registry=r)
+        self.queue_capacity = Gauge("rmserve_queue_capacity_rows", "Rows that may wait before requests get 429 "
+                                    "(the max_queue_rows setting).", registry=r)
         self.dropped = Counter("rmserve_dropped_rows", "Rows dropped before inference, by reason.", ["reason"],
                                registry=r)
         self.rejected = Counter("rmserve_rejected_rows", "Rows refused because the queue was full.", registry=r)

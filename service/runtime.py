@@ -32,6 +32,7 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics | None = None):
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.metrics.queue_capacity.set(settings.max_queue_rows)
         self.api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
         self.scorer: Scorer | None = None
         self._ready = False

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# System tools the test suite and the deploy/ checks need, from Debian's packages:
+#   promtool (and prometheus)  <- package `prometheus`   (check rules/metrics, rule unit tests, a real scrape)
+#   kubectl                    <- package `kubernetes-client` (renders deploy/k8s with `kubectl kustomize`)
+# Idempotent: a tool already on PATH is left alone (another kubectl, e.g. a cloud SDK's, is kept:
+# Debian's package would collide with its /usr/bin/kubectl). Uses sudo only when not root.
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+elif command -v sudo >/dev/null; then
+    as_root=(sudo)
+else
+    echo "install-system-deps: need root or sudo to install: ${missing[*]}" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null; then
+    echo "install-system-deps: no apt-get here; install these Debian packages (or equivalents) yourself: ${missing[*]}" >&2
+    exit 1
+fi
+
+echo "install-system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -qq
+# Without recommends: the prometheus package would also pull in node-exporter and its collectors.
+"${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null
