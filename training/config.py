@@ -1,7 +1,7 @@
 """Options of `rmserve train`, grouped in one dataclass whose help text is the only documentation.
 
 Kept free of torch imports so that `rmserve train --help` works on a serving-only install. Each field names
-its --help section (data, input, optimisation, loss, performance, checkpoints, output).
+its --help section (data, ratings, input, optimisation, loss, performance, checkpoints, output).
 """
 
 from __future__ import annotations
@@ -30,6 +30,23 @@ class TrainConfig:
     limit_train: int | None = _opt(None, "Use only the first N training rows (pairs or rankings).", "data")
     limit_dev: int | None = _opt(None, "Use only the first N dev rows.", "data")
     skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported, and counted) instead of stopping at the first.", "data")
+    rating_labels: str = _opt(
+        "margin", "Ratings files only ({prompt, response, rating} rows, training/ratings.py): how two differently "
+        "rated responses to a prompt become a preference. margin: hard label with a margin from the rating gap "
+        "(see --rating-margin-scale/--rating-margin-levels); soft: label sigmoid(gap / --rating-temperature); "
+        "hard: label 1, no margin.", "ratings", ("margin", "soft", "hard"))
+    rating_margin_scale: float | None = _opt(
+        None, "With --rating-labels margin: margin = scale x rating gap. Default: 1 / (the file's highest rating - "
+        "its lowest), so the widest gap gets margin 1, the top of Llama 2's small-margin levels.", "ratings")
+    rating_margin_levels: str | None = _opt(
+        None, "With --rating-labels margin, instead of a scale: comma-separated margins for a rating gap of 1, 2, "
+        "3, ... (gap rounded up; the last level serves every larger gap), e.g. 0,0.33,0.67,1 for Llama 2's "
+        "small-margin levels.", "ratings")
+    rating_temperature: float = _opt(
+        1.0, "With --rating-labels soft: label = sigmoid(rating gap / T); lower T is more certain.", "ratings")
+    rating_ties: str = _opt(
+        "keep", "Equally rated responses to a prompt: keep (a tie, label 0.5, as with equal ranks) or drop.",
+        "ratings", ("keep", "drop"))
     max_length: int = _opt(
         256, "Tokens per (prompt, response) row; longer rows lose the start of the prompt first, the "
         "start of the response only when it alone is too long (counted and reported, never dropped). "

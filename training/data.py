@@ -18,6 +18,11 @@ rendered by the bundle's template exactly as the service renders it):
             `PreferenceGroup`, each response stored, and so encoded, once), and counts as one prompt in the
             listwise loss however many pairs it has (InstructGPT). Responses must be distinct.
 
+  rating    {"prompt": ..., "response": str, "rating": number}       optional "rater"
+            A file whose first row has `response` or `rating` is a ratings file: every row must be one, and
+            rows are grouped by (prompt, rater) into rankings by training/ratings.py (how gaps become labels
+            or margins, ties, single-response prompts: see there). `limit` then counts those groups.
+
 Optional fields of a pair or dialogue row:
   label   P(chosen preferred over rejected), a number in [0, 1]: 1 (the default) is a hard preference,
           0.5 a tie, 0.8 "chosen is better, 4 raters in 5 agree". A label below 0.5 is kept as given (it says
@@ -37,6 +42,7 @@ left out and returned in `.skipped` instead (the CLI's `--skip-bad-rows`), so a 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import numbers
@@ -44,16 +50,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
 from service.inputs import ChatMessage, Prompt
 
+if TYPE_CHECKING:  # training.ratings imports this module's row checks
+    from training.ratings import RatingCounts, RatingOptions
+
 ASSISTANT_TURN = "\n\nAssistant:"
 SHAPES = (
     "accepted row shapes: {prompt, chosen, rejected} and {chosen, rejected} as full dialogues "
-    "(both with optional label, margin), {prompt, responses} (optional ranks)"
+    "(both with optional label, margin), {prompt, responses} (optional ranks); a ratings file has only "
+    "{prompt, response, rating} rows (optional rater)"
 )
 PAIR_FIELDS = ("chosen", "rejected", "label", "margin")
 RANKING_FIELDS = ("responses", "ranks")
@@ -115,6 +125,7 @@ class PreferenceFile:
     path: Path
     groups: list[PreferenceGroup]
     skipped: list[DataError]
+    ratings: RatingCounts | None = None  # what the conversion made of a ratings file; None for other shapes
 
     @property
     def pairs(self) -> list[PreferencePair]:
@@ -341,10 +352,32 @@ def _parse_row(row: dict, where: _Where) -> PreferenceGroup:
     raise where.error(None, f"no preference fields (it has {sorted(row)}); {SHAPES}")
 
 
-def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PreferenceFile:
+def is_rating_row(row: dict) -> bool:
+    """A row of a ratings file: `response` or `rating`, and no field of another shape (a null counts as absent)."""
+    present = {key for key, value in row.items() if value is not None}
+    return bool(present & {"response", "rating"}) and not present & {*PAIR_FIELDS, *RANKING_FIELDS}
+
+
+def _with_skip_hint(e: DataError) -> DataError:
+    return DataError(e.path, e.line, e.field, e.message + SKIP_HINT, unit=e.unit)
+
+
+def _first_row(rows: Iterator[tuple[_Where, dict | DataError]]) -> tuple[dict | None, Iterator]:
+    """The first row that is a JSON object (None if none), and all the rows again."""
+    seen: list[tuple[_Where, dict | DataError]] = []
+    for item in rows:
+        seen.append(item)
+        if not isinstance(item[1], DataError):
+            return item[1], itertools.chain(seen, rows)
+    return None, iter(seen)
+
+
+def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False,
+                     ratings: RatingOptions | None = None) -> PreferenceFile:
     """Every row of a .jsonl / .jsonl.gz file or a save_to_disk directory as a PreferenceGroup (the first
     `limit` good rows when given). A bad row raises DataError unless `skip_bad_rows`, in which case it is
-    left out and returned in `PreferenceFile.skipped`."""
+    left out and returned in `PreferenceFile.skipped`. A ratings file is converted by training/ratings.py
+    with `ratings` (default: RatingOptions())."""
     path = Path(path)
     if path.is_dir():
         rows: Iterator[tuple[_Where, dict | DataError]] = _dataset_rows(path)
@@ -352,6 +385,11 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
         rows = _jsonl_rows(path)
     else:
         raise FileNotFoundError(f"data file {path} does not exist")
+    first, rows = _first_row(rows)
+    if first is not None and is_rating_row(first):
+        from training.ratings import RatingOptions
+
+        return _load_ratings(path, rows, limit, skip_bad_rows, ratings or RatingOptions())
     groups: list[PreferenceGroup] = []
     skipped: list[DataError] = []
     for where, row in rows:
@@ -363,12 +401,27 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
             groups.append(_parse_row(row, where))
         except DataError as e:
             if not skip_bad_rows:
-                raise DataError(e.path, e.line, e.field, e.message + SKIP_HINT, unit=e.unit) from None
+                raise _with_skip_hint(e) from None
             skipped.append(e)
     if not groups:
         raise DataError(path, 0, None, "holds no preference rows"
                         + (f" ({len(skipped)} bad rows skipped)" if skipped else ""))
     return PreferenceFile(path=path, groups=groups, skipped=skipped)
+
+
+def _load_ratings(path: Path, rows: Iterator[tuple[_Where, dict | DataError]], limit: int | None,
+                  skip_bad_rows: bool, options: RatingOptions) -> PreferenceFile:
+    from training.ratings import convert_ratings
+
+    try:
+        groups, skipped, counts = convert_ratings(rows, options, skip_bad_rows)
+    except DataError as e:
+        raise _with_skip_hint(e) from None
+    if not groups:
+        raise DataError(path, 0, None, f"yields no preference from its ratings ({counts.summary()}"
+                        + (f"; {len(skipped)} bad rows skipped)" if skipped else ")"))
+    return PreferenceFile(path=path, groups=groups[:limit] if limit is not None else groups,
+                          skipped=skipped, ratings=counts)
 
 
 def load_pairs(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PairFile:

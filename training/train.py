@@ -39,6 +39,7 @@ from training.model import (
     load_hf_model,
     save_checkpoint,
 )
+from training.ratings import RatingOptions
 from training.state import load_state, resolve_state, save_state
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -154,8 +155,12 @@ def _train(config: TrainConfig, world: World) -> dict:
     base = Path(config.base_model) if config.base_model else default_base_model()
     train_path = Path(config.train_data) if config.train_data else shipped_data("train")
     dev_path = Path(config.dev_data) if config.dev_data else shipped_data("dev")
-    train_file = load_preferences(train_path, config.limit_train, config.skip_bad_rows)
-    dev_file = load_preferences(dev_path, config.limit_dev, config.skip_bad_rows)
+    ratings = RatingOptions.from_config(config)
+    train_file = load_preferences(train_path, config.limit_train, config.skip_bad_rows, ratings)
+    dev_file = load_preferences(dev_path, config.limit_dev, config.skip_bad_rows, ratings)
+    for name, loaded in (("train", train_file), ("dev", dev_file)):
+        if loaded.ratings:  # a ratings file: say what became of every rated response
+            say(f"{name} ratings {loaded.path.name}: {loaded.ratings.summary()}")
     skipped = train_file.skipped + dev_file.skipped
     for bad in skipped:
         say(f"skipped bad row: {bad}")
