@@ -118,7 +118,7 @@ class Metrics:
                                 buckets=REWARD_BUCKETS, registry=r)
         self.normalized_reward = Histogram(
             "rmserve_normalized_reward", "Normalized reward per scored row: z-score against the bundle's "
-            "reference set, so a mean far from 0 is drift.", buckets=NORMALIZED_REWARD_BUCKETS, registry=r,
+            "reference set, so a median far from 0 is drift.", buckets=NORMALIZED_REWARD_BUCKETS, registry=r,
         )
         # The window holds normalized rewards: their correlation with length is the raw one (a positive
         # affine map), and their mean is comparable across bundles.

@@ -213,3 +213,16 @@ def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment(k8s):
     monitor = k8s["ServiceMonitor"]["spec"]
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+
+
+# --- documentation ----------------------------------------------------------------------------------
+
+def test_operator_docs_list_every_metric_and_alert():
+    from service.metrics import Metrics
+
+    doc = (DEPLOY / "README.md").read_text()
+    for family in Metrics().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
+        assert f"`{name}`" in doc, name
+    for alert in alert_rules():
+        assert f"`{alert}`" in doc, alert
