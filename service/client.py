@@ -1,0 +1,363 @@
+"""rmserve's client library, for training jobs: `from service.client import RewardClient`.
+
+- `RewardClient` / `AsyncRewardClient`: HTTP (httpx), one connection pool per client, reused by every call.
+- `GrpcRewardClient` / `AsyncGrpcRewardClient` (from service.client_grpc): the same calls over gRPC.
+- `connect(url)` / `connect_async(url)`: the right one for `http(s)://...` or `grpc://host:port`.
+- `trl_reward_func(url)`: a reward function for TRL's GRPOTrainer (`reward_funcs=[...]`).
+
+Every call has a deadline (`timeout`, seconds, across its chunks and retries); Overloaded (429 /
+RESOURCE_EXHAUSTED) and Unavailable (503 / UNAVAILABLE / no connection) answers are retried with
+exponential backoff, never sooner than the server's Retry-After (`RetryPolicy`). A list longer than the
+server's max_responses_per_request (asked once from /v1/model, else 256) is split into several requests
+and the answers merged, group statistics included. Results are dataclasses (service.client_common).
+Needs httpx and grpcio only: no torch, no server stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from service.client_common import (
+    CLIENT_TIMEOUT,
+    DEFAULT_MAX_RESPONSES,
+    NO_RETRIES,
+    CompareResult,
+    Deadline,
+    DeadlineExceeded,
+    Group,
+    InvalidRequest,
+    ModelInfo,
+    ModelRef,
+    Overloaded,
+    Prompt,
+    RetryPolicy,
+    RmserveError,
+    ScoreResult,
+    Unauthenticated,
+    Unavailable,
+    acall_with_retries,
+    call_with_retries,
+    check_values,
+    merge,
+    parse_retry_after,
+    plan,
+)
+from service.client_grpc import AsyncGrpcRewardClient, GrpcRewardClient
+
+__all__ = [
+    "AsyncGrpcRewardClient", "AsyncRewardClient", "CompareResult", "DeadlineExceeded", "GrpcRewardClient", "Group",
+    "InvalidRequest", "ModelInfo", "ModelRef", "NO_RETRIES", "Overloaded", "RetryPolicy", "RewardClient",
+    "RmserveError", "ScoreResult", "TrlRewardFunction", "Unauthenticated", "Unavailable", "connect",
+    "connect_async", "trl_reward_func",
+]
+
+_ERRORS: dict[int, type[RmserveError]] = {422: InvalidRequest, 401: Unauthenticated, 429: Overloaded,
+                                          503: Unavailable, 504: DeadlineExceeded}
+
+
+def _prompt_json(prompt: Prompt) -> Any:
+    if isinstance(prompt, str):
+        return prompt
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _model_ref(data: Mapping[str, Any]) -> ModelRef:
+    return ModelRef(bundle_id=data["bundle_id"], model_sha256=data["model_sha256"],
+                    normalization_version=data["normalization_version"],
+                    calibration_temperature=data["calibration_temperature"])
+
+
+def _score_result(data: Mapping[str, Any], requests: int) -> ScoreResult:
+    group = data.get("group")
+    return ScoreResult(rewards=data["rewards"], normalized_rewards=data["normalized_rewards"],
+                       truncated=data["truncated"], values=data.get("values", data["rewards"]),
+                       group=Group(**group) if group else None, model=_model_ref(data["model"]), requests=requests)
+
+
+def _compare_result(data: Mapping[str, Any]) -> CompareResult:
+    return CompareResult(reward_a=data["reward_a"], reward_b=data["reward_b"],
+                         normalized_reward_a=data["normalized_reward_a"],
+                         normalized_reward_b=data["normalized_reward_b"],
+                         probability_a=data["probability_a"], model=_model_ref(data["model"]))
+
+
+def _model_info(data: Mapping[str, Any]) -> ModelInfo:
+    manifest = data["manifest"]
+    return ModelInfo(
+        model=ModelRef(bundle_id=manifest["bundle_id"], model_sha256=manifest["files"].get("model.onnx", ""),
+                       normalization_version=manifest["normalization"]["version"],
+                       calibration_temperature=manifest["calibration"]["temperature"]),
+        provider=data["provider"], max_length=manifest["input"]["max_length"],
+        max_responses_per_request=data.get("max_responses_per_request"), manifest=manifest)
+
+
+def _answer(response: httpx.Response) -> Any:
+    if response.status_code == 200:
+        return response.json()
+    try:
+        error = response.json()["error"]
+        message, field = error["message"], error.get("field")
+    except (ValueError, KeyError, TypeError):
+        message, field = response.text[:300] or response.reason_phrase, None
+    kind = _ERRORS.get(response.status_code, RmserveError)
+    raise kind(message, status=response.status_code, field=field,
+               retry_after=parse_retry_after(response.headers.get("retry-after")))
+
+
+def _transport_error(error: httpx.TransportError) -> RmserveError:
+    if isinstance(error, httpx.TimeoutException):
+        return DeadlineExceeded(f"the call's timeout passed ({type(error).__name__})")
+    if isinstance(error, httpx.ConnectError):  # nothing was sent: safe to retry
+        return Unavailable(f"cannot connect: {error}")
+    return RmserveError(f"{type(error).__name__}: {error}")
+
+
+def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
+                items: Sequence[tuple[Prompt, str]] | None, values: str) -> dict[str, Any]:
+    if items is not None:
+        return {"items": [{"prompt": _prompt_json(p), "response": r} for p, r in items], "values": values}
+    return {"prompt": _prompt_json(prompt), "responses": list(responses or ()), "values": values}
+
+
+class _HttpBase:
+    def __init__(self, url: str, api_key: str | None, timeout: float | None, retry: RetryPolicy,
+                 max_responses_per_request: int | None, max_concurrent_chunks: int = 2):
+        self.url = url.rstrip("/")
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.timeout = timeout
+        self.retry = retry
+        self.max_responses_per_request = max_responses_per_request  # None: ask the server once
+        self.max_concurrent_chunks = max_concurrent_chunks
+
+    def _deadline(self, timeout: Any) -> Deadline:
+        return Deadline(self.timeout if timeout is CLIENT_TIMEOUT else timeout)
+
+
+class RewardClient(_HttpBase):
+    """Blocking HTTP client. Thread-safe; one per process is enough (it keeps its connections)."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 max_responses_per_request: int | None = None):
+        super().__init__(url, api_key, timeout, retry, max_responses_per_request)
+        self._http = httpx.Client(base_url=self.url, headers=self.headers)
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        def send(left: float | None) -> Any:
+            try:
+                return _answer(self._http.request(method, path, json=body, timeout=left))
+            except httpx.TransportError as e:
+                raise _transport_error(e) from None
+
+        return call_with_retries(send, self.retry, deadline)
+
+    def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
+        return _model_info(self._request("GET", "/v1/model", self._deadline(timeout))[0])
+
+    def _limit(self, deadline: Deadline) -> int:
+        if self.max_responses_per_request is None:
+            try:
+                told = _model_info(self._request("GET", "/v1/model", deadline)[0]).max_responses_per_request
+            except (RmserveError, KeyError):
+                return DEFAULT_MAX_RESPONSES  # asked again next time
+            self.max_responses_per_request = told or DEFAULT_MAX_RESPONSES
+        return self.max_responses_per_request
+
+    def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
+              timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
+        """Rewards of `responses` to one `prompt`, with their group statistics."""
+        return self._score(prompt, list(responses), None, values, timeout)
+
+    def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
+                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
+        """Rewards of independent (prompt, response) pairs; `values` is "raw" or "normalized"."""
+        return self._score(None, None, list(items), values, timeout)
+
+    def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
+        deadline = self._deadline(timeout)
+        rows = items if items is not None else responses
+        parts, asked = plan(len(rows), self._limit(deadline), values, items is None)
+        answers = []
+        for part in parts:
+            body = _score_body(prompt, None if items is not None else rows[part],
+                               rows[part] if items is not None else None, asked)
+            data, requests = self._request("POST", "/score", deadline, body)
+            answers.append(_score_result(data, requests))
+        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
+
+    def compare(self, prompt: Prompt, response_a: str, response_b: str, *, timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
+        body = {"prompt": _prompt_json(prompt), "response_a": response_a, "response_b": response_b}
+        return _compare_result(self._request("POST", "/compare", self._deadline(timeout), body)[0])
+
+
+class AsyncRewardClient(_HttpBase):
+    """asyncio HTTP client; the chunks of a long list are sent `max_concurrent_chunks` at a time."""
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+                 timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2):
+        super().__init__(url, api_key, timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers)
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        async def send(left: float | None) -> Any:
+            try:
+                return _answer(await self._http.request(method, path, json=body, timeout=left))
+            except httpx.TransportError as e:
+                raise _transport_error(e) from None
+
+        return await acall_with_retries(send, self.retry, deadline)
+
+    async def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
+        return _model_info((await self._request("GET", "/v1/model", self._deadline(timeout)))[0])
+
+    async def _limit(self, deadline: Deadline) -> int:
+        if self.max_responses_per_request is None:
+            try:
+                told = _model_info((await self._request("GET", "/v1/model", deadline))[0]).max_responses_per_request
+            except (RmserveError, KeyError):
+                return DEFAULT_MAX_RESPONSES
+            self.max_responses_per_request = told or DEFAULT_MAX_RESPONSES
+        return self.max_responses_per_request
+
+    async def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
+                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
+        return await self._score(prompt, list(responses), None, values, timeout)
+
+    async def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
+                          timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
+        return await self._score(None, None, list(items), values, timeout)
+
+    async def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
+        deadline = self._deadline(timeout)
+        rows = items if items is not None else responses
+        parts, asked = plan(len(rows), await self._limit(deadline), values, items is None)
+        gate = asyncio.Semaphore(self.max_concurrent_chunks)
+
+        async def one(part: slice) -> ScoreResult:
+            body = _score_body(prompt, None if items is not None else rows[part],
+                               rows[part] if items is not None else None, asked)
+            async with gate:
+                data, requests = await self._request("POST", "/score", deadline, body)
+            return _score_result(data, requests)
+
+        answers = await asyncio.gather(*(one(part) for part in parts))
+        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
+
+    async def compare(self, prompt: Prompt, response_a: str, response_b: str, *,
+                      timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
+        body = {"prompt": _prompt_json(prompt), "response_a": response_a, "response_b": response_b}
+        return _compare_result((await self._request("POST", "/compare", self._deadline(timeout), body))[0])
+
+
+def connect(url: str, **options: Any) -> RewardClient | GrpcRewardClient:
+    """A blocking client for `http(s)://host:port` or `grpc://host:port`."""
+    if url.startswith("grpc://"):
+        return GrpcRewardClient(url.removeprefix("grpc://"), **options)
+    return RewardClient(url, **options)
+
+
+def connect_async(url: str, **options: Any) -> AsyncRewardClient | AsyncGrpcRewardClient:
+    if url.startswith("grpc://"):
+        return AsyncGrpcRewardClient(url.removeprefix("grpc://"), **options)
+    return AsyncRewardClient(url, **options)
+
+
+def _text(content: Any) -> str:
+    """Message content: a string, or multimodal content blocks of which the text ones count."""
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if block.get("type", "text") == "text")
+
+
+def _trl_prompt(prompt: Any) -> Prompt:
+    if isinstance(prompt, str):
+        return prompt
+    return [{"role": m["role"], "content": _text(m["content"])} for m in prompt]
+
+
+def _trl_completion(completion: Any) -> str:
+    if isinstance(completion, str):
+        return completion
+    return "".join(_text(m["content"]) for m in completion)  # conversational: the generated turn(s)
+
+
+class TrlRewardFunction:
+    """A TRL reward function backed by rmserve: `f(prompts, completions, **kwargs) -> list[float | None]`.
+
+    Plain-text prompts are sent as text (the bundle scores them as written); conversational prompts
+    ({role, content} messages) are rendered by the bundle's chat template, and a conversational
+    completion is the text of its messages. Empty or whitespace-only completions, which rmserve refuses,
+    get `empty_reward` (None: TRL treats it as NaN and leaves the sample to other reward functions).
+    `values`: "raw", "normalized" or "group" (advantages within each prompt's completions).
+    Picklable: the connection is opened on first use in each process."""
+
+    def __init__(self, url: str, *, values: str = "raw", name: str = "rmserve", empty_reward: float | None = None,
+                 **client_options: Any):
+        self.url = url
+        self.values = check_values(values)
+        self.__name__ = name  # TRL logs rewards/<name>/mean
+        self.empty_reward = empty_reward
+        self.client_options = client_options
+        self.calls = 0
+        self._client: RewardClient | GrpcRewardClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self) -> RewardClient | GrpcRewardClient:
+        if self._client is None:
+            self._client = connect(self.url, **self.client_options)
+        return self._client
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        self.calls += 1
+        rewards: list[float | None] = [self.empty_reward] * len(completions)
+        rows = [(i, _trl_prompt(p), _trl_completion(c)) for i, (p, c) in enumerate(zip(prompts, completions))]
+        rows = [row for row in rows if row[2].strip()]
+        if not rows:
+            return rewards
+        if self.values == "group":
+            groups: dict[str, list[tuple[int, Prompt, str]]] = {}
+            for row in rows:
+                groups.setdefault(json.dumps(row[1], sort_keys=True), []).append(row)
+            for members in groups.values():
+                result = self.client.score(members[0][1], [c for _, _, c in members], values="group")
+                for (i, _, _), value in zip(members, result.values):
+                    rewards[i] = value
+            return rewards
+        result = self.client.score_items([(p, c) for _, p, c in rows], values=self.values)
+        for (i, _, _), value in zip(rows, result.values):
+            rewards[i] = value
+        return rewards
+
+
+def trl_reward_func(url: str = "http://127.0.0.1:8000", *, values: str = "raw", name: str = "rmserve",
+                    empty_reward: float | None = None, **client_options: Any) -> TrlRewardFunction:
+    """A reward function for `trl.GRPOTrainer(reward_funcs=[trl_reward_func(url)])`; `client_options`
+    (api_key, timeout, retry, ...) go to the client."""
+    return TrlRewardFunction(url, values=values, name=name, empty_reward=empty_reward, **client_options)

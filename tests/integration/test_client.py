@@ -1,0 +1,197 @@
+"""service.client against real servers on 127.0.0.1 (tiny bundle): the four clients give the same typed
+answers as the raw API; long lists are split at the server's max_responses_per_request and merged with
+group statistics over the whole list; 429 / RESOURCE_EXHAUSTED are retried, honoring Retry-After;
+deadlines end calls; validation errors name the field and are not retried."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import (
+    NO_RETRIES,
+    AsyncGrpcRewardClient,
+    AsyncRewardClient,
+    DeadlineExceeded,
+    GrpcRewardClient,
+    InvalidRequest,
+    Overloaded,
+    RetryPolicy,
+    RewardClient,
+    connect,
+)
+from service.groups import GROUP_EPS
+from tests.conftest import make_tiny_bundle
+from tests.integration.server import running_server
+
+PROMPT = "\n\nHuman: how are you today?\n\nAssistant:"
+RESPONSES = [f" {w} i am fine" for w in "one two three four five six seven eight nine ten".split()]
+CHAT = [{"role": "user", "content": "how are you?"}]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("client") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def server(bundle):
+    with running_server(bundle, max_responses_per_request=4) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def reference(server):
+    """Each response scored alone through the raw HTTP API."""
+    return [httpx.post(server.url + "/score", json={"prompt": PROMPT, "response": r}).json()["rewards"][0]
+            for r in RESPONSES]
+
+
+def check_split_group(result, reference):
+    np.testing.assert_allclose(result.rewards, reference, atol=1e-6, rtol=0)
+    r = np.asarray(result.rewards, dtype=np.float64)
+    assert result.group.mean == r.mean() and result.group.std == r.std() and result.group.eps == GROUP_EPS
+    np.testing.assert_array_equal(result.values, (r - r.mean()) / (r.std() + GROUP_EPS))
+    np.testing.assert_array_equal(result.group.advantages, result.values)
+    assert result.requests == 3  # 10 responses, at most 4 per request
+
+
+@pytest.mark.parametrize("make", [lambda s: RewardClient(s.url), lambda s: GrpcRewardClient(s.grpc_target),
+                                  lambda s: connect(f"grpc://{s.grpc_target}")], ids=["http", "grpc", "connect"])
+def test_sync_clients_split_long_lists_and_merge_group_statistics(server, reference, make):
+    with make(server) as client:
+        result = client.score(PROMPT, RESPONSES, values="group")
+        assert client.max_responses_per_request == 4  # learned from the server
+        check_split_group(result, reference)
+        items = client.score_items([(PROMPT, r) for r in RESPONSES[:6]], values="normalized")
+        assert items.group is None and items.requests == 2
+        np.testing.assert_allclose(items.values, (np.asarray(reference[:6]) - 0.5) / 2.0, atol=1e-6, rtol=0)
+        short = client.score(CHAT, RESPONSES[:2])
+        chat = httpx.post(server.url + "/score", json={"prompt": CHAT, "responses": RESPONSES[:2]}).json()
+        assert short.rewards == chat["rewards"] and short.values == chat["rewards"] and short.requests == 1
+        assert short.group.std == chat["group"]["std"] and short.model.bundle_id == "tiny"
+        compared = client.compare(PROMPT, RESPONSES[0], RESPONSES[1])
+        assert compared.reward_a == pytest.approx(reference[0], abs=1e-6)
+        assert compared.probability_a == pytest.approx(1 / (1 + np.exp(reference[1] - reference[0])), abs=1e-6)
+        info = client.model_info()
+        assert info.model.bundle_id == "tiny" and info.provider == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize("make", [lambda s: AsyncRewardClient(s.url), lambda s: AsyncGrpcRewardClient(s.grpc_target)],
+                         ids=["http", "grpc"])
+def test_async_clients_split_long_lists_and_merge_group_statistics(server, reference, make):
+    async def run():
+        async with make(server) as client:
+            result, items = await asyncio.gather(client.score(PROMPT, RESPONSES, values="group"),
+                                                 client.score_items([(PROMPT, r) for r in RESPONSES]))
+            check_split_group(result, reference)
+            np.testing.assert_allclose(items.values, reference, atol=1e-6, rtol=0)
+            return (await client.compare(PROMPT, RESPONSES[0], RESPONSES[1])).reward_b
+
+    assert asyncio.run(run()) == pytest.approx(reference[1], abs=1e-6)
+
+
+def test_http_client_reuses_one_connection(server):
+    with RewardClient(server.url) as client:
+        for _ in range(5):
+            client.score(PROMPT, RESPONSES[:2])
+        assert len(client._http._transport._pool.connections) == 1
+
+
+@pytest.mark.parametrize("make", [lambda s, r: RewardClient(s.url, retry=r), lambda s, r: GrpcRewardClient(s.grpc_target, retry=r)],
+                         ids=["http", "grpc"])
+def test_invalid_requests_name_the_field_and_are_not_retried(server, make):
+    retries = []
+    with make(server, RetryPolicy(on_retry=lambda *a: retries.append(a))) as client:
+        with pytest.raises(InvalidRequest) as refused:
+            client.score(PROMPT, ["fine", "   "])
+        assert refused.value.field == "responses.1" and "empty" in refused.value.message
+        with pytest.raises(InvalidRequest) as refused:
+            client.score_items([(PROMPT, "fine")], values="group")
+        assert refused.value.field == "values"
+    assert retries == []
+
+
+@pytest.fixture(scope="module")
+def slow_server(bundle):
+    """A queue of one row, held 1.5 s by the batch wait: a second concurrent request is refused with
+    429 / RESOURCE_EXHAUSTED, and any call is slower than a short deadline."""
+    with running_server(bundle, max_queue_rows=1, max_wait_ms=1500) as running:
+        yield running
+
+
+def run_together(calls):
+    """Start `calls` at once on threads; their results or exceptions, in order."""
+    outcomes = [None] * len(calls)
+
+    def run(i):
+        try:
+            outcomes[i] = calls[i]()
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            outcomes[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return outcomes
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_overloaded_answers_are_retried_until_served(slow_server, protocol):
+    retries = []
+    policy = RetryPolicy(on_retry=lambda attempt, delay, error: retries.append((delay, error)))
+    make = (lambda: RewardClient(slow_server.url, retry=policy)) if protocol == "http" else \
+        (lambda: GrpcRewardClient(slow_server.grpc_target, retry=policy))
+    with make() as first, make() as second:
+        results = run_together([lambda: first.score(PROMPT, RESPONSES[:1]), lambda: second.score(PROMPT, RESPONSES[1:2])])
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert sum(r.requests for r in results) >= 3  # two calls, and at least one refused once then retried
+    assert retries and all(isinstance(error, Overloaded) for _, error in retries)
+    if protocol == "http":  # the server's Retry-After (1 s) is honored
+        assert {error.status for _, error in retries} == {429}
+        assert all(delay >= 1.0 for delay, _ in retries)
+    else:
+        assert {error.status for _, error in retries} == {"RESOURCE_EXHAUSTED"}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_without_retries_the_refusal_reaches_the_caller(slow_server, protocol):
+    make = (lambda: RewardClient(slow_server.url, retry=NO_RETRIES)) if protocol == "http" else \
+        (lambda: GrpcRewardClient(slow_server.grpc_target, retry=NO_RETRIES))
+    with make() as first, make() as second:
+        # The server may still hold a row of an earlier test: retry the pair until the queue was free for one.
+        for _ in range(5):
+            results = run_together([lambda: first.score(PROMPT, RESPONSES[:1]), lambda: second.score(PROMPT, RESPONSES[1:2])])
+            if any(not isinstance(r, Exception) for r in results):
+                break
+    assert sorted(type(r).__name__ for r in results) == ["Overloaded", "ScoreResult"], results
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc", "http-async", "grpc-async"])
+def test_a_call_ends_at_its_deadline(slow_server, protocol):
+    # Every row waits 1.5 s for its batch to fill; a 0.4 s deadline ends the call first. The same call with
+    # time to spare then succeeds (and leaves the one-row queue empty for the next test).
+    if protocol.endswith("async"):
+        async def calls():
+            make = AsyncRewardClient(slow_server.url) if protocol == "http-async" else \
+                AsyncGrpcRewardClient(slow_server.grpc_target)
+            async with make as client:
+                client.max_responses_per_request = 4  # no model-info request inside the deadline
+                with pytest.raises(DeadlineExceeded):
+                    await client.score(PROMPT, RESPONSES[:1], timeout=0.4)
+                return await client.score(PROMPT, RESPONSES[:1], timeout=30)
+
+        assert asyncio.run(calls()).rewards
+        return
+    make = RewardClient(slow_server.url) if protocol == "http" else GrpcRewardClient(slow_server.grpc_target)
+    with make as client:
+        client.max_responses_per_request = 4
+        with pytest.raises(DeadlineExceeded):
+            client.score(PROMPT, RESPONSES[:1], timeout=0.4)
+        assert client.score(PROMPT, RESPONSES[:1], timeout=30).rewards
