@@ -1,4 +1,4 @@
-"""The `rmserve` command: train, export, eval, serve.
+"""The `rmserve` command: train, export, eval, serve, data.
 
 Training subcommands import `training` (torch, transformers) only when they run, so a serving install
 without the `train` extra still has a working `rmserve serve` and `rmserve eval`.
@@ -22,11 +22,14 @@ from pydantic import ValidationError
 from service.bundle import BundleError
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
+    """One option per field of `cls` (only those of the --help sections in `only`, when given)."""
     hints = typing.get_type_hints(cls)
     sections: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         group_name = f.metadata.get("group")
+        if only is not None and group_name not in only:
+            continue
         target = sections.setdefault(group_name, parser.add_argument_group(group_name)) if group_name else parser
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
@@ -122,6 +125,66 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
+def _load_data(args: argparse.Namespace, path: str, skip_bad_rows: bool):
+    from training.data import load_preferences
+    from training.ratings import RatingOptions
+
+    loaded = load_preferences(path, skip_bad_rows=skip_bad_rows, ratings=RatingOptions.from_config(args))
+    if loaded.ratings:
+        print(f"ratings: {loaded.ratings.summary()}", file=sys.stderr)
+    return loaded
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from training.data_report import convert_to_pairs, format_counts
+
+    loaded = _load_data(args, args.input, args.skip_bad_rows)
+    for bad in loaded.skipped:
+        print(f"skipped bad row: {bad}", file=sys.stderr)
+    counts = convert_to_pairs(loaded, args.output)
+    print(f"wrote {args.output}: {format_counts(counts)}")
+    return 0
+
+
+def _data_encoder(args: argparse.Namespace):
+    """The bundle's InputEncoder, or a tokenizer's with the default InputSpec; --max-length overrides either."""
+    from tokenizers import Tokenizer
+
+    from service.inputs import InputEncoder, InputSpec
+    from training.config import TrainConfig
+
+    if args.bundle:
+        from service.bundle import load_bundle
+
+        bundle = load_bundle(args.bundle, verify_hashes=False)
+        spec, tokenizer_path = bundle.manifest.input, bundle.tokenizer_path
+    elif args.tokenizer:
+        spec, tokenizer_path = InputSpec(max_length=TrainConfig.max_length), args.tokenizer
+    elif args.max_length:
+        raise ValueError("--max-length needs --bundle or --tokenizer (the length is counted in tokens)")
+    else:
+        return None
+    if args.max_length:
+        try:
+            spec = InputSpec.model_validate({**spec.model_dump(), "max_length": args.max_length})
+        except ValidationError as e:
+            raise ValueError(f"--max-length {args.max_length}: {e.errors()[0]['msg']}") from None
+    try:
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    except Exception as e:  # tokenizers raises a bare Exception on a missing or malformed file
+        raise ValueError(f"cannot read tokenizer {tokenizer_path}: {e}") from None
+    return InputEncoder(tokenizer, spec)
+
+
+def _cmd_data_inspect(args: argparse.Namespace) -> int:
+    from training.data_report import format_report, inspect_data
+
+    encoder = _data_encoder(args)
+    report = inspect_data(_load_data(args, args.file, skip_bad_rows=True), encoder)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmserve", description="Train, export and serve reward models for RLHF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -176,6 +239,47 @@ def build_parser() -> argparse.ArgumentParser:
                            "/v1/model). Each option can also be set by its RMSERVE_* environment variable.")
     _add_settings_options(serve)
     serve.set_defaults(handler=_cmd_serve)
+
+    data = sub.add_parser("data", help="Convert preference data to pairs, or report on it before training.",
+                          description="Work on training data without a model: `convert` writes ratings or "
+                          "rankings as pairs JSONL; `inspect` reports what a reward model could learn from it.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    convert = data_sub.add_parser(
+        "convert", help="Write any accepted data file (ratings, rankings, pairs) as pairs JSONL.",
+        description="Write every comparison of IN as one {prompt, chosen, rejected, label, margin, source} line "
+        "of OUT (.gz to compress), and print the counts: pairs, ties, prompts, rows, tied pairs and bad rows "
+        "dropped, single-response prompts. Ratings are grouped by prompt and rater as in training (--rating-* "
+        "below). The pairs file trains each pair as its own row; IN read directly keeps a prompt's "
+        "comparisons together as one listwise group.")
+    convert.add_argument("input", metavar="IN", help="JSONL(.gz) data file or save_to_disk directory.")
+    convert.add_argument("output", metavar="OUT", help="Pairs JSONL file to write (.jsonl or .jsonl.gz).")
+    convert.add_argument("--skip-bad-rows", action="store_true",
+                         help="Leave out rows that fail validation (each reported) instead of stopping at the first.")
+    from training.config import TrainConfig
+
+    _add_dataclass_options(convert, TrainConfig, only=("ratings",))
+    convert.set_defaults(handler=_cmd_data_convert)
+
+    inspect = data_sub.add_parser(
+        "inspect", help="Report on a data file before training: labels, length bias, duplicates, truncation.",
+        description="Report the rows, prompts, pairs and ties of FILE; its label distribution; response "
+        "lengths of chosen and rejected and how often the preferred response is the longer one (the accuracy "
+        "a model gets from length alone); duplicate pairs and contradictory ones (same prompt and responses, "
+        "opposite preference); with --bundle or --tokenizer, token lengths and the rows --max-length "
+        "truncates, tokenized and truncated exactly as training and serving do. Bad rows are listed, not fatal.")
+    inspect.add_argument("file", metavar="FILE", help="JSONL(.gz) data file or save_to_disk directory.")
+    tokens = inspect.add_mutually_exclusive_group()
+    tokens.add_argument("--bundle", metavar="DIR", default=None,
+                        help="Count tokens and truncation with this bundle's tokenizer and input spec.")
+    tokens.add_argument("--tokenizer", metavar="TOKENIZER_JSON", default=None,
+                        help="Count tokens with this tokenizer.json and the default input spec (encoder pair "
+                        "template; use --bundle for a decoder's exact rows).")
+    inspect.add_argument("--max-length", type=int, default=None,
+                         help="Tokens per row to check truncation against. Default: the bundle's max_length, "
+                         f"or {TrainConfig.max_length} with --tokenizer.")
+    inspect.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
+    _add_dataclass_options(inspect, TrainConfig, only=("ratings",))
+    inspect.set_defaults(handler=_cmd_data_inspect)
     return parser
 
 
