@@ -73,8 +73,8 @@ def format_counts(counts: dict) -> str:
 def _spread(values: np.ndarray) -> dict:
     if not len(values):
         return {"mean": None, "p50": None, "p95": None, "max": None}
-    return {"mean": round(float(values.mean()), 1), "p50": float(np.percentile(values, 50)),
-            "p95": float(np.percentile(values, 95)), "max": int(values.max())}
+    return {"mean": round(float(values.mean()), 1), "p50": round(float(np.percentile(values, 50)), 1),
+            "p95": round(float(np.percentile(values, 95)), 1), "max": int(values.max())}
 
 
 def _length_bias(preferred: np.ndarray, other: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> dict:
