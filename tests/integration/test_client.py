@@ -6,7 +6,10 @@ deadlines end calls; validation errors name the field and are not retried."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -195,3 +198,14 @@ def test_a_call_ends_at_its_deadline(slow_server, protocol):
         with pytest.raises(DeadlineExceeded):
             client.score(PROMPT, RESPONSES[:1], timeout=0.4)
         assert client.score(PROMPT, RESPONSES[:1], timeout=30).rewards
+
+
+def test_the_client_example_runs(server):
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "examples" / "rlhf_client.py"), server.url, server.grpc_target],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[2].startswith("600 responses in 150 requests")  # the server takes 4 per request
+    assert lines[0].split(maxsplit=1)[1] == lines[3].split(":", 1)[1].strip() == lines[4].split(":", 1)[1].strip()
+    assert lines[5].startswith("TRL reward function rmserve [")
