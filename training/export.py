@@ -21,7 +21,6 @@ from service.bundle import (
     MODEL_FILE,
     TOKENIZER_FILE,
     Bundle,
-    Calibration,
     GoldenExample,
     Manifest,
     ModelInfo,
@@ -32,7 +31,7 @@ from service.bundle import (
 from service.engine import OnnxRewardModel, check_golden
 from service.inputs import InputEncoder
 from training.data import PreferencePair, load_pairs, shipped_data
-from training.evaluate import pair_metrics, score_pairs
+from training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
 from training.model import RewardModel, load_checkpoint
 
 PARITY_TOLERANCE = 1e-4
@@ -116,7 +115,9 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
         worst = check_parity(model, engine, encoder, parity_rows(dev_pairs))
         print(f"parity: max |torch - onnxruntime| = {worst:.2e} on a padded mixed-length batch")
         chosen, rejected = score_pairs(engine, encoder, dev_pairs)
-        metrics, rewards = pair_metrics(chosen, rejected), np.concatenate([chosen, rejected])
+        labels = labels_of(dev_pairs)
+        metrics, rewards = pair_metrics(chosen, rejected, labels), np.concatenate([chosen, rejected])
+        calibration = fit_calibration(chosen.astype(np.float64) - rejected, labels, dev_path.name)
         golden_rows = parity_rows(dev_pairs, GOLDEN_SIZE)
         golden = [
             GoldenExample(prompt=prompt, response=response, score=float(engine(encoder.pad(encoder.encode([(prompt, response)])))[0]))
@@ -143,7 +144,7 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
             computed_on=f"{dev_path.name}: chosen+rejected of {len(dev_pairs)} pairs",
             version=f"{reference}-{len(rewards)}",
         ),
-        calibration=Calibration(),
+        calibration=calibration,
         provenance={
             "checkpoint": str(checkpoint),
             "base_model": meta.base_model,
@@ -163,5 +164,5 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
     bundle = load_bundle(output_dir)
     check_golden(bundle, OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder())
     print(f"bundle {manifest.bundle_id} written to {output_dir}: dev accuracy {metrics['accuracy']:.4f} "
-          f"on {metrics['pairs']} pairs (onnxruntime)")
+          f"on {metrics['pairs']} pairs (onnxruntime), calibration temperature {calibration.temperature:.4g}")
     return bundle

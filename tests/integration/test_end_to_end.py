@@ -50,12 +50,13 @@ def test_items_and_chat_prompts_match_torch(trained, server):
 
 
 def test_compare_matches_torch(trained, server):
-    _, _, model, encoder = trained
+    _, bundle, model, encoder = trained
     a, b = score_rows(model, encoder, [(PROMPT, RESPONSES[0]), (PROMPT, RESPONSES[1])])
     body = httpx.post(server + "/compare", json={"prompt": PROMPT, "response_a": RESPONSES[0],
                                                  "response_b": RESPONSES[1]}).json()
     assert body["reward_a"] == pytest.approx(a, abs=1e-4) and body["reward_b"] == pytest.approx(b, abs=1e-4)
-    assert body["probability_a"] == pytest.approx(1 / (1 + math.exp(-(body["reward_a"] - body["reward_b"]))), abs=1e-9)
+    z = (body["reward_a"] - body["reward_b"]) / bundle.manifest.calibration.temperature  # fitted at export
+    assert body["probability_a"] == pytest.approx(1 / (1 + math.exp(-z)), abs=1e-9)
 
 
 def test_long_input_is_truncated_and_still_matches_torch(trained, server):
