@@ -14,7 +14,6 @@ import os
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -93,14 +92,21 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from training.evaluate import evaluate_bundle
+    from training.evaluate import format_summary, run_evaluation
 
-    metrics = evaluate_bundle(args.bundle, args.data, args.limit, device=args.device)
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        print(f"bundle {metrics['bundle_id']} on {Path(metrics['data']).name}: {metrics['pairs']} pairs, "
-              f"accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}, mean margin {metrics['mean_margin']:.4f}")
+    if args.train_log and not args.report:
+        print("rmserve eval: --train-log is read only for --report", file=sys.stderr)
+        return 2
+    if args.report:  # find the training log before the slow part, so a wrong path fails at once
+        from service.bundle import load_bundle
+        from training.report import find_train_log, write_report
+
+        log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
+    metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device)
+    if args.report:
+        write_report(args.report, metrics, scored, log)
+        print(f"report written to {args.report}", file=sys.stderr)
+    print(json.dumps(metrics) if args.json else format_summary(metrics))
     return 0
 
 
@@ -224,14 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Where to run the check; fp16 needs cuda.")
     quantize.set_defaults(handler=_cmd_quantize)
 
-    evaluate = sub.add_parser("eval", help="Measure a bundle's pairwise accuracy with the serving engine.",
+    evaluate = sub.add_parser("eval", help="Measure a bundle's accuracy, calibration and length bias.",
                               description="Score preference pairs with the bundle's ONNX model, exactly as the "
-                              "service does, and report pairwise accuracy, Bradley–Terry loss and mean margin.")
+                              "service does, and report tie-aware accuracy, log-loss, AUC, calibration error at the "
+                              "bundle's temperature, accuracy by length, reward-length correlation and the reward "
+                              "distribution; optionally an HTML report with plots.")
     evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
     evaluate.add_argument("--data", default=None, help="JSONL(.gz) pairs. Default: the shipped HH-RLHF dev split.")
-    evaluate.add_argument("--limit", type=int, default=None, help="Use only the first N pairs.")
+    evaluate.add_argument("--limit", type=int, default=None,
+                          help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
     evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object.")
+    evaluate.add_argument("--report", metavar="HTML", default=None,
+                          help="Also write a self-contained HTML report with plots to this file.")
+    evaluate.add_argument("--train-log", default=None,
+                          help="Training log (JSONL) for the report's curves. Default: train_log.jsonl in the "
+                          "checkpoint named by the bundle's provenance.")
     evaluate.set_defaults(handler=_cmd_eval)
 
     serve = sub.add_parser("serve", help="Serve a bundle over HTTP.",
