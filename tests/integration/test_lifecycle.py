@@ -23,7 +23,9 @@ def test_sigterm_finishes_admitted_work_and_exits_zero(tmp_path):
 
         with cf.ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(call, i) for i in range(200)]
-            time.sleep(0.3)
+            # Signal once work is surely flowing (a fixed sleep raced the clients on a loaded machine).
+            cf.wait(futures, timeout=60, return_when=cf.FIRST_COMPLETED)
+            time.sleep(0.05)
             server.process.send_signal(signal.SIGTERM)
             outcomes = [f.result() for f in futures]
         assert server.process.wait(timeout=30) == 0
