@@ -56,7 +56,7 @@ from pydantic import ValidationError
 
 from service.inputs import ChatMessage, Prompt
 
-if TYPE_CHECKING:  # training.ratings imports this module's row checks
+if TYPE_CHECKING:  # training.ratings imports this module's row checks, so it is imported where used
     from training.ratings import RatingCounts, RatingOptions
 
 ASSISTANT_TURN = "\n\nAssistant:"
@@ -387,9 +387,9 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
         raise FileNotFoundError(f"data file {path} does not exist")
     first, rows = _first_row(rows)
     if first is not None and is_rating_row(first):
-        from training.ratings import RatingOptions
+        from training.ratings import RatingOptions, load_ratings
 
-        return _load_ratings(path, rows, limit, skip_bad_rows, ratings or RatingOptions())
+        return load_ratings(path, rows, limit, skip_bad_rows, ratings or RatingOptions())
     groups: list[PreferenceGroup] = []
     skipped: list[DataError] = []
     for where, row in rows:
@@ -407,21 +407,6 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
         raise DataError(path, 0, None, "holds no preference rows"
                         + (f" ({len(skipped)} bad rows skipped)" if skipped else ""))
     return PreferenceFile(path=path, groups=groups, skipped=skipped)
-
-
-def _load_ratings(path: Path, rows: Iterator[tuple[_Where, dict | DataError]], limit: int | None,
-                  skip_bad_rows: bool, options: RatingOptions) -> PreferenceFile:
-    from training.ratings import convert_ratings
-
-    try:
-        groups, skipped, counts = convert_ratings(rows, options, skip_bad_rows)
-    except DataError as e:
-        raise _with_skip_hint(e) from None
-    if not groups:
-        raise DataError(path, 0, None, f"yields no preference from its ratings ({counts.summary()}"
-                        + (f"; {len(skipped)} bad rows skipped)" if skipped else ")"))
-    return PreferenceFile(path=path, groups=groups[:limit] if limit is not None else groups,
-                          skipped=skipped, ratings=counts)
 
 
 def load_pairs(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PairFile:

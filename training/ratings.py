@@ -31,6 +31,7 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from service.inputs import Prompt
 from training.config import TrainConfig
@@ -39,11 +40,13 @@ from training.data import (
     RANKING_FIELDS,
     Comparison,
     DataError,
+    PreferenceFile,
     PreferenceGroup,
     _number,
     _prompt,
     _text,
     _Where,
+    _with_skip_hint,
 )
 
 RATING_FIELDS = ("response", "rating", "rater")
@@ -257,3 +260,17 @@ def convert_ratings(
         out.append(PreferenceGroup(group.prompt, tuple(group.responses), tuple(comparisons), group.source))
     counts.groups = len(out)
     return out, skipped, counts
+
+
+def load_ratings(path: Path, rows: Iterable[tuple[_Where, dict | DataError]], limit: int | None,
+                 skip_bad_rows: bool, options: RatingOptions) -> PreferenceFile:
+    """`load_preferences` for a ratings file: the first `limit` groups, the bad rows and the counts."""
+    try:
+        groups, skipped, counts = convert_ratings(rows, options, skip_bad_rows)
+    except DataError as e:
+        raise _with_skip_hint(e) from None
+    if not groups:
+        raise DataError(path, 0, None, f"yields no preference from its ratings ({counts.summary()}"
+                        + (f"; {len(skipped)} bad rows skipped)" if skipped else ")"))
+    return PreferenceFile(path=path, groups=groups[:limit] if limit is not None else groups,
+                          skipped=skipped, ratings=counts)
