@@ -174,6 +174,31 @@ class Batcher:
             self._cond.notify_all()
         return [item.future for item in items]
 
+    def discard(self, futures: Sequence[asyncio.Future]) -> None:
+        """Take the rows of a request that will not wait for them (client gone, deadline passed) out of
+        the queue now, so that their slots are free for the next request rather than at the next batch.
+        Rows already taken by the engine are left to it."""
+        doomed = {id(f) for f in futures}
+        with self._cond:
+            removed = [item for item in self._waiting if id(item.future) in doomed]
+            if self._prepared is not None and any(id(item.future) in doomed for item in self._prepared[0]):
+                removed += [item for item in self._prepared[0] if id(item.future) in doomed]
+                # The prepared batch is formed again from what remains, as when newcomers arrive.
+                self._waiting.extend(item for item in self._prepared[0] if id(item.future) not in doomed)
+                self._prepared = None
+            if not removed:
+                return
+            gone = {id(item) for item in removed}
+            self._waiting[:] = [item for item in self._waiting if id(item) not in gone]
+            now = time.monotonic()
+            expired = sum(1 for item in removed if item.deadline is not None and now >= item.deadline - 1e-3)
+            if expired:
+                self.observer.dropped("expired", expired)
+            if len(removed) > expired:
+                self.observer.dropped("cancelled", len(removed) - expired)
+            self.observer.queue_depth(self._queued())
+            self._cond.notify_all()
+
     def _collect_loop(self) -> None:
         """Keep one batch prepared for the engine; while the engine is busy, top it up with new rows."""
         formed_at = -1  # self._arrivals when the prepared batch was last formed

@@ -49,7 +49,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = "RMSERVE_" + name.upper()
-        default = "" if name == "api_keys" else info.default
+        default = "" if name in ("api_keys", "admin_api_keys") else info.default
         parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {default!r}]")
 
 

@@ -22,9 +22,11 @@ from pydantic import ValidationError
 
 from service.errors import ErrorKind, ScoringError
 from service.grpc_gen import reward_pb2, reward_pb2_grpc
+from service.grpc_guard import add_guarded_servicer, server_interceptors
 from service.runtime import ServiceState
 from service.schemas import CompareRequest, ScoreRequest, validation_error
 from service.scoring import Row, Scorer
+from service.tls import add_grpc_port
 
 log = logging.getLogger("rmserve.grpc")
 
@@ -171,9 +173,9 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
 async def start_grpc_server(state: ServiceState) -> grpc.aio.Server:
     settings = state.settings
     limit = settings.grpc_max_message_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+    server = grpc.aio.server(interceptors=server_interceptors(state), options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit)])
-    reward_pb2_grpc.add_RewardModelServicer_to_server(RewardModelServicer(state), server)
+    add_guarded_servicer(RewardModelServicer(state), server, state)  # undecodable or oversized: INVALID_ARGUMENT
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -188,7 +190,7 @@ async def start_grpc_server(state: ServiceState) -> grpc.aio.Server:
 
     state.readiness_listeners.append(on_readiness)
     on_readiness(state.ready)
-    port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    port = add_grpc_port(server, settings)  # TLS when configured
     await server.start()
     log.info("gRPC listening on %s:%d", settings.host, port)
     return server

@@ -264,6 +264,12 @@ def create_app(state: ServiceState) -> FastAPI:
     app.add_exception_handler(ScoringError, _scoring_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ClientGone, _client_gone_handler)  # type: ignore[arg-type]
 
+    from service import openapi
+    from service.guard import RequestGuard
+    from service.reload import router as admin_router
+
+    openapi.install(app)  # documents the error answers this app really gives
+    app.add_middleware(RequestGuard, state=state, counted_paths=SCORING_PATHS)  # inside ObserveAndShed
     app.add_middleware(ObserveAndShed, state=state)
 
     app.include_router(scoring_router)
@@ -271,4 +277,5 @@ def create_app(state: ServiceState) -> FastAPI:
     from service.openrlhf import router as openrlhf_router  # here: service.openrlhf imports this module
 
     app.include_router(openrlhf_router)
+    app.include_router(admin_router)
     return app

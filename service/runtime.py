@@ -3,8 +3,11 @@
 
 Start-up: both servers listen at once (liveness answers immediately) while the bundle loads in a
 thread; readiness (/readyz, gRPC health) turns true when the bundle is verified. Shutdown (SIGTERM or
-SIGINT, handled here rather than by uvicorn): readiness turns false and new work gets 503/UNAVAILABLE,
-the servers stop taking calls, queued work is scored, then the process exits 0.
+SIGINT, handled here rather than by uvicorn): readiness turns false at once and new work gets
+503/UNAVAILABLE while the listeners stay open; once admitted work is done (no scoring call for
+`DRAIN_QUIET_SECONDS`, at most `shutdown_grace_seconds`) the servers stop, the queue is empty, and the
+process exits 0. Keeping the listeners open while draining means a client sent away during the drain gets
+a 503 it can act on, never a connection reset. SIGHUP reloads the configured bundle (service/reload.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Iterator
 
 import uvicorn
@@ -20,10 +24,15 @@ import uvicorn
 from service.auth import ApiKeys
 from service.errors import ErrorKind, ScoringError
 from service.metrics import Metrics
+from service.reload import Reloader, until_idle
 from service.scoring import Scorer
 from service.settings import Settings
+from service.tls import uvicorn_tls_options
 
 log = logging.getLogger("rmserve")
+# After the last admitted call ends, new calls are still answered 503 this long before the listeners
+# close: a client that got its answer just now and sends again meets a 503, not a closed port.
+DRAIN_QUIET_SECONDS = 0.5
 
 
 class ServiceState:
@@ -38,6 +47,7 @@ class ServiceState:
         self._ready = False
         self.load_error: Exception | None = None
         self.readiness_listeners: list = []  # callables(bool), e.g. the gRPC health servicer
+        self.reloader = Reloader(self)
 
     @property
     def ready(self) -> bool:
@@ -67,8 +77,14 @@ class ServiceState:
         for listener in self.readiness_listeners:
             listener(ready)
 
+    async def drain(self, limit: float) -> None:
+        """Readiness is off: wait until admitted work is done, or `limit` seconds."""
+        if self.scorer is not None and not await until_idle(self.scorer, min(DRAIN_QUIET_SECONDS, limit), limit):
+            log.warning("work still under way after the %.0f s shutdown grace period", limit)
+
     async def close(self) -> None:
         self.set_ready(False)
+        await self.reloader.close()
         scorer, self.scorer = self.scorer, None
         if scorer is not None:
             await asyncio.to_thread(scorer.close)
@@ -90,21 +106,43 @@ async def serve(settings: Settings) -> int:
     state = ServiceState(settings)
     app = create_app(state)
     http = _HttpServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                         lifespan="off", timeout_graceful_shutdown=settings.shutdown_grace_seconds))
+                                         lifespan="off", timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+                                         **uvicorn_tls_options(settings)))
     grpc_server = await start_grpc_server(state) if settings.grpc_port >= 0 else None
 
     loading = asyncio.create_task(state.load())
 
-    def begin_shutdown(sig: signal.Signals) -> None:
-        log.info("%s received: readiness off, finishing queued work", sig.name)
-        state.set_ready(False)
-        if http.should_exit:  # a second signal: stop waiting for connections
-            http.force_exit = True
+    draining: asyncio.Task | None = None
+    tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+
+    async def drain_then_stop() -> None:
+        began = time.monotonic()
+        await state.drain(settings.shutdown_grace_seconds)
+        # uvicorn's own wait for open connections gets what is left of the grace period.
+        http.config.timeout_graceful_shutdown = max(0.0, settings.shutdown_grace_seconds - (time.monotonic() - began))
         http.should_exit = True
+
+    def begin_shutdown(sig: signal.Signals) -> None:
+        nonlocal draining
+        if draining is not None:  # a second signal: stop waiting
+            log.info("%s received again: stopping now", sig.name)
+            http.force_exit = True
+            http.should_exit = True
+            return
+        log.info("%s received: readiness off, refusing new work, finishing admitted work", sig.name)
+        state.set_ready(False)
+        draining = asyncio.create_task(drain_then_stop())
+
+    def reload_bundle() -> None:
+        log.info("SIGHUP received: reloading %s", settings.bundle)
+        task = asyncio.create_task(state.reloader.reload_logged())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, begin_shutdown, sig)
+    loop.add_signal_handler(signal.SIGHUP, reload_bundle)
 
     def stop_when_load_fails(task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:

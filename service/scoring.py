@@ -11,9 +11,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,10 +24,12 @@ from service.engine import CUDA, OnnxRewardModel, check_golden
 from service.errors import ErrorKind, ScoringError
 from service.groups import RewardSummary, ValueKind, summarize
 from service.inputs import InputEncoder, Prompt
+from service.limits import check_rows, effective_deadline
 from service.metrics import Metrics, MetricsObserver
 from service.settings import Settings
 
 log = logging.getLogger("rmserve.scoring")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Scorer:
         self.encoder: InputEncoder = bundle.encoder()
         self.settings = settings
         self.metrics = metrics
+        self.active_calls = 0  # score() calls under way: a retiring scorer (reload, shutdown) waits for 0
         # Tokenizing is CPU work too: keep it off the event loop, on its own thread.
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmserve-tokenize")
         self.batcher = Batcher(
@@ -104,10 +108,22 @@ class Scorer:
         for row in rows:
             if not row.response.strip():
                 raise ScoringError(ErrorKind.VALIDATION, "response is empty or whitespace only", row.field)
+        check_rows(rows, self.settings)
 
     async def score(self, rows: Sequence[Row], deadline: float | None = None) -> Scores:
-        """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic()."""
+        """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic();
+        without one, the HTTP request's or the server's default (service/limits.py)."""
+        self.active_calls += 1
+        try:
+            return await self._score(rows, effective_deadline(deadline, self.settings))
+        finally:
+            self.active_calls -= 1
+
+    async def _score(self, rows: Sequence[Row], deadline: float | None) -> Scores:
         self.validate(rows)
+        if deadline is not None and time.monotonic() >= deadline:
+            self.batcher.observer.dropped("expired", len(rows))
+            raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
         self.batcher.check_room(len(rows))  # an overloaded service answers before tokenizing
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
@@ -119,10 +135,11 @@ class Scorer:
         timing = RequestTiming()
         futures = self.batcher.submit([e.ids for e in encoded], deadline, timing)
         try:
-            raw = np.array(await asyncio.gather(*futures), dtype=np.float32)
+            raw = np.array(await _until(deadline, asyncio.gather(*futures)), dtype=np.float32)
         except BaseException:
             for future in futures:  # a departed client's rows are dropped before inference
                 future.cancel()
+            self.batcher.discard(futures)  # and their queue slots are free at once
             raise
         truncated = [e.truncated for e in encoded]
         self.metrics.scored.inc(len(rows))
@@ -145,3 +162,13 @@ class Scorer:
     def probability_a(self, reward_a: float, reward_b: float) -> float:
         z = (reward_a - reward_b) / self.manifest.calibration.temperature
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+async def _until(deadline: float | None, work: Awaitable[T]) -> T:
+    """`work`, or TIMEOUT when `deadline` passes first (its rows are then dropped by the caller)."""
+    if deadline is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the rows were scored") from None

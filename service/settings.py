@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,35 @@ class Settings(BaseSettings):
         "lets the event loop answer (429s, health, new requests) while inference holds every core.",
     )
     max_responses_per_request: int = Field(256, ge=1, description="Most responses (or items) in one /score call.")
+    max_request_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024,
+        description="Largest request body (HTTP) or message (gRPC) accepted, in bytes; larger ones get 413 / "
+        "INVALID_ARGUMENT, refused from Content-Length or while streaming, before the whole body is read.",
+    )
+    max_text_chars: int = Field(
+        100_000, ge=1, description="Most characters in one text: a prompt, a chat message's content, a response."
+    )
+    max_messages: int = Field(256, ge=1, description="Most chat messages in one conversation prompt.")
+    max_json_depth: int = Field(
+        32, ge=8, le=500, description="Deepest nesting of arrays and objects accepted in a JSON request body."
+    )
+    request_timeout_seconds: float = Field(
+        60.0, ge=0.0,
+        description="Deadline of a request that sets none (HTTP header X-Request-Timeout, in seconds, or a gRPC "
+        "deadline); work still queued when it passes is dropped and answered 504 / DEADLINE_EXCEEDED. 0: none.",
+    )
+    admin_api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated keys for the admin endpoint (POST /admin/reload), sent as "
+        "'Authorization: Bearer <key>'; empty disables it. Separate from api_keys.",
+    )
+    protect_health_and_metrics: bool = Field(
+        False, description="With API keys set, also require one on /healthz, /readyz, /metrics and gRPC health "
+        "(open by default, for probes and scrapers).",
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for TLS on both HTTP and gRPC; needs tls_key_file. Unset: plaintext."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
     max_batch_tokens: int = Field(
         4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
     )
@@ -62,3 +91,12 @@ class Settings(BaseSettings):
         1024, ge=1, description="Rows that may wait for inference; beyond this, requests get 429 at once."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self

@@ -3,6 +3,7 @@
 import asyncio
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -267,3 +268,39 @@ def test_collate_keeps_padding_within_the_ratio():
         assert sum(i.length for i in batch) >= 0.9 * padded
         sizes.append(len(batch))
     assert max(sizes) > 4, "similar lengths were not grouped"
+
+
+def test_discarded_rows_free_their_queue_slots_at_once():
+    gate = threading.Event()
+    seen = []
+
+    def engine(batch):
+        gate.wait(5)
+        seen.extend(batch.input_ids[:, 0].tolist())
+        return fake_engine(batch)
+
+    recorder = Recorder()
+    batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=4, max_queue_rows=4), recorder)
+
+    async def main():
+        busy = batcher.submit([[1]])  # the engine holds this row
+        await asyncio.sleep(0.05)
+        leaving = batcher.submit([[2], [3], [4]])  # prepared while the engine is busy
+        late = batcher.submit([[5]], deadline=time.monotonic() + 0.05)
+        await asyncio.sleep(0.1)  # its deadline passes while it waits
+        with pytest.raises(ScoringError, match="queue full"):
+            batcher.submit([[6]])
+        for future in leaving + late:
+            future.cancel()
+        batcher.discard(leaving + late)
+        admitted = batcher.submit([[7], [8], [9], [10]])  # room again before any batch ran
+        gate.set()
+        return await asyncio.gather(*busy, *admitted)
+
+    try:
+        results = run_async(main())
+    finally:
+        batcher.close()
+    assert results == [1.0, 7.0, 8.0, 9.0, 10.0]
+    assert not {2, 3, 4, 5} & set(seen)
+    assert recorder.drops == {"cancelled": 3, "expired": 1}
