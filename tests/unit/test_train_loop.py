@@ -131,3 +131,33 @@ def test_learning_rate_schedules(schedule, expected):
     # 5 steps, 1 of warm-up: warm-up reaches 0.5 at step 0, then the schedule runs over 4 steps.
     got = [lr_factor(s, 5, 1, schedule) for s in (0, 1, 3, 5)]
     assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_split_by_length_cuts_where_padding_outweighs_a_pass():
+    from training.batching import split_by_length
+
+    assert split_by_length([40, 250, 45, 240], pass_cost=100) == [[0, 2], [3, 1]]
+    assert split_by_length([40, 250, 45, 240], pass_cost=10**9) == [[0, 2, 3, 1]]
+    assert split_by_length([7], pass_cost=0) == [[0]]
+
+
+def test_batch_rewards_do_not_depend_on_the_passes(tiny_base):  # noqa: F811
+    from tokenizers import Tokenizer
+
+    from service.inputs import InputEncoder
+    from training.batching import collate, encode_groups
+    from training.data import Comparison, PreferenceGroup
+    from training.model import RewardModel, input_spec_for, load_hf_model
+
+    hf = load_hf_model(tiny_base)
+    tokenizer = Tokenizer.from_file(str(tiny_base / "tokenizer.json"))
+    encoder = InputEncoder(tokenizer, input_spec_for(hf, tokenizer, 32))
+    groups = encode_groups(encoder, [
+        PreferenceGroup("hello", ("sure i am fine thanks " * 4, "no"), (Comparison(0, 1),)),
+        PreferenceGroup("hi there", ("fine", "no no no i am not fine " * 3), (Comparison(0, 1),)),
+    ])
+    model = RewardModel(hf).eval()
+    split, whole = collate(encoder, groups, pass_cost=1), collate(encoder, groups, pass_cost=10**9)
+    assert len(split.passes) > 1 and len(whole.passes) == 1 and split.padded_tokens < whole.padded_tokens
+    with torch.no_grad():
+        assert torch.allclose(split.rewards(model), whole.rewards(model), atol=1e-5)
