@@ -1,0 +1,189 @@
+"""Model management on a real server: bundles swapped under load by the admin endpoint and by SIGHUP
+with no failed request, each answer scored wholly by the bundle it names; bundles that fail verification
+refused while the old one keeps serving; /v1/model and the metrics name the live bundle."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from service.bundle import MANIFEST, load_bundle, write_manifest
+from service.grpc_gen import reward_pb2 as pb
+from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from tests.conftest import build_tiny_onnx, make_tiny_bundle
+from tests.integration.server import running_server
+from tests.integration.slow_bundle import make_slow_bundle
+
+ADMIN = {"authorization": "Bearer admin-key"}
+PROMPT, RESPONSES = "hello there", ["i am fine thanks", "no", "sure thing my friend"]
+
+
+def make_other_bundle(directory: Path, bundle_id: str, seed: int) -> Path:
+    """A tiny bundle with other weights (so other scores) and its own golden set."""
+    make_tiny_bundle(directory, golden=False)
+    manifest = load_bundle(directory, verify_hashes=False).manifest
+    build_tiny_onnx(directory / "model.onnx", manifest.model.vocab_size, seed=seed)
+    write_manifest(directory, manifest.model_copy(update={"bundle_id": bundle_id}))
+    from service.bundle import GoldenExample
+    from service.engine import OnnxRewardModel
+
+    bundle = load_bundle(directory)
+    engine, encoder = OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder()
+    golden = [GoldenExample(prompt=p, response=r, score=float(engine(encoder.pad(encoder.encode([(p, r)])))[0]))
+              for p, r in [("hello there", "i am fine thanks"), ("how are you", "no")]]
+    write_manifest(directory, bundle.manifest.model_copy(update={"golden": golden}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reload")
+    a = make_slow_bundle(root / "a", products=40, bundle_id="bundle-a")  # batches take a while: work in flight
+    b = make_other_bundle(root / "b", "bundle-b", seed=1)
+    bad_hash = make_other_bundle(root / "bad-hash", "bad-hash", seed=2)
+    (bad_hash / "model.onnx").write_bytes((bad_hash / "model.onnx").read_bytes() + b"\0")
+    bad_golden = make_other_bundle(root / "bad-golden", "bad-golden", seed=3)
+    manifest = json.loads((bad_golden / MANIFEST).read_text())
+    manifest["golden"][0]["score"] += 1.0
+    (bad_golden / MANIFEST).write_text(json.dumps(manifest))
+    bad_format = make_other_bundle(root / "bad-format", "bad-format", seed=4)
+    manifest = json.loads((bad_format / MANIFEST).read_text())
+    manifest["format_version"] = 99
+    (bad_format / MANIFEST).write_text(json.dumps(manifest))
+    return {"a": a, "b": b, "bad-hash": bad_hash, "bad-golden": bad_golden, "bad-format": bad_format,
+            "missing": root / "missing"}
+
+
+class Load:
+    """HTTP and gRPC clients scoring without pause; every answer is kept with the bundle it names."""
+
+    def __init__(self, server):
+        self.server = server
+        self.stop = threading.Event()
+        self.answers: list[tuple[str, tuple[float, ...]]] = []
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self.http) for _ in range(4)] + [threading.Thread(target=self.grpc)]
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    def http(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                try:
+                    r = client.post(self.server.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES})
+                    if r.status_code != 200:
+                        self.failures.append(f"http {r.status_code}: {r.text}")
+                        continue
+                    self.answers.append((r.json()["model"]["bundle_id"], tuple(r.json()["rewards"])))
+                except httpx.TransportError as e:
+                    self.failures.append(f"http {e!r}")
+
+    def grpc(self) -> None:
+        request = pb.ScoreRequest(prompt=pb.Prompt(text=PROMPT), responses=RESPONSES)
+        with grpc.insecure_channel(self.server.grpc_target) as channel:
+            stub = pb_grpc.RewardModelStub(channel)
+            while not self.stop.is_set():
+                try:
+                    reply = stub.Score(request, timeout=60)
+                    self.answers.append((reply.model.bundle_id, tuple(round(r, 5) for r in reply.rewards)))
+                except grpc.RpcError as e:
+                    self.failures.append(f"grpc {e.code()}: {e.details()}")
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + 60
+        while len(self.answers) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def live(server) -> str:
+    return httpx.get(server.url + "/v1/model", timeout=10).json()["manifest"]["bundle_id"]
+
+
+def reload_count(server, outcome: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(f'rmserve_model_reloads_total{{outcome="{outcome}"}}'):
+            return float(line.split()[-1])
+    raise AssertionError("rmserve_model_reloads_total is not exported")
+
+
+def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles, tmp_path):
+    with running_server(bundles["a"], admin_api_keys="admin-key", api_keys="", max_queue_rows=4096) as server:
+        with Load(server) as load:
+            load.wait_for(10)
+            r = httpx.post(server.url + "/admin/reload", json={"bundle": str(bundles["b"])}, headers=ADMIN, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["model"]["bundle_id"] == "bundle-b" and r.json()["previous"]["bundle_id"] == "bundle-a"
+            assert r.json()["bundle_path"] == str(bundles["b"])
+            assert live(server) == "bundle-b"
+            assert 'bundle_id="bundle-b"' in httpx.get(server.url + "/metrics").text
+            seen = len(load.answers)
+            load.wait_for(seen + 10)
+
+            for name, message in [("bad-hash", "bad hash"), ("bad-golden", "golden-set parity failed"),
+                                  ("bad-format", "wrong format version"), ("missing", "does not exist")]:
+                r = httpx.post(server.url + "/admin/reload", json={"bundle": str(bundles[name])}, headers=ADMIN,
+                               timeout=60)
+                assert r.status_code == 422, r.text
+                error = r.json()["error"]
+                assert error["field"] == "bundle" and message in error["message"], error
+                assert "still serving bundle-b" in error["message"]
+                assert live(server) == "bundle-b"
+            assert reload_count(server, "refused") == 4
+
+            # SIGHUP re-reads the configured bundle (a), under the same load.
+            server.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while live(server) != "bundle-a" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert live(server) == "bundle-a"
+            seen = len(load.answers)
+            load.wait_for(seen + 10)
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'bundle_id="bundle-a"' in metrics and reload_count(server, "ok") == 2
+
+        # The configured bundle is damaged on disk: SIGHUP refuses it and a keeps serving.
+        (bundles["a"] / "model.onnx").write_bytes(b"not a model")
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while reload_count(server, "refused") < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reload_count(server, "refused") == 5
+        after = httpx.post(server.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}, timeout=60)
+        assert after.status_code == 200 and after.json()["model"]["bundle_id"] == "bundle-a"
+
+    assert not load.failures, load.failures[:5]
+    # Every answer was scored wholly by the bundle it names: one set of rewards per bundle, never a mix.
+    by_bundle: dict[str, set] = {}
+    for bundle_id, rewards in load.answers:
+        by_bundle.setdefault(bundle_id, set()).add(tuple(round(r, 4) for r in rewards))
+    assert set(by_bundle) == {"bundle-a", "bundle-b"}, by_bundle.keys()
+    assert all(len(scores) == 1 for scores in by_bundle.values()), by_bundle
+    assert by_bundle["bundle-a"] != by_bundle["bundle-b"]
+
+
+def test_admin_endpoint_needs_an_admin_key(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, admin_api_keys="admin-key", api_keys="scoring-key") as server:
+        for headers in ({}, {"authorization": "Bearer scoring-key"}, {"authorization": "Bearer wrong"}):
+            r = httpx.post(server.url + "/admin/reload", json={}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["kind"] == "unauthenticated"
+        r = httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN, timeout=60)  # no body: the configured one
+        assert r.status_code == 200 and r.json()["model"]["bundle_id"] == "tiny"
+    with running_server(bundle) as server:  # no admin key configured: closed
+        r = httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN)
+        assert r.status_code == 401 and "admin_api_keys" in r.json()["error"]["message"]
