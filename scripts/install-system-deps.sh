@@ -2,6 +2,7 @@
 # System tools the test suite and the deploy/ checks need, from Debian's packages:
 #   promtool (and prometheus)  <- package `prometheus`   (check rules/metrics, rule unit tests, a real scrape)
 #   kubectl                    <- package `kubernetes-client` (renders deploy/k8s with `kubectl kustomize`)
+#   openssl                    <- package `openssl`          (self-signed certificates for the TLS tests)
 # Idempotent: a tool already on PATH is left alone (another kubectl, e.g. a cloud SDK's, is kept:
 # Debian's package would collide with its /usr/bin/kubectl). Uses sudo only when not root.
 set -euo pipefail
@@ -9,6 +10,7 @@ set -euo pipefail
 missing=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -31,4 +33,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 # Without recommends: the prometheus package would also pull in node-exporter and its collectors.
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null
+command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null && command -v openssl >/dev/null

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -25,9 +27,10 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class RunningServer:
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT (https:// with tls_cert_file)
     grpc_target: str  # 127.0.0.1:PORT
     process: subprocess.Popen
+    verify: Any = True  # for httpx: an SSLContext trusting the server's certificate under TLS
 
 
 @contextlib.contextmanager
@@ -42,7 +45,12 @@ def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iter
          "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
+    tls = "tls_cert_file" in settings
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: Any = ssl.create_default_context(cafile=str(settings["tls_cert_file"])) if tls else True
+    probe_headers = {}
+    if settings.get("protect_health_and_metrics") and settings.get("api_keys"):
+        probe_headers["authorization"] = "Bearer " + str(settings["api_keys"]).split(",")[0]
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -50,14 +58,14 @@ def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iter
                 log.seek(0)
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read()}")
             try:
-                if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                if httpx.get(url + "/readyz", timeout=1.0, verify=verify, headers=probe_headers).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError("server did not become ready")
             time.sleep(0.2)
-        yield RunningServer(url=url, grpc_target=f"127.0.0.1:{grpc_port}", process=proc)
+        yield RunningServer(url=url, grpc_target=f"127.0.0.1:{grpc_port}", process=proc, verify=verify)
     finally:
         proc.terminate()
         try:

@@ -57,3 +57,92 @@ def test_grpc_unauthenticated_without_key_and_ok_with_it(server):
         assert len(reply.rewards) == 1
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# Every endpoint that scores or describes the model, on both protocols.
+
+HTTP_ENDPOINTS = [
+    ("post", "/score", {"prompt": "hello there", "responses": ["i am fine thanks", "no"]}),
+    ("post", "/compare", {"prompt": "hello there", "response_a": "i am fine thanks", "response_b": "no"}),
+    ("post", "/get_reward", {"query": ["\n\nHuman: hello there\n\nAssistant: i am fine thanks"]}),
+    ("get", "/v1/model", None),
+]
+
+
+@pytest.mark.parametrize("method, path, body", HTTP_ENDPOINTS, ids=[e[1] for e in HTTP_ENDPOINTS])
+def test_every_http_scoring_endpoint_needs_a_key(server, method, path, body):
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "key-one"}):
+        response = httpx.request(method, server.url + path, json=body, headers=headers)
+        assert response.status_code == 401, (path, headers)
+        assert response.json()["error"] == {"kind": "unauthenticated", "field": "authorization",
+                                            "message": response.json()["error"]["message"]}
+    ok = httpx.request(method, server.url + path, json=body, headers={"authorization": "Bearer key-from-file"},
+                       timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def grpc_calls(stub):
+    prompt = pb.Prompt(text="hello there")
+    score = pb.ScoreRequest(prompt=prompt, responses=["i am fine thanks"])
+    return {
+        "Score": lambda md: stub.Score(score, timeout=10, metadata=md),
+        "Compare": lambda md: stub.Compare(pb.CompareRequest(prompt=prompt, response_a="yes", response_b="no"),
+                                           timeout=10, metadata=md),
+        "ScoreStream": lambda md: list(stub.ScoreStream(iter([score, score]), timeout=10, metadata=md)),
+        "GetModelInfo": lambda md: stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10, metadata=md),
+    }
+
+
+@pytest.mark.parametrize("method", ["Score", "Compare", "ScoreStream", "GetModelInfo"])
+def test_every_grpc_method_needs_a_key(server, method):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = grpc_calls(pb_grpc.RewardModelStub(channel))[method]
+        for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "key-one")]):
+            with pytest.raises(grpc.RpcError) as info:
+                call(metadata)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method, metadata)
+        assert call([("authorization", "Bearer key-one")])
+
+
+def test_every_scoring_route_is_covered_by_these_tests(server):
+    """A scoring route added later must be added to HTTP_ENDPOINTS (or grpc_calls) too."""
+    schema = httpx.get(server.url + "/openapi.json").json()
+    open_routes = {"/healthz", "/readyz", "/metrics", "/admin/reload"}  # admin: its own key (test_reload.py)
+    assert set(schema["paths"]) - open_routes == {path for _, path, _ in HTTP_ENDPOINTS}
+    from service.grpc_app import SERVICE_NAME
+    from service.grpc_gen import reward_pb2
+
+    methods = {m.name for m in reward_pb2.DESCRIPTOR.services_by_name["RewardModel"].methods}
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        assert methods == set(grpc_calls(pb_grpc.RewardModelStub(channel))), SERVICE_NAME
+
+
+def test_health_and_metrics_can_be_protected(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, api_keys="key-one", protect_health_and_metrics="true") as server:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert httpx.get(server.url + path).status_code == 401, path
+            assert httpx.get(server.url + path, headers={"authorization": "Bearer nope"}).status_code == 401, path
+            assert httpx.get(server.url + path, headers={"authorization": "Bearer key-one"}).status_code == 200, path
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as info:
+                next(health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5,
+                                 metadata=[("authorization", "Bearer key-one")])
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_undecodable_grpc_message_without_a_key_is_unauthenticated(server):
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        raw = channel.unary_unary("/rmserve.v1.RewardModel/Score", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\x12\x02\xff\xfe", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as info:
+            raw(b"\x12\x02\xff\xfe", timeout=10, metadata=[("authorization", "Bearer key-one")])
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

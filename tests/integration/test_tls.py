@@ -1,0 +1,72 @@
+"""TLS on both protocols with a self-signed certificate made here (openssl): a real round trip over
+HTTPS and over gRPC with TLS, and plaintext refused on both ports."""
+
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import httpx
+import pytest
+
+from service.grpc_gen import reward_pb2 as pb
+from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from tests.conftest import make_tiny_bundle
+from tests.integration.server import running_server
+from tests.system_tools import require
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run([require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def server(certificate, tmp_path_factory):
+    cert, key = certificate
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("tls-bundle") / "bundle")
+    with running_server(bundle, tls_cert_file=str(cert), tls_key_file=str(key), api_keys="k1") as running:
+        yield running
+
+
+def test_https_round_trip(server):
+    assert server.url.startswith("https://")
+    response = httpx.post(server.url + "/score", json={"prompt": "hello there", "responses": ["i am fine thanks", "no"]},
+                          headers={"authorization": "Bearer k1"}, verify=server.verify, timeout=30)
+    assert response.status_code == 200 and len(response.json()["rewards"]) == 2
+    with pytest.raises(httpx.ConnectError):  # our certificate is not one the system trusts
+        httpx.get(server.url + "/healthz", timeout=10)
+    with pytest.raises(httpx.TransportError):  # plaintext HTTP to the TLS port
+        httpx.get(server.url.replace("https://", "http://") + "/healthz", timeout=10)
+
+
+def test_grpc_tls_round_trip(server, certificate):
+    cert, _ = certificate
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    request = pb.ScoreRequest(prompt=pb.Prompt(text="hello there"), responses=["i am fine thanks"])
+    with grpc.secure_channel(server.grpc_target, credentials) as channel:
+        reply = pb_grpc.RewardModelStub(channel).Score(request, timeout=10, metadata=[("authorization", "Bearer k1")])
+    https = httpx.post(server.url + "/score", json={"prompt": "hello there", "responses": ["i am fine thanks"]},
+                       headers={"authorization": "Bearer k1"}, verify=server.verify, timeout=30).json()
+    assert list(reply.rewards) == pytest.approx(https["rewards"], abs=1e-6)
+    with grpc.insecure_channel(server.grpc_target) as channel:  # plaintext to the TLS port
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.RewardModelStub(channel).Score(request, timeout=5, metadata=[("authorization", "Bearer k1")])
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_settings_go_together(tmp_path, certificate):
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    cert, _ = certificate
+    with pytest.raises(ValidationError, match="tls_cert_file and tls_key_file go together"):
+        Settings(tls_cert_file=cert)
+    with pytest.raises(ValidationError, match="does not exist"):
+        Settings(tls_cert_file=cert, tls_key_file=tmp_path / "missing.pem")
