@@ -1,0 +1,289 @@
+"""Soak test: a real `rmserve serve` on 127.0.0.1 under sustained mixed load for a bounded time.
+
+Closed-loop HTTP clients (one keep-alive connection each, bench/loadgen.Connection) and gRPC clients send
+a fixed mix: good /score (1-4 responses, some with group values), /compare and /get_reward requests and
+gRPC Score calls, and bad ones (blank response, invalid JSON, NaN, wrong type, unknown field, empty list,
+too many responses, text over max_text_chars, nesting past max_json_depth, a bad X-Request-Timeout, a body
+declared larger than max_request_bytes, undecodable gRPC bytes), each with the 4xx / gRPC code it must get.
+
+Reports, per window (default 30 s): requests, p50/p99 latency of the good ones, answers by class, and the
+server's RSS; then answers by status over the run, every unexpected answer (a good request not 200, a bad
+one not its code, any 5xx), and the RSS growth from the end of the warm-up to the end. Exits 1 when there
+was a 5xx or an unexpected answer, or RSS grew by 5 % or more; appends the report to docs/benchmarks.md
+unless --no-write.
+
+    python bench/soak.py                                  # 10 minutes, default bundle
+    python bench/soak.py --duration 60 --warmup 20 --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import Connection  # noqa: E402
+from bench.serve import hh_rows, machine_name, rss_mb, start, stop  # noqa: E402
+from tests.integration.server import free_port  # noqa: E402
+
+RSS_GROWTH_LIMIT = 0.05
+# gRPC codes as the HTTP statuses the service gives for the same errors (service/http_app.py, grpc_app.py).
+GRPC_AS_HTTP = {"OK": 200, "INVALID_ARGUMENT": 422, "UNAUTHENTICATED": 401, "RESOURCE_EXHAUSTED": 429,
+                "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "UNKNOWN": 500}
+
+
+@dataclass
+class Window:
+    latencies: list[float] = field(default_factory=list)  # good requests answered 200, seconds
+    classes: Counter = field(default_factory=Counter)  # 2xx / 4xx / 5xx / other
+    rss_mb: float = float("nan")
+
+
+@dataclass
+class Soak:
+    began: float
+    window_s: float
+    duration_s: float
+    windows: list[Window] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)  # (protocol, kind, status)
+    unexpected: list[str] = field(default_factory=list)
+
+    def record(self, protocol: str, kind: str, status: int | str, expected: int | str, latency: float) -> None:
+        last = max(0, int(np.ceil(self.duration_s / self.window_s)) - 1)  # answers after the end count in the last
+        index = min(int((time.monotonic() - self.began) // self.window_s), last)
+        while len(self.windows) <= index:
+            self.windows.append(Window())
+        window = self.windows[index]
+        code = GRPC_AS_HTTP.get(status, 500) if protocol == "grpc" and isinstance(status, str) else status
+        window.classes[f"{code}"[0] + "xx" if isinstance(code, int) else "other"] += 1
+        self.statuses[(protocol, kind, status)] += 1
+        if status in (200, "OK") and expected == status:
+            window.latencies.append(latency)
+        if status != expected or (isinstance(code, int) and code >= 500):
+            if len(self.unexpected) < 50:
+                self.unexpected.append(f"{protocol} {kind}: got {status}, expected {expected}")
+
+
+def http_requests(rows: list[tuple[str, str]], limits: dict) -> list[tuple[str, str, bytes, int, dict]]:
+    """(kind, path, body, expected status, extra headers), cycled by every HTTP client."""
+    good: list[tuple[str, str, bytes, int, dict]] = []
+    for i in range(0, min(len(rows), 200), 4):
+        prompt = rows[i][0]
+        responses = [r for _, r in rows[i:i + 1 + i % 4]]
+        good.append(("score", "/score", json.dumps({"prompt": prompt, "responses": responses}).encode(), 200, {}))
+        good.append(("score group", "/score", json.dumps({"prompt": prompt, "responses": responses[:2] * 2,
+                                                          "values": "group"}).encode(), 200, {}))
+        good.append(("compare", "/compare", json.dumps({"prompt": prompt, "response_a": rows[i][1],
+                                                        "response_b": rows[i + 1][1]}).encode(), 200, {}))
+        good.append(("get_reward", "/get_reward", json.dumps({"query": [prompt + rows[i][1]], "prompts": [prompt]}).encode(),
+                     200, {"X-Request-Timeout": "30"}))
+    bad = [
+        ("blank response", "/score", json.dumps({"prompt": "hi", "responses": ["ok", " \n"]}).encode(), 422, {}),
+        ("invalid JSON", "/score", b'{"prompt": "hi", "response": ', 422, {}),
+        ("NaN", "/compare", b'{"prompt": "hi", "response_a": NaN, "response_b": "b"}', 422, {}),
+        ("wrong type", "/score", json.dumps({"prompt": ["hi"], "response": 7}).encode(), 422, {}),
+        ("unknown field", "/compare", json.dumps({"prompt": "hi", "response_a": "a", "response_b": "b", "x": 1}).encode(), 422, {}),
+        ("empty list", "/score", json.dumps({"prompt": "hi", "responses": []}).encode(), 422, {}),
+        ("too many responses", "/score", json.dumps({"prompt": "hi", "responses": ["a"] * (limits["responses"] + 1)}).encode(),
+         422, {}),
+        ("text too long", "/score", json.dumps({"prompt": rows[0][0], "response": "y" * (limits["chars"] + 1)}).encode(),
+         422, {}),
+        ("nested too deep", "/get_reward", b'{"query": ["a"], "labels": ' + b"[" * 40 + b"]" * 40 + b"}", 422, {}),
+        ("bad timeout header", "/score", json.dumps({"prompt": "hi", "response": "ok"}).encode(), 422,
+         {"X-Request-Timeout": "soon"}),
+        ("bad UTF-8", "/score", b'{"prompt": "hi", "response": "\xc3\x28"}', 422, {}),
+    ]
+    # Four good requests for each bad one.
+    mixed = []
+    for i, request in enumerate(good):
+        mixed.append(request)
+        if i % 4 == 3:
+            mixed.append(bad[(i // 4) % len(bad)])
+    return mixed
+
+
+async def post(conn: Connection, path: str, body: bytes, headers: dict) -> int:
+    if not headers:
+        status, _ = await conn.post(path, body)
+        return status
+    # loadgen's Connection writes a fixed head; requests with extra headers get their own connection.
+    reader, writer = await asyncio.open_connection(conn.host, conn.port)
+    try:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     f"{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status_line = await reader.readline()
+        await reader.read()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def declared_too_large(host: str, port: int) -> int:
+    """A head announcing 5 MB and no body: the server must answer 413 without waiting for it."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n")
+        status_line = await reader.readline()
+        await reader.read()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
+
+
+async def http_client(soak: Soak, port: int, requests: list, offset: int, stop_at: float) -> None:
+    conn = Connection("127.0.0.1", port)
+    i = offset
+    try:
+        while time.monotonic() < stop_at:
+            kind, path, body, expected, headers = requests[i % len(requests)]
+            i += 1
+            began = time.monotonic()
+            try:
+                if i % 97 == 0:
+                    kind, expected, status = "declared too large", 413, await declared_too_large("127.0.0.1", port)
+                else:
+                    status = await post(conn, path, body, headers)
+            except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as e:
+                status = type(e).__name__
+                await conn.close()
+            soak.record("http", kind, status, expected, time.monotonic() - began)
+    finally:
+        await conn.close()
+
+
+async def grpc_client(soak: Soak, target: str, rows: list, offset: int, stop_at: float) -> None:
+    import grpc
+
+    from service.grpc_gen import reward_pb2 as pb
+    from service.grpc_gen import reward_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RewardModelStub(channel)
+        raw = channel.unary_unary("/rmserve.v1.RewardModel/Score", request_serializer=None, response_deserializer=None)
+        i = offset
+        while time.monotonic() < stop_at:
+            i += 1
+            prompt, response = rows[i % len(rows)]
+            began = time.monotonic()
+            if i % 5 == 0:
+                kind, expected = "invalid UTF-8 bytes", "INVALID_ARGUMENT"
+                call = raw(b"\x12\x02\xff\xfe", timeout=30)
+            elif i % 5 == 1:
+                kind, expected = "blank response", "INVALID_ARGUMENT"
+                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=["\t"]), timeout=30)
+            else:
+                kind, expected = "Score", "OK"
+                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=[response]), timeout=30)
+            try:
+                await call
+                status = "OK"
+            except grpc.aio.AioRpcError as e:
+                status = e.code().name
+            soak.record("grpc", kind, status, expected, time.monotonic() - began)
+
+
+async def sample_rss(soak: Soak, pid: int, stop_at: float, samples: list[tuple[float, float]]) -> None:
+    while time.monotonic() < stop_at:
+        samples.append((time.monotonic() - soak.began, rss_mb(pid)))
+        await asyncio.sleep(5)
+
+
+async def run(args: argparse.Namespace, port: int, grpc_target: str, pid: int, rows: list, limits: dict) -> tuple[Soak, list]:
+    soak = Soak(began=time.monotonic(), window_s=args.window, duration_s=args.duration)
+    stop_at = soak.began + args.duration
+    requests = http_requests(rows, limits)
+    samples: list[tuple[float, float]] = []
+    tasks = [http_client(soak, port, requests, k * 7, stop_at) for k in range(args.http_clients)]
+    tasks += [grpc_client(soak, grpc_target, rows, k * 11, stop_at) for k in range(args.grpc_clients)]
+    await asyncio.gather(*tasks, sample_rss(soak, pid, stop_at, samples))
+    samples.append((time.monotonic() - soak.began, rss_mb(pid)))
+    return soak, samples
+
+
+def report(args: argparse.Namespace, soak: Soak, samples: list[tuple[float, float]]) -> tuple[str, bool]:
+    lines = ["| window | requests | good p50 ms | good p99 ms | 2xx | 4xx | 5xx | other | server RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for i, window in enumerate(soak.windows):
+        end = (i + 1) * args.window
+        rss = [mb for t, mb in samples if t <= end]
+        lat = np.array(window.latencies) * 1000
+        p50, p99 = (f"{np.percentile(lat, 50):.0f}", f"{np.percentile(lat, 99):.0f}") if len(lat) else ("", "")
+        c = window.classes
+        lines.append(f"| {i * args.window:.0f}–{min(end, args.duration):.0f} s | {sum(c.values())} | {p50} | {p99} | "
+                     f"{c['2xx']} | {c['4xx']} | {c['5xx']} | {c['other']} | {rss[-1] if rss else float('nan'):.0f} |")
+    after_warmup = [mb for t, mb in samples if t >= args.warmup]
+    baseline, final = (after_warmup[0], samples[-1][1]) if after_warmup else (samples[0][1], samples[-1][1])
+    growth = (final - baseline) / baseline
+    five_xx = sum(w.classes["5xx"] for w in soak.windows)
+    by_status: Counter = Counter()
+    for (protocol, _, status), n in soak.statuses.items():
+        by_status[f"{protocol} {status}"] += n
+    ok = five_xx == 0 and not soak.unexpected and growth < RSS_GROWTH_LIMIT
+    summary = [
+        f"- answers by status: {', '.join(f'{k}: {v}' for k, v in sorted(by_status.items()))}",
+        f"- 5xx: {five_xx}; unexpected answers: {len(soak.unexpected)}"
+        + (f" (e.g. {'; '.join(soak.unexpected[:5])})" if soak.unexpected else ""),
+        f"- server RSS: {samples[0][1]:.0f} MB at start, {baseline:.0f} MB after the {args.warmup:.0f} s warm-up, "
+        f"{final:.0f} MB at the end (growth after warm-up {growth:+.1%}), max {max(mb for _, mb in samples):.0f} MB",
+        f"- verdict: {'pass' if ok else 'FAIL'} (zero 5xx, zero unexpected answers, RSS growth after warm-up < 5 %)",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(summary), ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default=str(ROOT / "artifacts" / "default-bundle"))
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load (bounded)")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the RSS baseline is taken")
+    parser.add_argument("--window", type=float, default=30.0, help="seconds per report window")
+    parser.add_argument("--http-clients", type=int, default=6)
+    parser.add_argument("--grpc-clients", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks.md")
+    args = parser.parse_args()
+    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
+        parser.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
+
+    from service.settings import Settings
+
+    defaults = Settings()
+    limits = {"responses": defaults.max_responses_per_request, "chars": defaults.max_text_chars}
+    rows = hh_rows(400)
+    port, grpc_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = ROOT / "artifacts" / "soak-server.log"
+    proc = start([sys.executable, "-m", "service.cli", "serve", "--bundle", args.bundle, "--host", "127.0.0.1",
+                  "--port", str(port), "--grpc-port", str(grpc_port), "--device", "cpu", "--log-level", "warning"],
+                 {}, url, log_path=log)
+    try:
+        print(f"soaking {url} (gRPC 127.0.0.1:{grpc_port}) for {args.duration:.0f} s: {args.http_clients} HTTP and "
+              f"{args.grpc_clients} gRPC clients; server log {log}", flush=True)
+        soak, samples = asyncio.run(run(args, port, f"127.0.0.1:{grpc_port}", proc.pid, rows, limits))
+    finally:
+        stop(proc)
+    text, ok = report(args, soak, samples)
+    print(text)
+    if not args.no_write:
+        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+        bundle_id = json.loads((Path(args.bundle) / "bundle.json").read_text())["bundle_id"]
+        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
+            f.write(f"\n### Soak — {stamp}, {machine_name('cpu')}, CPU provider\n\nCommand: `python bench/soak.py "
+                    f"{' '.join(sys.argv[1:])}`; bundle `{bundle_id}`, {args.duration:.0f} s, {args.http_clients} HTTP "
+                    f"and {args.grpc_clients} gRPC closed-loop clients, one bad request for every four good ones.\n\n"
+                    f"{text}\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
