@@ -1,0 +1,87 @@
+"""service/limits.py on literal inputs: text and conversation limits, strict JSON, timeout header, deadlines."""
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from service.errors import ErrorKind, ScoringError
+from service.inputs import ChatMessage
+from service.limits import check_json, check_rows, effective_deadline, parse_timeout, request_deadline
+from service.settings import Settings
+
+SETTINGS = Settings(max_text_chars=10, max_messages=2)
+
+
+@dataclass
+class Row:
+    prompt: Any
+    response: str
+    field: str
+
+
+def refusal(call) -> ScoringError:
+    with pytest.raises(ScoringError) as info:
+        call()
+    assert info.value.kind is ErrorKind.VALIDATION
+    return info.value
+
+
+@pytest.mark.parametrize("rows, field, message", [
+    ([Row("p", "r" * 11, "responses.0")], "responses.0", "text of 11 characters; the limit is 10 (max_text_chars)"),
+    ([Row("p" * 11, "r", "response")], "prompt", "limit is 10"),
+    ([Row("ok", "r", "items.0.response"), Row("p" * 11, "r", "items.1.response")], "items.1.prompt", "limit is 10"),
+    ([Row([ChatMessage(role="user", content="c" * 11)], "r", "response")], "prompt.0.content", "limit is 10"),
+    ([Row([{"role": "user", "content": "hi"}] * 3, "r", "response")], "prompt", "3 messages in one conversation; the limit is 2"),
+    ([Row([], "r", "response")], "prompt", "at least 1 message"),
+    ([Row("p", "a\ud800", "responses.0")], "responses.0", "lone surrogate at character 1"),
+    ([Row("\udfff", "r", "query.3")], "query.3", "lone surrogate"),
+])
+def test_check_rows_names_the_field_and_the_limit(rows, field, message):
+    error = refusal(lambda: check_rows(rows, SETTINGS))
+    assert error.field == field and message in error.message
+
+
+def test_check_rows_accepts_texts_at_the_limits():
+    check_rows([Row("p" * 10, "r" * 10, "responses.0"), Row([{"role": "user", "content": "c" * 10}] * 2, "r", "items.1.response")],
+               SETTINGS)
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"a": NaN}', "NaN is not a JSON number"),
+    (b'[Infinity]', "Infinity is not a JSON number"),
+    (b'{"a": "\xff"}', "not valid UTF-8 at byte 7"),
+    (b'{"a": 1', "not valid JSON at character 7"),
+    (b'[[[[[[[[[1]]]]]]]]]', "limit of 8 levels (max_json_depth)"),
+    (b'{"a": [{"b": [{"c": [{"d": [{"e": 1}]}]}]}]}', "limit of 8 levels"),
+    (b'[' * 5000 + b']' * 5000, "max_json_depth"),
+])
+def test_check_json_refuses(body, message):
+    error = refusal(lambda: check_json(body, 8))
+    assert error.field == "body" and message in error.message
+
+
+def test_check_json_accepts_nesting_at_the_limit_and_long_flat_lists():
+    check_json(b'[[[[[[[["x"]]]]]]]]', 8)
+    check_json(b'{"responses": [' + b",".join([b'"r"'] * 10000) + b"]}", 8)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "nan", "inf", "-inf", "", "1e999"])
+def test_bad_timeout_headers(value):
+    assert refusal(lambda: parse_timeout(value)).field == "X-Request-Timeout"
+
+
+def test_deadline_order_explicit_then_header_then_default():
+    settings = Settings(request_timeout_seconds=5)
+    assert effective_deadline(123.0, settings) == 123.0
+    now = time.monotonic()
+    assert now + 4.9 < effective_deadline(None, settings) < now + 6
+    token = request_deadline.set(77.0)
+    try:
+        assert effective_deadline(None, settings) == 77.0
+        assert effective_deadline(12.0, settings) == 12.0
+    finally:
+        request_deadline.reset(token)
+    assert effective_deadline(None, Settings(request_timeout_seconds=0)) is None
+    assert parse_timeout("2.5") == 2.5
