@@ -247,7 +247,7 @@ def fit_calibration(delta: np.ndarray, labels: np.ndarray | None, source: str) -
     temperature = fit_temperature(delta, labels)
     before, after = soft_log_loss(delta, labels), soft_log_loss(delta, labels, temperature)
     return Calibration(temperature=temperature,
-                       fitted_on=f"{source}: {len(delta)} pairs, log-loss {before:.4f} at T=1, {after:.4f} at T")
+                       fitted_on=f"{source}: {len(delta)} pairs, log-loss {before:.4f} at T=1, {after:.4f} at T={temperature:.4g}")
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
