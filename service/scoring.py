@@ -23,7 +23,7 @@ from service.bundle import Bundle, load_bundle
 from service.engine import CUDA, OnnxRewardModel, check_golden
 from service.errors import ErrorKind, ScoringError
 from service.groups import RewardSummary, ValueKind, summarize
-from service.inputs import InputEncoder, Prompt
+from service.inputs import Batch, InputEncoder, Prompt
 from service.limits import check_rows, effective_deadline
 from service.metrics import Metrics, MetricsObserver
 from service.settings import Settings
@@ -46,6 +46,17 @@ class Scores:
     tokenize_seconds: float = 0.0
     queue_seconds: float = 0.0  # longest wait of this request's rows before their batch ran
     inference_seconds: float = 0.0  # engine time of the batches this request's rows ran in
+
+
+def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, settings: Settings) -> None:
+    """Run one batch of the costliest shape the batcher can form (longest rows, as many as the token budget
+    allows: attention grows with length squared), so that ONNX Runtime's memory pool reaches its working
+    size before traffic. Without it the pool grows in steps as new shapes arrive, and the process's memory
+    kept rising for minutes under load (bench/soak.py)."""
+    length = max(1, min(max_length, settings.max_batch_tokens))
+    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // length))
+    ids = np.full((rows, length), pad_id, dtype=np.int64)
+    engine(Batch(input_ids=ids, attention_mask=np.ones_like(ids)))
 
 
 def default_padding_ratio(provider: str) -> float:
@@ -85,6 +96,7 @@ class Scorer:
         engine = OnnxRewardModel(str(bundle.model_path), settings.device, settings.intra_op_threads,
                                  settings.inference_nice)
         worst = check_golden(bundle, engine, bundle.encoder())
+        warm_up(engine, bundle.manifest.input.max_length, bundle.manifest.input.pad_id, settings)
         scorer = cls(bundle, engine, settings, metrics)
         log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s; batches ≤%d rows, "
                  "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, bundle.path, worst, engine.provider,
