@@ -4,6 +4,7 @@ a 500, and the server keeps serving."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import socket
 import threading
@@ -196,7 +197,7 @@ def test_grpc_undecodable_messages_are_invalid_argument(server, method, payload,
 
 @pytest.fixture(scope="module")
 def slow(tmp_path_factory):
-    bundle = make_slow_bundle(tmp_path_factory.mktemp("slow") / "bundle", products=320)
+    bundle = make_slow_bundle(tmp_path_factory.mktemp("slow") / "bundle", products=640)  # ~1.3 s a batch here
     with running_server(bundle, request_timeout_seconds=0.5, max_queue_rows=8) as running:
         yield running
 
@@ -222,19 +223,30 @@ def test_expired_work_is_dropped_before_inference_and_answered_504(slow):
     batches_before = metric(slow, "rmserve_batch_size_count")
     expired_before = metric(slow, 'rmserve_dropped_rows_total{reason="expired"}')
     busy = occupy_engine(slow)
-    # The server default (0.5 s) applies without a header; a header can ask for less, or for more.
-    default = httpx.post(slow.url + "/score", json={"prompt": "a", "responses": ["one", "two"]}, timeout=30)
-    short = httpx.post(slow.url + "/compare", json={"prompt": "a", "response_a": "b", "response_b": "c"},
-                       headers={"X-Request-Timeout": "0.2"}, timeout=30)
-    with grpc.insecure_channel(slow.grpc_target) as channel:  # no gRPC deadline: the server default
-        with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=pb.Prompt(text="a"), responses=["x"]))
+
+    # The server default (0.5 s) applies without a header; a header can ask for less, or for more. The three
+    # are sent together, so that all of them wait behind the busy batch (one after another, the last one
+    # could reach a free engine and time out during inference instead of in the queue).
+    def grpc_default() -> grpc.RpcError:
+        with grpc.insecure_channel(slow.grpc_target) as channel:  # no gRPC deadline: the server default
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=pb.Prompt(text="a"), responses=["x"]))
+        return info.value
+
+    with cf.ThreadPoolExecutor(3) as pool:
+        default_f = pool.submit(httpx.post, slow.url + "/score", json={"prompt": "a", "responses": ["one", "two"]},
+                                timeout=30)
+        short_f = pool.submit(httpx.post, slow.url + "/compare",
+                              json={"prompt": "a", "response_a": "b", "response_b": "c"},
+                              headers={"X-Request-Timeout": "0.2"}, timeout=30)
+        grpc_f = pool.submit(grpc_default)
+        default, short, grpc_error = default_f.result(), short_f.result(), grpc_f.result()
     long = httpx.post(slow.url + "/score", json={"prompt": "a", "response": "d"}, headers={"X-Request-Timeout": "60"},
                       timeout=60)
     busy.join(60)
     assert default.status_code == 504 and default.json()["error"]["kind"] == "timeout"
     assert short.status_code == 504
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert grpc_error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert long.status_code == 200
     assert metric(slow, 'rmserve_dropped_rows_total{reason="expired"}') - expired_before == 2 + 2 + 1
     # Only the busy request's batch and the long one's ran: the expired rows never reached the engine.
