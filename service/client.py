@@ -15,16 +15,14 @@ Needs httpx and grpcio only: no torch, no server stack.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
+from service.client_calls import AsyncCalls, BlockingCalls, ClientOptions
 from service.client_common import (
-    CLIENT_TIMEOUT,
-    DEFAULT_MAX_RESPONSES,
     NO_RETRIES,
     CompareResult,
     Deadline,
@@ -43,9 +41,7 @@ from service.client_common import (
     acall_with_retries,
     call_with_retries,
     check_values,
-    merge,
     parse_retry_after,
-    plan,
 )
 from service.client_grpc import AsyncGrpcRewardClient, GrpcRewardClient
 
@@ -124,27 +120,26 @@ def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
     return {"prompt": _prompt_json(prompt), "responses": list(responses or ()), "values": values}
 
 
-class _HttpBase:
-    def __init__(self, url: str, api_key: str | None, timeout: float | None, retry: RetryPolicy,
-                 max_responses_per_request: int | None, max_concurrent_chunks: int = 2):
+class _HttpTransport:
+    """One httpx request with retries, and the three calls the shared client logic needs."""
+
+    def _init_http(self, url: str, api_key: str | None) -> None:
         self.url = url.rstrip("/")
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self.timeout = timeout
-        self.retry = retry
-        self.max_responses_per_request = max_responses_per_request  # None: ask the server once
-        self.max_concurrent_chunks = max_concurrent_chunks
 
-    def _deadline(self, timeout: Any) -> Deadline:
-        return Deadline(self.timeout if timeout is CLIENT_TIMEOUT else timeout)
+    @staticmethod
+    def _compare_body(prompt: Prompt, response_a: str, response_b: str) -> dict[str, Any]:
+        return {"prompt": _prompt_json(prompt), "response_a": response_a, "response_b": response_b}
 
 
-class RewardClient(_HttpBase):
+class RewardClient(_HttpTransport, BlockingCalls):
     """Blocking HTTP client. Thread-safe; one per process is enough (it keeps its connections)."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
                  max_responses_per_request: int | None = None):
-        super().__init__(url, api_key, timeout, retry, max_responses_per_request)
+        ClientOptions.__init__(self, timeout, retry, max_responses_per_request)
+        self._init_http(url, api_key)
         self._http = httpx.Client(base_url=self.url, headers=self.headers)
 
     def __enter__(self) -> RewardClient:
@@ -165,52 +160,25 @@ class RewardClient(_HttpBase):
 
         return call_with_retries(send, self.retry, deadline)
 
-    def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
-        return _model_info(self._request("GET", "/v1/model", self._deadline(timeout))[0])
+    def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info(self._request("GET", "/v1/model", deadline)[0])
 
-    def _limit(self, deadline: Deadline) -> int:
-        if self.max_responses_per_request is None:
-            try:
-                told = _model_info(self._request("GET", "/v1/model", deadline)[0]).max_responses_per_request
-            except (RmserveError, KeyError):
-                return DEFAULT_MAX_RESPONSES  # asked again next time
-            self.max_responses_per_request = told or DEFAULT_MAX_RESPONSES
-        return self.max_responses_per_request
+    def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        return _score_result(*self._request("POST", "/score", deadline, _score_body(prompt, responses, items, values)))
 
-    def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
-              timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        """Rewards of `responses` to one `prompt`, with their group statistics."""
-        return self._score(prompt, list(responses), None, values, timeout)
-
-    def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
-                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        """Rewards of independent (prompt, response) pairs; `values` is "raw" or "normalized"."""
-        return self._score(None, None, list(items), values, timeout)
-
-    def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
-        deadline = self._deadline(timeout)
-        rows = items if items is not None else responses
-        parts, asked = plan(len(rows), self._limit(deadline), values, items is None)
-        answers = []
-        for part in parts:
-            body = _score_body(prompt, None if items is not None else rows[part],
-                               rows[part] if items is not None else None, asked)
-            data, requests = self._request("POST", "/score", deadline, body)
-            answers.append(_score_result(data, requests))
-        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
-
-    def compare(self, prompt: Prompt, response_a: str, response_b: str, *, timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
-        body = {"prompt": _prompt_json(prompt), "response_a": response_a, "response_b": response_b}
-        return _compare_result(self._request("POST", "/compare", self._deadline(timeout), body)[0])
+    def _send_compare(self, prompt: Prompt, response_a: str, response_b: str, deadline: Deadline) -> CompareResult:
+        body = self._compare_body(prompt, response_a, response_b)
+        return _compare_result(self._request("POST", "/compare", deadline, body)[0])
 
 
-class AsyncRewardClient(_HttpBase):
+class AsyncRewardClient(_HttpTransport, AsyncCalls):
     """asyncio HTTP client; the chunks of a long list are sent `max_concurrent_chunks` at a time."""
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
                  max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2):
-        super().__init__(url, api_key, timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        ClientOptions.__init__(self, timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        self._init_http(url, api_key)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers)
 
     async def __aenter__(self) -> AsyncRewardClient:
@@ -231,46 +199,17 @@ class AsyncRewardClient(_HttpBase):
 
         return await acall_with_retries(send, self.retry, deadline)
 
-    async def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
-        return _model_info((await self._request("GET", "/v1/model", self._deadline(timeout)))[0])
+    async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info((await self._request("GET", "/v1/model", deadline))[0])
 
-    async def _limit(self, deadline: Deadline) -> int:
-        if self.max_responses_per_request is None:
-            try:
-                told = _model_info((await self._request("GET", "/v1/model", deadline))[0]).max_responses_per_request
-            except (RmserveError, KeyError):
-                return DEFAULT_MAX_RESPONSES
-            self.max_responses_per_request = told or DEFAULT_MAX_RESPONSES
-        return self.max_responses_per_request
+    async def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        body = _score_body(prompt, responses, items, values)
+        return _score_result(*(await self._request("POST", "/score", deadline, body)))
 
-    async def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
-                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return await self._score(prompt, list(responses), None, values, timeout)
-
-    async def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
-                          timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return await self._score(None, None, list(items), values, timeout)
-
-    async def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
-        deadline = self._deadline(timeout)
-        rows = items if items is not None else responses
-        parts, asked = plan(len(rows), await self._limit(deadline), values, items is None)
-        gate = asyncio.Semaphore(self.max_concurrent_chunks)
-
-        async def one(part: slice) -> ScoreResult:
-            body = _score_body(prompt, None if items is not None else rows[part],
-                               rows[part] if items is not None else None, asked)
-            async with gate:
-                data, requests = await self._request("POST", "/score", deadline, body)
-            return _score_result(data, requests)
-
-        answers = await asyncio.gather(*(one(part) for part in parts))
-        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
-
-    async def compare(self, prompt: Prompt, response_a: str, response_b: str, *,
-                      timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
-        body = {"prompt": _prompt_json(prompt), "response_a": response_a, "response_b": response_b}
-        return _compare_result((await self._request("POST", "/compare", self._deadline(timeout), body))[0])
+    async def _send_compare(self, prompt: Prompt, response_a: str, response_b: str,
+                            deadline: Deadline) -> CompareResult:
+        body = self._compare_body(prompt, response_a, response_b)
+        return _compare_result((await self._request("POST", "/compare", deadline, body))[0])
 
 
 def connect(url: str, **options: Any) -> RewardClient | GrpcRewardClient:

@@ -8,16 +8,14 @@ its queued rows once it has passed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
+from service.client_calls import AsyncCalls, BlockingCalls
 from service.client_common import (
-    CLIENT_TIMEOUT,
-    DEFAULT_MAX_RESPONSES,
     CompareResult,
     Deadline,
     DeadlineExceeded,
@@ -34,9 +32,7 @@ from service.client_common import (
     Unavailable,
     acall_with_retries,
     call_with_retries,
-    merge,
     parse_retry_after,
-    plan,
 )
 from service.grpc_gen import reward_pb2 as pb
 from service.grpc_gen import reward_pb2_grpc as pb_grpc
@@ -98,6 +94,10 @@ def _error(error: grpc.RpcError) -> RmserveError:
                                            retry_after=parse_retry_after(trailing.get("retry-after")))
 
 
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
 def _request(prompt: Prompt | None, responses: Sequence[str] | None, items: Sequence[tuple[Prompt, str]] | None,
              values: str) -> pb.ScoreRequest:
     if items is not None:
@@ -107,27 +107,19 @@ def _request(prompt: Prompt | None, responses: Sequence[str] | None, items: Sequ
     return pb.ScoreRequest(prompt=_prompt(prompt), responses=list(responses or ()), values=_VALUES[values])
 
 
-class _GrpcBase:
-    def __init__(self, target: str, api_key: str | None, timeout: float | None, retry: RetryPolicy,
-                 max_responses_per_request: int | None, max_concurrent_chunks: int = 2):
-        self.target = target
-        self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self.timeout = timeout
-        self.retry = retry
-        self.max_responses_per_request = max_responses_per_request
-        self.max_concurrent_chunks = max_concurrent_chunks
-
-    def _deadline(self, timeout: Any) -> Deadline:
-        return Deadline(self.timeout if timeout is CLIENT_TIMEOUT else timeout)
+def _compare_request(prompt: Prompt, response_a: str, response_b: str) -> pb.CompareRequest:
+    return pb.CompareRequest(prompt=_prompt(prompt), response_a=response_a, response_b=response_b)
 
 
-class GrpcRewardClient(_GrpcBase):
+class GrpcRewardClient(BlockingCalls):
     """Blocking gRPC client on one channel; `credentials` (grpc.ssl_channel_credentials()) for TLS."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
                  retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
                  credentials: grpc.ChannelCredentials | None = None):
-        super().__init__(target, api_key, timeout, retry, max_responses_per_request)
+        super().__init__(timeout, retry, max_responses_per_request)
+        self.target = target
+        self.metadata = _metadata(api_key)
         self._channel = (grpc.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
                          else grpc.insecure_channel(target, _CHANNEL_OPTIONS))
         self._stub = pb_grpc.RewardModelStub(self._channel)
@@ -152,49 +144,25 @@ class GrpcRewardClient(_GrpcBase):
 
         return call_with_retries(send, self.retry, deadline)
 
-    def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
-        return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), self._deadline(timeout))[0])
+    def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)[0])
 
-    def _limit(self, deadline: Deadline) -> int:
-        if self.max_responses_per_request is None:
-            try:
-                told = _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)[0])
-            except RmserveError:
-                return DEFAULT_MAX_RESPONSES
-            self.max_responses_per_request = told.max_responses_per_request or DEFAULT_MAX_RESPONSES
-        return self.max_responses_per_request
+    def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        return _score_result(*self._call("Score", _request(prompt, responses, items, values), deadline))
 
-    def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
-              timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return self._score(prompt, list(responses), None, values, timeout)
-
-    def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
-                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return self._score(None, None, list(items), values, timeout)
-
-    def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
-        deadline = self._deadline(timeout)
-        rows = items if items is not None else responses
-        parts, asked = plan(len(rows), self._limit(deadline), values, items is None)
-        answers = []
-        for part in parts:
-            request = _request(prompt, None if items is not None else rows[part],
-                               rows[part] if items is not None else None, asked)
-            answers.append(_score_result(*self._call("Score", request, deadline)))
-        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
-
-    def compare(self, prompt: Prompt, response_a: str, response_b: str, *, timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
-        request = pb.CompareRequest(prompt=_prompt(prompt), response_a=response_a, response_b=response_b)
-        return _compare_result(self._call("Compare", request, self._deadline(timeout))[0])
+    def _send_compare(self, prompt: Prompt, response_a: str, response_b: str, deadline: Deadline) -> CompareResult:
+        return _compare_result(self._call("Compare", _compare_request(prompt, response_a, response_b), deadline)[0])
 
 
-class AsyncGrpcRewardClient(_GrpcBase):
+class AsyncGrpcRewardClient(AsyncCalls):
     """asyncio gRPC client (grpc.aio) on one channel; create it inside the event loop that uses it."""
 
     def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
                  retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
                  max_concurrent_chunks: int = 2, credentials: grpc.ChannelCredentials | None = None):
-        super().__init__(target, api_key, timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        super().__init__(timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        self.target = target
+        self.metadata = _metadata(api_key)
         self._channel = (grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
                          else grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS))
         self._stub = pb_grpc.RewardModelStub(self._channel)
@@ -219,42 +187,13 @@ class AsyncGrpcRewardClient(_GrpcBase):
 
         return await acall_with_retries(send, self.retry, deadline)
 
-    async def model_info(self, *, timeout: Any = CLIENT_TIMEOUT) -> ModelInfo:
-        return _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), self._deadline(timeout)))[0])
+    async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline))[0])
 
-    async def _limit(self, deadline: Deadline) -> int:
-        if self.max_responses_per_request is None:
-            try:
-                told = _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline))[0])
-            except RmserveError:
-                return DEFAULT_MAX_RESPONSES
-            self.max_responses_per_request = told.max_responses_per_request or DEFAULT_MAX_RESPONSES
-        return self.max_responses_per_request
+    async def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        return _score_result(*(await self._call("Score", _request(prompt, responses, items, values), deadline)))
 
-    async def score(self, prompt: Prompt, responses: Sequence[str], *, values: str = "raw",
-                    timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return await self._score(prompt, list(responses), None, values, timeout)
-
-    async def score_items(self, items: Sequence[tuple[Prompt, str]], *, values: str = "raw",
-                          timeout: Any = CLIENT_TIMEOUT) -> ScoreResult:
-        return await self._score(None, None, list(items), values, timeout)
-
-    async def _score(self, prompt, responses, items, values, timeout) -> ScoreResult:  # type: ignore[no-untyped-def]
-        deadline = self._deadline(timeout)
-        rows = items if items is not None else responses
-        parts, asked = plan(len(rows), await self._limit(deadline), values, items is None)
-        gate = asyncio.Semaphore(self.max_concurrent_chunks)
-
-        async def one(part: slice) -> ScoreResult:
-            request = _request(prompt, None if items is not None else rows[part],
-                               rows[part] if items is not None else None, asked)
-            async with gate:
-                return _score_result(*(await self._call("Score", request, deadline)))
-
-        answers = await asyncio.gather(*(one(part) for part in parts))
-        return answers[0] if len(answers) == 1 else merge(answers, values, items is None)
-
-    async def compare(self, prompt: Prompt, response_a: str, response_b: str, *,
-                      timeout: Any = CLIENT_TIMEOUT) -> CompareResult:
-        request = pb.CompareRequest(prompt=_prompt(prompt), response_a=response_a, response_b=response_b)
-        return _compare_result((await self._call("Compare", request, self._deadline(timeout)))[0])
+    async def _send_compare(self, prompt: Prompt, response_a: str, response_b: str,
+                            deadline: Deadline) -> CompareResult:
+        request = _compare_request(prompt, response_a, response_b)
+        return _compare_result((await self._call("Compare", request, deadline))[0])
