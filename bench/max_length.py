@@ -14,10 +14,8 @@ training time is reported).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.record import record_run  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
 from service.engine import OnnxRewardModel  # noqa: E402
 from training.data import load_pairs, shipped_data  # noqa: E402
@@ -89,11 +88,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        section = (f"\n### max_length sweep — {stamp}, {platform.machine()}, {os.cpu_count()} cores, CPU\n\n"
-                   f"Command: `python bench/max_length.py {' '.join(sys.argv[1:])}`\n\n{table}\n")
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(section)
+        record_run("max_length sweep", "", table)
 
 
 if __name__ == "__main__":

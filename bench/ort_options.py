@@ -9,9 +9,6 @@ intra-op thread counts, and batch shapes. Prints a table and appends it to docs/
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.record import record_run  # noqa: E402
 from bench.serve import hh_rows  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
 
@@ -80,11 +78,8 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(f"\n### ONNX Runtime session options — {stamp}, {platform.machine()}, {os.cpu_count()} cores, "
-                    f"onnxruntime {ort.__version__}, CPU\n\nCommand: `python bench/ort_options.py {' '.join(sys.argv[1:])}`; "
-                    f"bundle `{bundle.manifest.bundle_id}`.\n\n{table}\n")
+        record_run("ONNX Runtime session options", f"onnxruntime {ort.__version__}, bundle `{bundle.manifest.bundle_id}`",
+                   table)
 
 
 if __name__ == "__main__":

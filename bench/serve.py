@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import subprocess
@@ -38,6 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.loadgen import LoadResult, run_grpc_load, run_load, score_body  # noqa: E402
+from bench.record import record_run  # noqa: E402
 from service.bundle import load_bundle  # noqa: E402
 from service.engine import OnnxRewardModel  # noqa: E402
 from tests.integration.server import free_port  # noqa: E402
@@ -149,18 +148,6 @@ def load_point(port: int, rows: list, per_request: int, concurrency: int, second
         return score_body(prompt, responses), per_request
 
     return asyncio.run(run_load("127.0.0.1", port, path, make_body, concurrency, seconds))
-
-
-def machine_name(device: str) -> str:
-    name = f"{platform.machine()}, {os.cpu_count()} cores"
-    if device == "cuda":
-        try:
-            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                 text=True, timeout=10).stdout.strip()
-            name += f", {gpu}"
-        except (OSError, subprocess.SubprocessError):
-            name += ", GPU unknown"
-    return name
 
 
 def grpc_load_point(target: str, rows: list, concurrency: int, seconds: float) -> LoadResult:
@@ -287,13 +274,10 @@ def main() -> None:
     print(f"single text engine latency p50: {single_ms:.1f} ms")
     print(overload_line)
     if not args.no_write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        cmd = "python bench/serve.py " + " ".join(sys.argv[1:])
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(f"\n### Serving — {stamp}, {machine_name(args.device)}, {args.device.upper()} provider\n\n"
-                    f"Command: `{cmd.strip()}`; bundle `{json.loads((bundle_dir / 'bundle.json').read_text())['bundle_id']}`, "
-                    f"{args.seconds:.0f} s per load point, texts: shipped HH dialogues (real length mix).\n\n{text}\n\n"
-                    f"- single-text engine latency p50: {single_ms:.1f} ms\n- overload: {overload_line}\n")
+        bundle_id = json.loads((bundle_dir / "bundle.json").read_text())["bundle_id"]
+        record_run("Serving", f"bundle `{bundle_id}`, {args.seconds:.0f} s per load point, texts: shipped HH dialogues "
+                   "(real length mix)", f"{text}\n\n- single-text engine latency p50: {single_ms:.1f} ms\n"
+                   f"- overload: {overload_line}", args.device)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import sys
 import time
@@ -34,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Connection  # noqa: E402
-from bench.serve import hh_rows, machine_name, rss_mb, start, stop  # noqa: E402
+from bench.record import record_run  # noqa: E402
+from bench.serve import hh_rows, rss_mb, start, stop  # noqa: E402
 from tests.integration.server import free_port  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
@@ -275,13 +275,9 @@ def main() -> int:
     text, ok = report(args, soak, samples)
     print(text)
     if not args.no_write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         bundle_id = json.loads((Path(args.bundle) / "bundle.json").read_text())["bundle_id"]
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(f"\n### Soak — {stamp}, {machine_name('cpu')}, CPU provider\n\nCommand: `python bench/soak.py "
-                    f"{' '.join(sys.argv[1:])}`; bundle `{bundle_id}`, {args.duration:.0f} s, {args.http_clients} HTTP "
-                    f"and {args.grpc_clients} gRPC closed-loop clients, one bad request for every four good ones.\n\n"
-                    f"{text}\n")
+        record_run("Soak", f"bundle `{bundle_id}`, {args.duration:.0f} s, {args.http_clients} HTTP and "
+                   f"{args.grpc_clients} gRPC closed-loop clients, one bad request for every four good ones", text)
     return 0 if ok else 1
 
 

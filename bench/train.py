@@ -19,11 +19,9 @@ the Trainer's length-grouped sampler, the closest it has to rmserve's length-gro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -34,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from bench.record import record_run  # noqa: E402
 from service.inputs import InputSpec, render_prompt  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.data import PreferencePair, load_pairs, shipped_data  # noqa: E402
@@ -408,13 +407,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"steps": args.steps, "threads": args.threads, "results": results}, indent=2))
     if not args.no_write:
-        stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        cmd = "python bench/train.py " + " ".join(sys.argv[1:])
-        with open(ROOT / "docs" / "benchmarks.md", "a") as f:
-            f.write(f"\n### Training vs TRL — {stamp}, {platform.machine()}, {os.cpu_count()} cores, CPU\n\n"
-                    f"Command: `{cmd.strip()}`; base model all-MiniLM-L6-v2, shipped HH harmless train split, "
-                    f"max_length {MAX_LENGTH}, {args.steps} steps of {BATCH_PAIRS} pairs.\n\n{text}\n\n"
-                    + "\n".join(f"- {n}" for n in notes) + "\n")
+        record_run("Training vs TRL", f"base model all-MiniLM-L6-v2, shipped HH harmless train split, max_length "
+                   f"{MAX_LENGTH}, {args.steps} steps of {BATCH_PAIRS} pairs", text + "\n\n" + "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":
