@@ -52,6 +52,19 @@ def item(length, seq):
 POLICY = BatchPolicy(max_batch_tokens=40, max_batch_size=4)
 
 
+class GatedEngine:
+    """The fake engine held at a gate until the test opens it; `seen` records each row it ran (first token)."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.seen: list[int] = []
+
+    def __call__(self, batch):
+        self.gate.wait(5)
+        self.seen.extend(batch.input_ids[:, 0].tolist())
+        return fake_engine(batch)
+
+
 def test_collate_empty():
     assert collate([], POLICY) == []
 
@@ -116,11 +129,8 @@ def test_every_row_gets_its_own_score_across_concurrent_requests():
 
 
 def test_full_queue_refuses_at_once_and_admitted_rows_still_finish():
-    gate = threading.Event()
-
-    def slow_engine(batch):
-        gate.wait(5)
-        return fake_engine(batch)
+    slow_engine = GatedEngine()
+    gate = slow_engine.gate
 
     recorder = Recorder()
     batcher = Batcher(slow_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1, max_queue_rows=3), recorder)
@@ -158,13 +168,8 @@ def test_request_larger_than_the_queue_is_refused_whole():
 
 
 def test_cancelled_and_expired_rows_are_dropped_before_inference():
-    gate = threading.Event()
-    seen = []
-
-    def engine(batch):
-        gate.wait(5)
-        seen.extend(batch.input_ids[:, 0].tolist())
-        return fake_engine(batch)
+    engine = GatedEngine()
+    gate, seen = engine.gate, engine.seen
 
     recorder = Recorder()
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1), recorder)
@@ -219,12 +224,9 @@ def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, 
 
 
 def test_prepared_batch_is_topped_up_with_rows_that_arrive_while_the_engine_is_busy():
-    gate = threading.Event()
+    engine = GatedEngine()
+    gate = engine.gate
     recorder = Recorder()
-
-    def engine(batch):
-        gate.wait(5)
-        return fake_engine(batch)
 
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=1000, max_batch_size=8), recorder)
 
@@ -271,13 +273,8 @@ def test_collate_keeps_padding_within_the_ratio():
 
 
 def test_discarded_rows_free_their_queue_slots_at_once():
-    gate = threading.Event()
-    seen = []
-
-    def engine(batch):
-        gate.wait(5)
-        seen.extend(batch.input_ids[:, 0].tolist())
-        return fake_engine(batch)
+    engine = GatedEngine()
+    gate, seen = engine.gate, engine.seen
 
     recorder = Recorder()
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=4, max_queue_rows=4), recorder)
