@@ -26,6 +26,7 @@ class LoadResult:
     latencies_ok: list[float] = field(default_factory=list)
     latencies_rejected: list[float] = field(default_factory=list)
     client_cpu_share: float = 0.0
+    counted: list[int] = field(default_factory=list)  # numbers of the requests answered 200 inside the window
 
     @property
     def requests_per_s(self) -> float:
@@ -84,48 +85,86 @@ class Connection:
 
 
 Sender = Callable[[int], Awaitable[tuple[int, int]]]  # request number -> (HTTP-like status, rows scored)
+Between = Callable[[list[int]], Awaitable[None]]  # runs while the load is paused, given the part's counted requests
 
 
 async def run_closed_loop(open_sender: Callable[[], Awaitable[tuple[Sender, Callable[[], Awaitable[None]]]]],
-                          concurrency: int, seconds: float, warmup_s: float = 1.0) -> LoadResult:
-    """`concurrency` clients send back to back; what completes inside the `seconds` window after a
-    warm-up is counted (a steady-state throughput). `open_sender` gives each client its send and close."""
+                          concurrency: int, seconds: float, warmup_s: float = 1.0, parts: int = 1,
+                          between: Between | None = None) -> LoadResult:
+    """`concurrency` clients send back to back; what completes inside the measured windows is counted (a
+    steady-state throughput). `open_sender` gives each client its send and close.
+
+    The `seconds` measured are split into `parts` equal windows, each after `warmup_s` of load. Between
+    windows the clients stop sending, the server drains, and `between` runs with the numbers of the requests
+    that window counted: the serving benchmark times the engine alone there, on exactly those texts, so that
+    the two are compared in alternation within seconds of each other rather than minutes apart."""
     result = LoadResult(concurrency=concurrency, seconds=seconds)
     counter = iter(range(10**9))
-    measuring = asyncio.Event()
-    stop_at = [float("inf")]
+    sending = asyncio.Event()
+    drained = asyncio.Event()
+    window: list[float] = [float("inf"), float("-inf")]  # open, close: completions in between are counted
+    part_counted: list[int] = []
+    in_flight = [0]
+    finished = False
 
     async def client() -> None:
         send, close = await open_sender()
         try:
-            while time.perf_counter() < stop_at[0]:
+            while True:
+                while not sending.is_set():  # a client woken just before a pause must not send
+                    await sending.wait()
+                if finished:
+                    return
                 began = time.perf_counter()
-                status, rows = await send(next(counter))
-                elapsed = time.perf_counter() - began
-                if not measuring.is_set() or began + elapsed > stop_at[0]:
+                number = next(counter)
+                in_flight[0] += 1
+                try:
+                    status, rows = await send(number)
+                finally:
+                    in_flight[0] -= 1
+                    if in_flight[0] == 0 and not sending.is_set():
+                        drained.set()
+                done = time.perf_counter()
+                if not window[0] <= done <= window[1]:
                     continue
                 result.status_counts[status] = result.status_counts.get(status, 0) + 1
                 if status == 200:
                     result.ok += 1
                     result.rows += rows
-                    result.latencies_ok.append(elapsed)
+                    result.counted.append(number)
+                    part_counted.append(number)
+                    result.latencies_ok.append(done - began)
                 elif status == 429:
-                    result.latencies_rejected.append(elapsed)
+                    result.latencies_rejected.append(done - began)
         finally:
             await close()
 
     tasks = [asyncio.create_task(client()) for _ in range(concurrency)]
-    await asyncio.sleep(warmup_s)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    measuring.set()
-    stop_at[0] = wall0 + seconds
+    cpu = 0.0
+    for _ in range(parts):
+        drained.clear()
+        sending.set()
+        await asyncio.sleep(warmup_s)
+        cpu0, window[0] = time.process_time(), time.perf_counter()
+        window[1] = float("inf")
+        await asyncio.sleep(seconds / parts)
+        window[1] = time.perf_counter()
+        cpu += time.process_time() - cpu0
+        sending.clear()
+        if in_flight[0]:
+            await drained.wait()
+        if between is not None:
+            await between(list(part_counted))
+        part_counted.clear()
+    finished = True
+    sending.set()
     await asyncio.gather(*tasks)
-    result.client_cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0) / (os.cpu_count() or 1)
+    result.client_cpu_share = cpu / seconds / (os.cpu_count() or 1)
     return result
 
 
 async def run_load(host: str, port: int, path: str, make_body: Callable[[int], tuple[bytes, int]],
-                   concurrency: int, seconds: float) -> LoadResult:
+                   concurrency: int, seconds: float, parts: int = 1, between: Between | None = None) -> LoadResult:
     """Closed-loop HTTP POSTs, one keep-alive connection per client."""
 
     async def open_sender() -> tuple[Sender, Callable[[], Awaitable[None]]]:
@@ -138,11 +177,11 @@ async def run_load(host: str, port: int, path: str, make_body: Callable[[int], t
 
         return send, conn.close
 
-    return await run_closed_loop(open_sender, concurrency, seconds)
+    return await run_closed_loop(open_sender, concurrency, seconds, parts=parts, between=between)
 
 
 async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object, int]], concurrency: int,
-                        seconds: float) -> LoadResult:
+                        seconds: float, parts: int = 1, between: Between | None = None) -> LoadResult:
     """Closed-loop gRPC Score calls from `concurrency` tasks over one HTTP/2 channel."""
     import grpc
 
@@ -165,7 +204,7 @@ async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object,
 
             return send, close
 
-        return await run_closed_loop(open_sender, concurrency, seconds)
+        return await run_closed_loop(open_sender, concurrency, seconds, parts=parts, between=between)
 
 
 def score_body(prompt: str, responses: list[str]) -> bytes:
