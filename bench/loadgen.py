@@ -48,15 +48,18 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
-        self.writer.write(head + body)
-        assert self.reader is not None
-        status_line = await self.reader.readline()
+        reused = self.writer is not None
+        status_line = await self._send(head + body)
+        if not status_line and reused:
+            # The server closed the idle keep-alive connection (uvicorn does after 5 s, e.g. while the
+            # benchmark pauses the load); the request never reached it, so send it again on a new one.
+            await self.close()
+            status_line = await self._send(head + body)
         if not status_line:
             raise ConnectionError("server closed the connection")
+        assert self.reader is not None
         status = int(status_line.split()[1])
         length, close = 0, False
         while True:
@@ -73,6 +76,17 @@ class Connection:
         if close:
             await self.close()
         return status, payload
+
+    async def _send(self, request: bytes) -> bytes:
+        """Write `request` (connecting first when needed) and return the status line, b"" if the peer closed."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        try:
+            self.writer.write(request)
+            return await self.reader.readline()
+        except ConnectionResetError:
+            return b""
 
     async def close(self) -> None:
         if self.writer is not None:

@@ -104,3 +104,34 @@ def test_engine_ceiling_scores_every_given_text_once_within_its_shape() -> None:
     assert sorted(i for batch in seen for i in batch) == [0, 2, 2, 4, 5, 6]
     assert all(len(batch) <= 2 for batch in seen)
     assert all(batch == sorted(batch) for batch in seen), "batches are formed from length-sorted texts"
+
+
+def test_load_connection_resends_when_the_server_closed_an_idle_keep_alive() -> None:
+    from bench.loadgen import Connection
+
+    served: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        served.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()  # like an idle keep-alive timeout: closed without saying so
+
+    async def scenario() -> list[tuple[int, bytes]]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = Connection("127.0.0.1", port)
+        try:
+            first = await conn.post("/score", b"{1}")
+            await asyncio.sleep(0.05)
+            second = await conn.post("/score", b"{2}")
+        finally:
+            await conn.close()
+            server.close()
+            await server.wait_closed()
+        return [first, second]
+
+    assert asyncio.run(scenario()) == [(200, b"ok"), (200, b"ok")]
+    assert served == [b"{1}", b"{2}"], "each request reaches the server exactly once"
