@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def machine_name(device: str = "cpu") -> str:
 def record_run(title: str, details: str, body: str, device: str = "cpu") -> None:
     """Append `### {title} — {date}, {machine}, {device}`, the command line with `details` after it, and `body`."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    command = " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    command = shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
     with open(BENCHMARKS, "a") as f:
         f.write(f"\n### {title} — {stamp}, {machine_name(device)}, {device.upper()}\n\n"
                 f"Command: `{command}`{'; ' + details if details else ''}.\n\n{body}\n")
