@@ -58,10 +58,10 @@ class EngineCeiling:
     """The in-process ONNX Runtime ceiling at one batch shape: the engine alone, fed pre-tokenized texts sorted
     by length into batches (in shuffled order, so lengths mix over time as in serving), nothing else running.
 
-    `rate(texts)` times one pass over exactly the texts given. After each load point it is run on exactly the
-    texts that point counted, so the two are compared on the same work, next to each other in time: one text
-    costs from a few ms to 80 ms here, so a time window holds a different mix of lengths than another window,
-    and the shared machine's speed drifts by several percent within minutes."""
+    `seconds(texts)` times one pass over exactly the texts given. After each window of a load point it runs on
+    exactly the texts that window counted, so the two are compared on the same work, seconds apart: one text
+    costs from a few ms to 80 ms here, so one time window holds a different mix of lengths than another, and
+    the shared machine's speed drifts by 10-20 % within minutes."""
 
     def __init__(self, engine: OnnxRewardModel, encoder: InputEncoder, max_rows: int, max_tokens: int):
         self.engine, self.encoder, self.max_rows, self.max_tokens = engine, encoder, max_rows, max_tokens
