@@ -78,10 +78,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from training.quantize import VariantRefused, make_variant
+    from training.ratings import RatingOptions
 
     try:
         bundle, report = make_variant(args.bundle, args.output, args.precision, args.dev_data, args.min_agreement,
-                                      args.device)
+                                      args.device, RatingOptions.from_config(args))
     except VariantRefused as e:
         print(f"rmserve quantize: {e}", file=sys.stderr)
         return 1
@@ -102,7 +103,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from training.report import find_train_log, write_report
 
         log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
-    metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device)
+    from training.ratings import RatingOptions
+
+    metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device,
+                                     ratings=RatingOptions.from_config(args))
     if args.report:
         write_report(args.report, metrics, scored, log)
         print(f"report written to {args.report}", file=sys.stderr)
@@ -212,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="Checkpoint directory written by `rmserve train`.")
     export.add_argument("--output", required=True, help="Bundle directory to write.")
     export.add_argument("--dev-data", default=None,
-                        help="Pairs for normalization stats and the dev report. Default: the checkpoint's dev data.")
+                        help="Pairs for normalization stats and the dev report (a ratings file is read with the "
+                        "rating options the checkpoint was trained with). Default: the checkpoint's dev data.")
     export.add_argument("--limit-dev", type=int, default=None, help="Use only the first N dev pairs.")
     export.set_defaults(handler=_cmd_export)
 
@@ -228,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Least share of dev pairs whose preferred response must stay the same (default 0.99).")
     quantize.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                           help="Where to run the check; fp16 needs cuda.")
+    _add_dataclass_options(quantize, TrainConfig, only=("ratings",))  # for a ratings --dev-data
     quantize.set_defaults(handler=_cmd_quantize)
 
     evaluate = sub.add_parser("eval", help="Measure a bundle's accuracy, calibration and length bias.",
@@ -236,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "bundle's temperature, accuracy by length, reward-length correlation and the reward "
                               "distribution; optionally an HTML report with plots.")
     evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
-    evaluate.add_argument("--data", default=None, help="JSONL(.gz) pairs. Default: the shipped HH-RLHF dev split.")
+    evaluate.add_argument("--data", default=None, help="Preference data (pairs, rankings or ratings; JSONL(.gz) or a "
+                          "saved dataset directory). Default: the shipped HH-RLHF dev split.")
     evaluate.add_argument("--limit", type=int, default=None,
                           help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train-log", default=None,
                           help="Training log (JSONL) for the report's curves. Default: train_log.jsonl in the "
                           "checkpoint named by the bundle's provenance.")
+    _add_dataclass_options(evaluate, TrainConfig, only=("ratings",))  # for a ratings --data
     evaluate.set_defaults(handler=_cmd_eval)
 
     serve = sub.add_parser("serve", help="Serve a bundle over HTTP.",

@@ -409,8 +409,9 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
     return PreferenceFile(path=path, groups=groups, skipped=skipped)
 
 
-def load_pairs(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False) -> PairFile:
+def load_pairs(path: str | Path, limit: int | None = None, skip_bad_rows: bool = False,
+               ratings: RatingOptions | None = None) -> PairFile:
     """`load_preferences` flattened to pairs (for evaluation and export); `limit` counts rows, so a
-    ranking row brings all its pairs."""
-    loaded = load_preferences(path, limit, skip_bad_rows)
+    ranking row brings all its pairs; a ratings file is read with `ratings` (default: RatingOptions())."""
+    loaded = load_preferences(path, limit, skip_bad_rows, ratings)
     return PairFile(path=loaded.path, pairs=loaded.pairs, skipped=loaded.skipped)

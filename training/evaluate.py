@@ -21,6 +21,7 @@ from service.bundle import Calibration, load_bundle
 from service.engine import OnnxRewardModel
 from service.inputs import InputEncoder
 from training.data import PreferencePair, load_pairs, shipped_data
+from training.ratings import RatingOptions
 
 TIE = 0.5
 CALIBRATION_BINS = 10
@@ -342,11 +343,13 @@ def evaluate_scores(scored: ScoredPairs, temperature: float = 1.0) -> dict[str, 
 
 
 def run_evaluation(bundle_dir: str | Path, data: str | Path | None = None, limit: int | None = None,
-                   skip_bad_rows: bool = True, device: str = "auto") -> tuple[dict[str, Any], ScoredPairs]:
-    """Score the pairs of `data` (default: the shipped dev split) with the bundle: (metrics, scored pairs)."""
+                   skip_bad_rows: bool = True, device: str = "auto",
+                   ratings: RatingOptions | None = None) -> tuple[dict[str, Any], ScoredPairs]:
+    """Score the pairs of `data` (default: the shipped dev split) with the bundle: (metrics, scored pairs).
+    A ratings file becomes pairs with `ratings`."""
     bundle = load_bundle(bundle_dir)
     path = Path(data) if data else shipped_data("dev")
-    loaded = load_pairs(path, limit, skip_bad_rows)
+    loaded = load_pairs(path, limit, skip_bad_rows, ratings)
     engine = OnnxRewardModel(str(bundle.model_path), device=device)  # type: ignore[arg-type]
     scored = scored_pairs(engine, bundle.encoder(), loaded.pairs)
     metrics = evaluate_scores(scored, bundle.manifest.calibration.temperature)

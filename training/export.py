@@ -33,6 +33,7 @@ from service.inputs import InputEncoder
 from training.data import PreferencePair, load_pairs, shipped_data
 from training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
 from training.model import RewardModel, load_checkpoint
+from training.ratings import RatingOptions
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 17
@@ -106,7 +107,8 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     model, encoder, meta = load_checkpoint(checkpoint)
     dev_path = Path(dev_data) if dev_data else Path(meta.training.get("dev_data") or shipped_data("dev"))
-    dev_pairs = load_pairs(dev_path, limit_dev, skip_bad_rows).pairs
+    # A ratings dev file becomes pairs with the rating options training used, as training's own dev set did.
+    dev_pairs = load_pairs(dev_path, limit_dev, skip_bad_rows, RatingOptions.from_checkpoint(meta.training)).pairs
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as tmp:
         onnx_path = Path(tmp) / MODEL_FILE

@@ -20,6 +20,7 @@ from service.bundle import MODEL_FILE, TOKENIZER_FILE, Bundle, GoldenExample, lo
 from service.engine import OnnxRewardModel, check_golden
 from training.data import load_pairs, shipped_data
 from training.evaluate import pair_metrics, score_pairs
+from training.ratings import RatingOptions
 
 Precision = Literal["int8", "fp16"]
 
@@ -47,12 +48,14 @@ def _convert_fp16(source: Path, target: Path) -> None:
 
 
 def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Precision,
-                 dev_data: str | Path | None = None, min_agreement: float = 0.99, device: str = "cpu") -> tuple[Bundle, dict]:
-    """Write a `precision` variant of an fp32 bundle; returns it and the agreement report."""
+                 dev_data: str | Path | None = None, min_agreement: float = 0.99, device: str = "cpu",
+                 ratings: RatingOptions | None = None) -> tuple[Bundle, dict]:
+    """Write a `precision` variant of an fp32 bundle; returns it and the agreement report. A ratings dev
+    file becomes pairs with `ratings`."""
     source = load_bundle(bundle_dir)
     output_dir = Path(output_dir)
     dev_path = Path(dev_data) if dev_data else shipped_data("dev")
-    pairs = load_pairs(dev_path, skip_bad_rows=True).pairs
+    pairs = load_pairs(dev_path, skip_bad_rows=True, ratings=ratings).pairs
     encoder = source.encoder()
     reference = OnnxRewardModel(str(source.model_path), device=device)  # type: ignore[arg-type]
     ref_chosen, ref_rejected = score_pairs(reference, encoder, pairs)

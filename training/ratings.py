@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from service.inputs import Prompt
 from training.config import TrainConfig
@@ -100,6 +102,13 @@ class RatingOptions:
         return cls(labels=config.rating_labels, margin_scale=config.rating_margin_scale,  # type: ignore[attr-defined]
                    margin_levels=parse_levels(config.rating_margin_levels),  # type: ignore[attr-defined]
                    temperature=config.rating_temperature, ties=config.rating_ties)  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_checkpoint(cls, training: Mapping[str, Any]) -> RatingOptions:
+        """From the training options a checkpoint records (rmserve_checkpoint.json), so that export reads a
+        ratings dev file as training did; options a checkpoint lacks take their defaults."""
+        names = ("rating_labels", "rating_margin_scale", "rating_margin_levels", "rating_temperature", "rating_ties")
+        return cls.from_config(SimpleNamespace(**{n: training.get(n, getattr(TrainConfig, n)) for n in names}))
 
     def comparison(self, better: int, worse: int, gap: float, scale: float) -> Comparison:
         """The comparison of two responses whose ratings differ by `gap` > 0."""

@@ -214,3 +214,53 @@ def test_training_reads_a_ratings_file_with_its_options(tiny_base, tmp_path, cap
     out = capsys.readouterr().out
     assert "train ratings ratings.jsonl: 19 rated responses to 7 prompts → 6 groups, 18 pairs" in out
     assert "1 single-response prompts yield no pair" in out
+
+
+def test_options_recorded_in_a_checkpoint():
+    recorded = {"rating_labels": "soft", "rating_temperature": 2.0, "rating_ties": "drop", "dev_data": "x"}
+    assert RatingOptions.from_checkpoint(recorded) == RatingOptions(labels="soft", temperature=2.0, ties="drop")
+    assert RatingOptions.from_checkpoint({"rating_margin_levels": "0,1"}).margin_levels == (0.0, 1.0)
+    assert RatingOptions.from_checkpoint({}) == RatingOptions()  # a checkpoint from before ratings existed
+
+
+def test_pairs_of_a_ratings_file_follow_the_options(tmp_path):
+    path = gaps_file(tmp_path)
+    soft = load_pairs(path, ratings=RatingOptions(labels="soft", temperature=2.0)).pairs
+    default = load_pairs(path).pairs
+    assert [p.label for p in default] == [1.0] * len(default)
+    assert [p.label for p in soft] == pytest.approx([1 / (1 + math.exp(-g / 2)) for g in [1, 2.5, 5, 1.5, 4, 2.5]])
+
+
+def test_eval_reads_a_ratings_file_with_the_rating_options(tiny_bundle, tmp_path, capsys):
+    from service.cli import main
+    from training.evaluate import run_evaluation
+
+    data = write_rows(tmp_path / "ratings.jsonl", [rating("hello there", "i am fine thanks", 9),
+                                                    rating("hello there", "no", 1), rating("hello there", "fine", 1),
+                                                    rating("how are you", "fine", 7), rating("how are you", "no", 2)])
+    _, soft = run_evaluation(tiny_bundle, data, device="cpu", ratings=RatingOptions(labels="soft", ties="drop"))
+    _, default = run_evaluation(tiny_bundle, data, device="cpu")
+    assert list(default.labels) == [1.0, 1.0, 0.5, 1.0]  # the tie between the two 1s is kept by default
+    assert list(soft.labels) == pytest.approx([1 / (1 + math.exp(-g)) for g in (8, 8, 5)])
+    assert main(["eval", "--bundle", str(tiny_bundle), "--data", str(data), "--device", "cpu", "--json",
+                 "--rating-labels", "soft", "--rating-ties", "drop"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 3
+
+
+@pytest.mark.skipif(tiny_base is None, reason="needs torch and transformers")
+def test_export_reads_a_ratings_dev_file_as_training_did(tiny_base, tmp_path):  # noqa: F811
+    from training.export import export_bundle
+    from training.train import train
+
+    rows = []
+    for i in range(6):  # three rated responses per prompt, two of them tied: 3 pairs kept, 2 when ties drop
+        rows += [rating(f"hello there {i}", "sure i am fine thanks", 8), rating(f"hello there {i}", "no", 5),
+                 rating(f"hello there {i}", "fine", 5)]
+    data = write_rows(tmp_path / "ratings.jsonl", rows)
+    metrics = train(TrainConfig(
+        output_dir=str(tmp_path / "ckpt"), base_model=str(tiny_base), train_data=str(data), dev_data=str(data),
+        max_length=32, batch_size=3, max_steps=1, warmup_ratio=0.0, progress=False, tensorboard=False, threads=1,
+        rating_ties="drop"))
+    assert metrics["dev_pairs"] == 12
+    bundle = export_bundle(tmp_path / "ckpt", tmp_path / "bundle")
+    assert bundle.manifest.normalization.computed_on.endswith("of 12 pairs")
