@@ -75,13 +75,6 @@ ScorerDep = Annotated[Scorer, Depends(get_scorer)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
-def model_ref(scorer: Scorer) -> ModelRef:
-    m = scorer.manifest
-    return ModelRef(bundle_id=m.bundle_id, model_sha256=m.model_sha256,
-                    normalization_version=m.normalization.version,
-                    calibration_temperature=m.calibration.temperature)
-
-
 class ClientGone(Exception):
     """The client closed its connection before its answer was ready."""
 
@@ -122,7 +115,7 @@ async def score(body: ScoreRequest, scorer: ScorerDep, request: Request, respons
     timing_headers(response, scores)
     summary = scorer.summarize(scores, body.values, body.grouped)
     return ScoreResponse(
-        model=model_ref(scorer),
+        model=ModelRef.of(scorer.manifest),
         rewards=summary.raw.tolist(),
         normalized_rewards=summary.normalized.tolist(),
         truncated=scores.truncated,
@@ -139,7 +132,7 @@ async def compare(body: CompareRequest, scorer: ScorerDep, request: Request, res
     reward_a, reward_b = (float(x) for x in scores.raw)
     normalized = scorer.normalize(scores.raw)
     return CompareResponse(
-        model=model_ref(scorer), reward_a=reward_a, reward_b=reward_b,
+        model=ModelRef.of(scorer.manifest), reward_a=reward_a, reward_b=reward_b,
         normalized_reward_a=float(normalized[0]), normalized_reward_b=float(normalized[1]),
         probability_a=scorer.probability_a(reward_a, reward_b),
     )

@@ -56,12 +56,6 @@ async def until_idle(scorer: Scorer, quiet: float, limit: float) -> bool:
         await asyncio.sleep(0.02)
 
 
-def model_ref(scorer: Scorer) -> ModelRef:
-    m = scorer.manifest
-    return ModelRef(bundle_id=m.bundle_id, model_sha256=m.model_sha256, normalization_version=m.normalization.version,
-                    calibration_temperature=m.calibration.temperature)
-
-
 class Reloader:
     def __init__(self, state: ServiceState):
         self.state = state
@@ -86,16 +80,14 @@ class Reloader:
                 new = await asyncio.to_thread(Scorer.load, settings, state.metrics)
             except Exception as e:  # BundleError names the failed check; anything else is a refusal too
                 self.reloads.labels("refused").inc()
-                self._show(old)
                 log.error("reload of %s refused, still serving %s: %s", settings.bundle, old.manifest.bundle_id, e)
                 raise ScoringError(ErrorKind.VALIDATION, f"bundle {settings.bundle} refused, still serving "
                                    f"{old.manifest.bundle_id}: {e}", "bundle") from None
             if not state.ready:  # shutdown began while the bundle loaded
-                self._show(old)
                 await asyncio.to_thread(new.close)
                 raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
             state.scorer = new
-            self._show(new)
+            new.publish_model_info()
             self.reloads.labels("ok").inc()
             log.info("now serving bundle %s from %s (was %s)", new.manifest.bundle_id, new.bundle.path,
                      old.manifest.bundle_id)
@@ -110,12 +102,6 @@ class Reloader:
             await self.reload()
         except ScoringError as e:
             log.error("SIGHUP reload: %s", e.message)
-
-    def _show(self, scorer: Scorer) -> None:
-        m = scorer.manifest
-        self.state.metrics.model_info.info({"bundle_id": m.bundle_id, "model_sha256": m.model_sha256,
-                                            "provider": scorer.engine.provider,
-                                            "max_length": str(m.input.max_length)})
 
     async def _retire(self, old: Scorer) -> None:
         grace = max(self.state.settings.shutdown_grace_seconds, RETIRE_QUIET_SECONDS)
@@ -158,4 +144,5 @@ async def reload_bundle(request: Request, body: ReloadRequest | None = None) -> 
     fails verification is refused (422) and the old one keeps serving."""
     reloader: Reloader = request.app.state.service.reloader
     old, new = await reloader.reload(Path(body.bundle) if body and body.bundle else None)
-    return ReloadResponse(model=model_ref(new), bundle_path=str(new.bundle.path), previous=model_ref(old))
+    return ReloadResponse(model=ModelRef.of(new.manifest), bundle_path=str(new.bundle.path),
+                          previous=ModelRef.of(old.manifest))

@@ -67,6 +67,7 @@ class ServiceState:
         except Exception as e:
             self.load_error = e
             raise
+        self.scorer.publish_model_info()
         self.set_ready(True)
 
     def set_ready(self, ready: bool) -> None:

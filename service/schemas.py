@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.errors import ErrorKind, ScoringError
 from service.groups import GROUP_EPS, GroupStats, ValueKind
 from service.inputs import ChatMessage
+
+if TYPE_CHECKING:
+    from service.bundle import Manifest
 
 PromptField = str | list[ChatMessage]
 
@@ -72,6 +75,13 @@ class ModelRef(BaseModel):
     model_sha256: str
     normalization_version: str
     calibration_temperature: float
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> ModelRef:
+        """The provenance of an answer scored with the bundle `manifest` describes."""
+        return cls(bundle_id=manifest.bundle_id, model_sha256=manifest.model_sha256,
+                   normalization_version=manifest.normalization.version,
+                   calibration_temperature=manifest.calibration.temperature)
 
 
 class GroupSummary(BaseModel):

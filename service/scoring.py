@@ -101,11 +101,13 @@ class Scorer:
         log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s; batches ≤%d rows, "
                  "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, bundle.path, worst, engine.provider,
                  settings.max_batch_size, settings.max_batch_tokens, 100 * scorer.batcher.policy.max_padding_ratio)
-        metrics.model_info.info({
-            "bundle_id": bundle.manifest.bundle_id, "model_sha256": bundle.manifest.model_sha256,
-            "provider": engine.provider, "max_length": str(bundle.manifest.input.max_length),
-        })
         return scorer
+
+    def publish_model_info(self) -> None:
+        """Make `rmserve_model_info` name this scorer's bundle: called when it goes live (start-up, reload)."""
+        m = self.manifest
+        self.metrics.model_info.info({"bundle_id": m.bundle_id, "model_sha256": m.model_sha256,
+                                      "provider": self.engine.provider, "max_length": str(m.input.max_length)})
 
     def close(self) -> None:
         """Score what is queued, then stop the threads."""
