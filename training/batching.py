@@ -1,8 +1,9 @@
 """Training batches: preference groups → token rows → padded tensors with comparison indices.
 
 Each response of a group (two for a pair, K for a ranking) is encoded once and becomes one row of the
-batch (the rows of a batch run in a few length-sorted forward passes under one backward); a group's comparisons index into those rows, so a ranking of K responses costs K rows however
-many of its K(K-1)/2 pairs the loss uses (InstructGPT's reason for keeping a prompt's ranking together).
+batch (the rows of a batch run in a few length-sorted forward passes under one backward); a group's
+comparisons index into those rows, so a ranking of K responses costs K rows however many of its
+K(K-1)/2 pairs the loss uses (InstructGPT's reason for keeping a prompt's ranking together).
 Batches are length-grouped (shuffled windows, sorted inside) so padding costs little, and the order is a
 pure function of (seed, epoch) so that a resumed or distributed run sees the same batches.
 """

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +112,11 @@ class StepStats:
 
     def add(self, other: StepStats, weight: float) -> None:
         if weight:  # a zero-weight pass (a rank with no rows) contributes nothing
-            for name in ("loss", "right", "counted", "tokens", "padded_tokens"):
-                setattr(self, name, getattr(self, name) + getattr(other, name))
+            for f in fields(self):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def as_list(self) -> list[float]:
-        return [self.loss, self.right, self.counted, self.tokens, self.padded_tokens]
+        return list(astuple(self))
 
 
 def train_step(model: torch.nn.Module, encoder: InputEncoder, groups: list[EncodedGroup], batch_ids: list[int],
