@@ -25,10 +25,12 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +145,41 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@dataclass
+class Rmserve:
+    """A `rmserve serve` process on free 127.0.0.1 ports."""
+
+    proc: subprocess.Popen
+    port: int
+    grpc_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def start_rmserve(bundle_dir: str | Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
+                  log_path: Path | None = None) -> Rmserve:
+    """Start `rmserve serve` on fresh ports and wait until it is ready; `env` adds RMSERVE_* settings."""
+    port, grpc_port = free_port(), free_port()
+    proc = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--host", "127.0.0.1",
+                  "--port", str(port), "--grpc-port", str(grpc_port), *extra_args],
+                 {"RMSERVE_LOG_LEVEL": "warning", **(env or {})}, f"http://127.0.0.1:{port}", log_path=log_path)
+    return Rmserve(proc, port, grpc_port)
+
+
+def batching_figures(before: dict[str, float], after: dict[str, float]) -> tuple[float, float]:
+    """(mean rows per batch, share of batch tokens that were padding) between two `scrape`s."""
+    delta = {k: v - before.get(k, 0) for k, v in after.items()}
+    mean_batch = delta.get("rmserve_batch_size_sum", 0) / max(delta.get("rmserve_batch_size_count", 0), 1)
+    waste = 1 - delta.get("rmserve_input_tokens_total", 0) / max(delta.get("rmserve_batch_tokens_sum", 0), 1)
+    return mean_batch, waste
 
 
 def start_infinity(binary: str, model_dir: str, port: int, url: str) -> subprocess.Popen:
@@ -261,11 +298,9 @@ def main() -> None:
         return line
 
     table = [(f"engine limit (in-process ORT, {ceiling.label})", f"{limit:.1f}", "", "", "1.00", "", "", "first pass over the texts", "", "")]
-    port, grpc_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    server_env = {"RMSERVE_GRPC_PORT": str(grpc_port), "RMSERVE_DEVICE": args.device, "RMSERVE_LOG_LEVEL": "warning", "RMSERVE_INTRA_OP_THREADS": str(args.threads)}
-    server = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
-                    *args.server_args.split()], server_env, url)
+    server_env = {"RMSERVE_DEVICE": args.device, "RMSERVE_INTRA_OP_THREADS": str(args.threads)}
+    server = start_rmserve(bundle_dir, shlex.split(args.server_args), server_env)
+    port, url = server.port, server.url
     results = {}
     try:
         # (label, responses per request, windows, run(windows, between)); 16-response requests take seconds
@@ -277,29 +312,24 @@ def main() -> None:
         points.append(("rmserve HTTP c=8 (16 responses/request)", 16, 1,
                        lambda n, b: load_point(port, rows, 16, 8, args.seconds, parts=n, between=b)))
         points += [(f"rmserve gRPC c={c}", 1, args.parts,
-                    lambda n, b, c=c: grpc_load_point(f"127.0.0.1:{grpc_port}", rows, c, args.seconds, parts=n, between=b))
+                    lambda n, b, c=c: grpc_load_point(server.grpc_target, rows, c, args.seconds, parts=n, between=b))
                    for c in args.grpc_concurrency]
         for label, per_request, parts, run in points:
             same = SameTexts(ceiling, rows, per_request)
             before = scrape(url)
             res = run(parts, same)
-            delta = {k: v - before.get(k, 0) for k, v in scrape(url).items()}
-            mean_batch = delta.get("rmserve_batch_size_sum", 0) / max(delta.get("rmserve_batch_size_count", 0), 1)
-            waste = 1 - delta.get("rmserve_input_tokens_total", 0) / max(delta.get("rmserve_batch_tokens_sum", 0), 1)
+            mean_batch, waste = batching_figures(before, scrape(url))
             results[label] = res
             table.append(row(label, res, same, f"mean batch {mean_batch:.1f}", f"{waste:.1%}"))
     finally:
-        stop(server)
+        stop(server.proc)
 
     overload_line = ""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
-                    "--max-queue-rows", "8"], server_env, url)
+    server = start_rmserve(bundle_dir, ["--max-queue-rows", "8"], server_env)
     try:
-        rss0 = rss_mb(server.pid)
-        res = load_point(port, rows, 1, 32, args.seconds)
-        rss1 = rss_mb(server.pid)
+        rss0 = rss_mb(server.proc.pid)
+        res = load_point(server.port, rows, 1, 32, args.seconds)
+        rss1 = rss_mb(server.proc.pid)
         other = {k: v for k, v in res.status_counts.items() if k not in (200, 429)}
         overload_line = (f"queue 8 rows, 32 clients: {res.status_counts.get(200, 0)} scored, "
                          f"{res.status_counts.get(429, 0)} refused with 429 (p50 {res.percentile_ms(50, True):.1f} ms, "
@@ -307,7 +337,7 @@ def main() -> None:
                          f"server RSS {rss0:.0f} → {rss1:.0f} MB")
         print(overload_line)
     finally:
-        stop(server)
+        stop(server.proc)
 
     if not args.skip_naive:
         port = free_port()

@@ -23,8 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.record import record_run  # noqa: E402
-from bench.serve import SameTexts, engine_limit, grpc_load_point, hh_rows, load_point, scrape, start, stop  # noqa: E402
-from tests.integration.server import free_port  # noqa: E402
+from bench.serve import (  # noqa: E402
+    SameTexts,
+    batching_figures,
+    engine_limit,
+    grpc_load_point,
+    hh_rows,
+    load_point,
+    scrape,
+    start_rmserve,
+    stop,
+)
 
 
 def main() -> None:
@@ -47,22 +56,19 @@ def main() -> None:
     batches: dict[str, list[float]] = {c: [] for c in args.configs}
     for _ in range(args.repeats):
         for config in args.configs:
-            port, grpc_port = free_port(), free_port()
-            url = f"http://127.0.0.1:{port}"
-            server = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--port", str(port),
-                            *shlex.split(config)], {"RMSERVE_GRPC_PORT": str(grpc_port), "RMSERVE_LOG_LEVEL": "warning"}, url)
+            server = start_rmserve(bundle_dir, shlex.split(config))
             try:
                 same = SameTexts(ceiling, rows)
-                before = scrape(url)
+                before = scrape(server.url)
                 if args.protocol == "grpc":
-                    res = grpc_load_point(f"127.0.0.1:{grpc_port}", rows, args.concurrency, args.seconds, args.parts, same)
+                    res = grpc_load_point(server.grpc_target, rows, args.concurrency, args.seconds, args.parts, same)
                 else:
-                    res = load_point(port, rows, 1, args.concurrency, args.seconds, parts=args.parts, between=same)
-                delta = {k: v - before.get(k, 0) for k, v in scrape(url).items()}
+                    res = load_point(server.port, rows, 1, args.concurrency, args.seconds, parts=args.parts, between=same)
+                mean_batch, _ = batching_figures(before, scrape(server.url))
             finally:
-                stop(server)
+                stop(server.proc)
             ratios[config].append(res.rows_per_s / same.rate)
-            batches[config].append(delta.get("rmserve_batch_size_sum", 0) / max(delta.get("rmserve_batch_size_count", 0), 1))
+            batches[config].append(mean_batch)
             print(f"[{config or 'defaults'}] {res.rows_per_s:.1f} texts/s, engine alone {same.rate:.1f}: "
                   f"{ratios[config][-1]:.2f} x", flush=True)
 

@@ -34,8 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Connection  # noqa: E402
 from bench.record import record_run  # noqa: E402
-from bench.serve import hh_rows, rss_mb, start, stop  # noqa: E402
-from tests.integration.server import free_port  # noqa: E402
+from bench.serve import hh_rows, rss_mb, start_rmserve, stop  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
 # gRPC codes as the HTTP statuses the service gives for the same errors (service/http_app.py, grpc_app.py).
@@ -260,18 +259,14 @@ def main() -> int:
     defaults = Settings()
     limits = {"responses": defaults.max_responses_per_request, "chars": defaults.max_text_chars}
     rows = hh_rows(400)
-    port, grpc_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
     log = ROOT / "artifacts" / "soak-server.log"
-    proc = start([sys.executable, "-m", "service.cli", "serve", "--bundle", args.bundle, "--host", "127.0.0.1",
-                  "--port", str(port), "--grpc-port", str(grpc_port), "--device", "cpu", "--log-level", "warning"],
-                 {}, url, log_path=log)
+    server = start_rmserve(args.bundle, ["--device", "cpu"], log_path=log)
     try:
-        print(f"soaking {url} (gRPC 127.0.0.1:{grpc_port}) for {args.duration:.0f} s: {args.http_clients} HTTP and "
-              f"{args.grpc_clients} gRPC clients; server log {log}", flush=True)
-        soak, samples = asyncio.run(run(args, port, f"127.0.0.1:{grpc_port}", proc.pid, rows, limits))
+        print(f"soaking {server.url} (gRPC {server.grpc_target}) for {args.duration:.0f} s: {args.http_clients} HTTP "
+              f"and {args.grpc_clients} gRPC clients; server log {log}", flush=True)
+        soak, samples = asyncio.run(run(args, server.port, server.grpc_target, server.proc.pid, rows, limits))
     finally:
-        stop(proc)
+        stop(server.proc)
     text, ok = report(args, soak, samples)
     print(text)
     if not args.no_write:
