@@ -19,6 +19,18 @@ WORDS = ("hello there how are you doing today my friend i am fine thanks sure no
          "lock pick a the cannot one two three four five six seven eight nine ten human assistant").split()
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--engine-work", type=float, default=1.0,
+        help="Scale of the work each batch of the slow test bundle does (tests/integration/slow_bundle.py). The "
+        "tests that hold the engine must pass at 0.25 and at 4 (scripts/check-engine-speeds.sh runs both).")
+
+
+def pytest_configure(config):
+    # Read by slow_bundle.py; an environment variable, so that a helper process would see it too.
+    os.environ["RMSERVE_TEST_ENGINE_WORK"] = str(config.getoption("--engine-work"))
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         path = str(item.fspath)

@@ -1,4 +1,5 @@
-"""Start a real `rmserve serve` process on a free 127.0.0.1 port and wait until it is ready."""
+"""Start a real `rmserve serve` process on a free 127.0.0.1 port and wait until it is ready (optionally
+behind a test gate on its engine: tests/integration/engine_gate.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.integration.engine_gate import EngineGate
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,14 +37,17 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iterator[RunningServer]:
+def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None = None,
+                   **settings: str) -> Iterator[RunningServer]:
+    """`gate`: start the server through the test harness whose engine waits on that gate."""
     port = free_port()
     grpc_port = free_port()
     env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
     env.update({f"RMSERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log = open(Path(bundle).parent / f"server-{port}.log", "w+")
+    entry = ["-m", "service.cli"] if gate is None else ["-m", "tests.integration.engine_gate", gate.address]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+        [sys.executable, *entry, "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
@@ -51,22 +57,21 @@ def running_server(bundle: Path, timeout: float = 60.0, **settings: str) -> Iter
     probe_headers = {}
     if settings.get("protect_health_and_metrics") and settings.get("api_keys"):
         probe_headers["authorization"] = "Bearer " + str(settings["api_keys"]).split(",")[0]
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read()}")
+        return httpx.get(url + "/readyz", timeout=1.0, verify=verify, headers=probe_headers).status_code == 200
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(url + "/readyz", timeout=1.0, verify=verify, headers=probe_headers).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server did not become ready")
-            time.sleep(0.2)
+        wait_until(ready, "the server to be ready", timeout, interval=0.05, ignore=(httpx.TransportError,))
+        if gate is not None:
+            gate.connect()
         yield RunningServer(url=url, grpc_target=f"127.0.0.1:{grpc_port}", process=proc, verify=verify)
     finally:
+        if gate is not None:
+            gate.close()  # the harness opens the gate when the test's end closes: no drain waits on it
         proc.terminate()
         try:
             proc.wait(timeout=15)

@@ -1,10 +1,15 @@
 """A real bundle whose every batch keeps the engine busy for a while, whatever its rows: the tiny test
 model plus a branch of matrix products that depends on the input (so ONNX Runtime cannot fold it away)
-and adds exactly 0 to each reward. Tests of deadlines, queue slots, draining and reloading use it to hold
-work in the queue without relying on long texts or a slow machine."""
+and adds exactly 0 to each reward. Tests of draining and reloading use it to keep work in flight; tests that
+need work queued behind a busy engine hold it with the engine gate (engine_gate.py) instead of guessing how
+long a batch takes.
+
+`--engine-work` (pytest option, default 1) scales the work of every batch: those tests must pass with it
+4x smaller and 4x larger (scripts/check-engine-speeds.sh)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.conftest import make_tiny_bundle
@@ -16,6 +21,7 @@ def make_slow_bundle(directory: Path, size: int = 512, products: int = 160, bund
 
     from service.bundle import load_bundle, write_manifest
 
+    products = max(1, round(products * float(os.environ.get("RMSERVE_TEST_ENGINE_WORK", "1"))))
     make_tiny_bundle(directory)
     model = onnx.load(str(directory / "model.onnx"))
     graph = model.graph

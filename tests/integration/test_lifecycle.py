@@ -5,23 +5,35 @@ import threading
 
 import grpc
 import httpx
+import pytest
 
 from service.grpc_gen import reward_pb2 as pb
 from service.grpc_gen import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
+from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server
 from tests.integration.slow_bundle import make_slow_bundle
+from tests.waiting import wait_until
 
 
+def in_flight(server, protocol: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(f'rmserve_in_flight_requests{{protocol="{protocol}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.mark.holds_engine
 def test_sigterm_under_load_scores_every_admitted_request_and_exits_zero(tmp_path):
-    """HTTP and gRPC clients keep sending until they are sent away; SIGTERM arrives while work is queued.
-    A request counts as admitted unless it was refused (503 / UNAVAILABLE, or the port was closed): every
-    admitted request must get its scores, and the process must exit 0."""
-    bundle = make_slow_bundle(tmp_path / "bundle", products=40)  # each batch holds the engine a while
-    with running_server(bundle) as server:
+    """HTTP and gRPC clients keep sending until they are sent away; SIGTERM arrives while the engine holds
+    a batch and every client has a request admitted. A request counts as admitted unless it was refused
+    (503 / UNAVAILABLE, or the port was closed): every admitted request must get its scores, and the
+    process must exit 0."""
+    bundle = make_slow_bundle(tmp_path / "bundle", products=40)  # the batches after the held one take a while
+    gate = EngineGate()
+    with running_server(bundle, gate=gate) as server:
         body = {"prompt": "hello there", "responses": ["i am fine thanks", "no", "sure", "how are you"]}
         outcomes: list = []
-        first_answer = threading.Event()
 
         def http_client() -> None:
             while True:
@@ -33,7 +45,6 @@ def test_sigterm_under_load_scores_every_admitted_request_and_exits_zero(tmp_pat
                 except httpx.TransportError as e:
                     outcome = f"broken: {e!r}"  # admitted, then dropped: the failure this test looks for
                 outcomes.append(outcome)
-                first_answer.set()
                 if outcome != 200:
                     return
 
@@ -50,26 +61,27 @@ def test_sigterm_under_load_scores_every_admitted_request_and_exits_zero(tmp_pat
                     if outcome != 200:
                         return
 
+        gate.hold()
         clients = [threading.Thread(target=http_client) for _ in range(6)]
         clients += [threading.Thread(target=grpc_client) for _ in range(2)]
         for client in clients:
             client.start()
-        assert first_answer.wait(60)
+        gate.wait_held()
+        wait_until(lambda: in_flight(server, "http") == 6 and in_flight(server, "grpc") == 2,
+                   "every client to have a request admitted")
         server.process.send_signal(signal.SIGTERM)
-        # Readiness turns false at once, while admitted work is still being finished.
-        readiness = []
-        while server.process.poll() is None and 503 not in readiness:
-            try:
-                readiness.append(httpx.get(server.url + "/readyz", timeout=5).status_code)
-            except httpx.TransportError:
-                readiness.append("closed")
+        # Readiness turns false at once, and new work is sent away, while admitted work is still held.
+        wait_until(lambda: httpx.get(server.url + "/readyz", timeout=5).status_code == 503, "readiness to turn off")
+        late = httpx.post(server.url + "/score", json=body, timeout=60)
+        assert late.status_code == 503 and late.json()["error"]["kind"] == "unavailable"
+        assert outcomes == [], "an admitted request was answered while the engine held its batch"
+        gate.release()
         for client in clients:
             client.join(120)
         assert server.process.wait(timeout=60) == 0
     failures = [o for o in outcomes if o not in (200, 503, "refused")]
     assert not failures, failures
-    assert outcomes.count(200) > 0 and outcomes.count(503) > 0, outcomes
-    assert 503 in readiness, readiness
+    assert outcomes.count(200) >= 8, outcomes  # the eight admitted when SIGTERM came, at least
 
 
 def test_a_bundle_that_fails_to_load_stops_the_process(tmp_path):

@@ -8,7 +8,6 @@ import concurrent.futures as cf
 import json
 import socket
 import threading
-import time
 
 import grpc
 import httpx
@@ -17,8 +16,10 @@ import pytest
 from service.grpc_gen import reward_pb2 as pb
 from service.grpc_gen import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
+from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server
 from tests.integration.slow_bundle import make_slow_bundle
+from tests.waiting import wait_until
 
 LIMITS = {"max_text_chars": 50, "max_messages": 3, "max_request_bytes": 4096, "max_json_depth": 8,
           "max_responses_per_request": 4}
@@ -193,12 +194,18 @@ def test_grpc_undecodable_messages_are_invalid_argument(server, method, payload,
     assert detail in info.value.details()
 
 
-# Deadlines and queue slots, with a bundle whose every batch keeps the engine busy (seconds).
+# Deadlines, departed clients and queue slots: the engine is held at the test gate while work queues
+# behind it, so every step below waits on what the server reports, never on how long a batch takes.
 
 @pytest.fixture(scope="module")
-def slow(tmp_path_factory):
-    bundle = make_slow_bundle(tmp_path_factory.mktemp("slow") / "bundle", products=640)  # ~1.3 s a batch here
-    with running_server(bundle, request_timeout_seconds=0.5, max_queue_rows=8) as running:
+def gate():
+    return EngineGate()
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory, gate):
+    bundle = make_slow_bundle(tmp_path_factory.mktemp("slow") / "bundle")
+    with running_server(bundle, gate=gate, request_timeout_seconds=0.5, max_queue_rows=8) as running:
         yield running
 
 
@@ -207,73 +214,102 @@ def metric(server, prefix: str) -> float:
                if line.startswith(prefix))
 
 
-def occupy_engine(server) -> threading.Thread:
-    """Keep the engine busy with one batch; returns the thread waiting for it (it never times out)."""
+def occupy_engine(server, gate: EngineGate) -> threading.Thread:
+    """Hold the engine on one batch of one row; returns the thread waiting for it (it never times out)."""
+    gate.hold()
     thread = threading.Thread(target=lambda: httpx.post(server.url + "/score", json={"prompt": "a", "response": "b"},
                                                         headers={"X-Request-Timeout": "120"}, timeout=120))
     thread.start()
-    deadline = time.monotonic() + 30
-    while metric(server, "rmserve_in_flight_requests{protocol=\"http\"}") < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)  # from the queue into the engine
+    assert gate.wait_held() == 1
     return thread
 
 
-def test_expired_work_is_dropped_before_inference_and_answered_504(slow):
+def raw_post(server, body: bytes) -> socket.socket:
+    """Send a /score request on a raw connection and return it unread (the caller decides when to leave)."""
+    sock = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Timeout: 60\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+@pytest.mark.holds_engine
+def test_expired_work_is_dropped_before_inference_and_answered_504(slow, gate):
     batches_before = metric(slow, "rmserve_batch_size_count")
     expired_before = metric(slow, 'rmserve_dropped_rows_total{reason="expired"}')
-    busy = occupy_engine(slow)
+    busy = occupy_engine(slow, gate)
 
-    # The server default (0.5 s) applies without a header; a header can ask for less, or for more. The three
-    # are sent together, so that all of them wait behind the busy batch (one after another, the last one
-    # could reach a free engine and time out during inference instead of in the queue).
-    def grpc_default() -> grpc.RpcError:
-        with grpc.insecure_channel(slow.grpc_target) as channel:  # no gRPC deadline: the server default
+    # The server default (0.5 s) applies without a header or gRPC deadline; a header or a gRPC deadline can
+    # ask for less. All four expire while the engine holds the busy batch.
+    def grpc_call(timeout: float | None) -> grpc.RpcError:
+        with grpc.insecure_channel(slow.grpc_target) as channel:
             with pytest.raises(grpc.RpcError) as info:
-                pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=pb.Prompt(text="a"), responses=["x"]))
+                pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=pb.Prompt(text="a"), responses=["x"]),
+                                                       timeout=timeout)
         return info.value
 
-    with cf.ThreadPoolExecutor(3) as pool:
+    with cf.ThreadPoolExecutor(4) as pool:
         default_f = pool.submit(httpx.post, slow.url + "/score", json={"prompt": "a", "responses": ["one", "two"]},
                                 timeout=30)
         short_f = pool.submit(httpx.post, slow.url + "/compare",
                               json={"prompt": "a", "response_a": "b", "response_b": "c"},
                               headers={"X-Request-Timeout": "0.2"}, timeout=30)
-        grpc_f = pool.submit(grpc_default)
-        default, short, grpc_error = default_f.result(), short_f.result(), grpc_f.result()
+        grpc_default_f = pool.submit(grpc_call, None)
+        grpc_deadline_f = pool.submit(grpc_call, 0.3)
+        default, short = default_f.result(), short_f.result()
+        grpc_default, grpc_deadline = grpc_default_f.result(), grpc_deadline_f.result()
+    assert metric(slow, "rmserve_batch_size_count") == batches_before, "the held batch has not run yet"
+    gate.release()
+    busy.join(60)
     long = httpx.post(slow.url + "/score", json={"prompt": "a", "response": "d"}, headers={"X-Request-Timeout": "60"},
                       timeout=60)
-    busy.join(60)
     assert default.status_code == 504 and default.json()["error"]["kind"] == "timeout"
     assert short.status_code == 504
-    assert grpc_error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert grpc_default.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert grpc_deadline.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert long.status_code == 200
-    assert metric(slow, 'rmserve_dropped_rows_total{reason="expired"}') - expired_before == 2 + 2 + 1
+    assert metric(slow, 'rmserve_dropped_rows_total{reason="expired"}') - expired_before == 2 + 2 + 1 + 1
     # Only the busy request's batch and the long one's ran: the expired rows never reached the engine.
     assert metric(slow, "rmserve_batch_size_count") - batches_before == 2
 
 
-def test_a_client_that_disconnects_frees_its_queue_slots_at_once(slow):
-    busy = occupy_engine(slow)
+@pytest.mark.holds_engine
+def test_rows_of_a_client_that_disconnects_are_dropped_before_inference(slow, gate):
+    cancelled_before = metric(slow, 'rmserve_dropped_rows_total{reason="cancelled"}')
+    gone_before = metric(slow, 'rmserve_requests_total{endpoint="/score",outcome="client_gone",protocol="http"}')
+    scored_before = metric(slow, "rmserve_scored_rows_total")
+    busy = occupy_engine(slow, gate)
+    body = json.dumps({"prompt": "hi", "responses": [f"short answer {i}" for i in range(8)]}).encode()
+    with raw_post(slow, body):
+        wait_until(lambda: metric(slow, "rmserve_queue_depth") == 8, "the 8 rows to be queued")
+    # The client has gone: its rows leave the queue while the engine still holds the busy batch.
+    wait_until(lambda: metric(slow, 'rmserve_dropped_rows_total{reason="cancelled"}') - cancelled_before == 8,
+               "the departed client's rows to be dropped")
+    assert metric(slow, "rmserve_queue_depth") == 0
+    gate.release()
+    busy.join(60)
+    wait_until(lambda: metric(slow, 'rmserve_requests_total{endpoint="/score",outcome="client_gone",protocol="http"}')
+               > gone_before, "the departed request to be counted")
+    assert metric(slow, 'rmserve_dropped_rows_total{reason="cancelled"}') - cancelled_before == 8
+    assert metric(slow, "rmserve_scored_rows_total") - scored_before == 1  # only the busy row reached the engine
+
+
+@pytest.mark.holds_engine
+def test_a_client_that_disconnects_frees_its_queue_slots_at_once(slow, gate):
+    busy = occupy_engine(slow, gate)
     body = json.dumps({"prompt": "hi", "responses": [f"answer {i}" for i in range(8)]}).encode()
-    port = int(slow.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Timeout: 60\r\n"
-                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        deadline = time.monotonic() + 30
-        while metric(slow, "rmserve_queue_depth") < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
+    with raw_post(slow, body):
+        wait_until(lambda: metric(slow, "rmserve_queue_depth") == 8, "the 8 rows to be queued")
         full = httpx.post(slow.url + "/score", json={"prompt": "a", "response": "b"}, timeout=30)
-        batches = metric(slow, "rmserve_batch_size_count")
-    # The client has gone; its 8 rows leave the queue while the engine is still busy with the first batch.
-    deadline = time.monotonic() + 30
-    while metric(slow, "rmserve_queue_depth") > 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    # Still inside the first batch: the slots were freed by the departure, not by the engine moving on.
-    assert metric(slow, "rmserve_batch_size_count") == batches
-    admitted = httpx.post(slow.url + "/score", json={"prompt": "hi", "responses": [f"r{i}" for i in range(8)]},
-                          headers={"X-Request-Timeout": "60"}, timeout=60)
+    # The client has gone; its 8 rows leave the queue while the engine still holds the first batch.
+    wait_until(lambda: metric(slow, "rmserve_queue_depth") == 0, "the departed client's rows to leave the queue")
+    with cf.ThreadPoolExecutor(1) as pool:
+        admitted_f = pool.submit(httpx.post, slow.url + "/score",
+                                 json={"prompt": "hi", "responses": [f"r{i}" for i in range(8)]},
+                                 headers={"X-Request-Timeout": "60"}, timeout=60)
+        # Admitted into the freed slots while the first batch is still held.
+        wait_until(lambda: metric(slow, "rmserve_queue_depth") == 8, "the new request's rows to be queued")
+        gate.release()
+        admitted = admitted_f.result()
     busy.join(60)
     assert full.status_code == 429
     assert admitted.status_code == 200 and len(admitted.json()["rewards"]) == 8
-    assert metric(slow, 'rmserve_dropped_rows_total{reason="cancelled"}') >= 8

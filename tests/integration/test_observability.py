@@ -10,7 +10,6 @@ import json
 import math
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from service.grpc_gen import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import free_port, running_server
 from tests.system_tools import require
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -192,20 +192,14 @@ def running_prometheus(target: str, directory: Path) -> Iterator[str]:
 
 
 def wait_for(condition, what: str, process=None, log=None, timeout: float = 45.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except httpx.TransportError:
-            pass
+    """wait_until, stopping at once with Prometheus's log if it exits."""
+    def check():
         if process is not None and process.poll() is not None:
             log.seek(0)
             raise RuntimeError(f"prometheus exited with {process.returncode}:\n{log.read()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.25)
+        return condition()
+
+    return wait_until(check, what, timeout, interval=0.25, ignore=(httpx.TransportError,))
 
 
 def query(url: str, promql: str) -> list[dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -20,6 +19,7 @@ from service.grpc_gen import reward_pb2_grpc as pb_grpc
 from tests.conftest import build_tiny_onnx, make_tiny_bundle
 from tests.integration.server import running_server
 from tests.integration.slow_bundle import make_slow_bundle
+from tests.waiting import wait_until
 
 ADMIN = {"authorization": "Bearer admin-key"}
 PROMPT, RESPONSES = "hello there", ["i am fine thanks", "no", "sure thing my friend"]
@@ -105,9 +105,7 @@ class Load:
                     self.failures.append(f"grpc {e.code()}: {e.details()}")
 
     def wait_for(self, count: int) -> None:
-        deadline = time.monotonic() + 60
-        while len(self.answers) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(self.answers) >= count or self.failures, f"{count} answers under load")
 
 
 def live(server) -> str:
@@ -121,6 +119,7 @@ def reload_count(server, outcome: str) -> float:
     raise AssertionError("rmserve_model_reloads_total is not exported")
 
 
+@pytest.mark.holds_engine
 def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles, tmp_path):
     with running_server(bundles["a"], admin_api_keys="admin-key", api_keys="", max_queue_rows=4096) as server:
         with Load(server) as load:
@@ -147,10 +146,7 @@ def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles,
 
             # SIGHUP re-reads the configured bundle (a), under the same load.
             server.process.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 60
-            while live(server) != "bundle-a" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert live(server) == "bundle-a"
+            wait_until(lambda: live(server) == "bundle-a", "SIGHUP to bring back bundle-a")
             seen = len(load.answers)
             load.wait_for(seen + 10)
         metrics = httpx.get(server.url + "/metrics").text
@@ -159,9 +155,7 @@ def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles,
         # The configured bundle is damaged on disk: SIGHUP refuses it and a keeps serving.
         (bundles["a"] / "model.onnx").write_bytes(b"not a model")
         server.process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while reload_count(server, "refused") < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: reload_count(server, "refused") >= 5, "SIGHUP to refuse the damaged bundle")
         assert reload_count(server, "refused") == 5
         after = httpx.post(server.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}, timeout=60)
         assert after.status_code == 200 and after.json()["model"]["bundle_id"] == "bundle-a"

@@ -1,0 +1,134 @@
+"""A gate that the real server's engine waits on, so that tests can hold work behind a busy engine.
+
+Tests of deadlines, departed clients, queue slots and draining need "a batch is in the engine and other
+work is queued behind it". Guessing that state from how long a batch takes breaks on a faster or slower
+machine, so the tests create it: the engine holds every batch while the gate is closed, tells the test
+the moment a batch is held, and runs it when the test opens the gate.
+
+Only the test harness can turn the gate on. `running_server(..., gate=EngineGate(...))` starts the real
+serving process through this module (`python -m tests.integration.engine_gate SOCKET serve ...`), which
+wraps the ONNX Runtime model's call and then runs the real `rmserve serve`: real uvicorn, grpc.aio,
+batcher and ONNX Runtime. Nothing under service/ knows of it, so no production configuration can reach
+it (tests/integration/test_engine_gate.py checks both).
+
+The test and the server process talk over a Unix socket (multiprocessing.connection): the test sends
+"hold" or "release" and gets "ok" once it took effect; the server sends ("held", rows) for each batch it
+holds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from collections import deque
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+
+AUTHKEY = b"rmserve-engine-gate"
+
+
+class EngineGate:
+    """The test's end: hold and release the server's engine, and wait until a batch is held."""
+
+    def __init__(self):
+        # Its own short directory: a Unix socket's path must stay under about 100 bytes.
+        self.address = str(Path(tempfile.mkdtemp(prefix="rmgate-")) / "gate.sock")
+        self._conn: Connection | None = None
+        self._held: deque[int] = deque()
+
+    def connect(self) -> None:
+        """Called by running_server once the server is ready (its harness listens from the start)."""
+        self._conn = Client(self.address, family="AF_UNIX", authkey=AUTHKEY)
+
+    def _command(self, command: str) -> None:
+        assert self._conn is not None, "the gate's server has not started"
+        self._conn.send(command)
+        while True:
+            message = self._receive(30.0, f"the server to acknowledge {command!r}")
+            if message == "ok":
+                return
+            self._held.append(message[1])
+
+    def _receive(self, timeout: float, what: str):
+        assert self._conn is not None
+        if not self._conn.poll(timeout):
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        return self._conn.recv()
+
+    def hold(self) -> None:
+        """From now on every batch waits in the engine until `release`."""
+        self._command("hold")
+
+    def release(self) -> None:
+        """Held batches run, and later ones pass freely."""
+        if self._conn is not None:
+            self._command("release")
+
+    def wait_held(self, timeout: float = 60.0) -> int:
+        """Wait until the engine holds a batch (one not reported before); returns its rows."""
+        if not self._held:
+            message = self._receive(timeout, "the engine to hold a batch")
+            self._held.append(message[1])
+        return self._held.popleft()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class _ServerGate:
+    """The server's end: wraps the engine's call; a listener thread takes the test's commands."""
+
+    def __init__(self, address: str):
+        self._open = threading.Event()
+        self._open.set()
+        self._send_lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._listener = Listener(address, family="AF_UNIX", authkey=AUTHKEY)
+        threading.Thread(target=self._serve, name="engine-gate", daemon=True).start()
+
+    def _serve(self) -> None:
+        self._conn = self._listener.accept()
+        while True:
+            try:
+                command = self._conn.recv()
+            except (EOFError, OSError):  # the test is done with the gate: never hold again
+                self._open.set()
+                return
+            if command == "hold":
+                self._open.clear()
+            elif command == "release":
+                self._open.set()
+            self._send("ok")
+
+    def _send(self, message) -> None:
+        with self._send_lock:
+            assert self._conn is not None
+            self._conn.send(message)
+
+    def wrap(self, call):
+        def gated(engine, batch):
+            if not self._open.is_set():
+                self._send(("held", int(batch.input_ids.shape[0])))
+                self._open.wait()
+            return call(engine, batch)
+
+        return gated
+
+
+def main(argv: list[str]) -> int:
+    address, rest = argv[0], argv[1:]
+    from service import engine
+    from service.cli import main as rmserve
+
+    gate = _ServerGate(address)
+    engine.OnnxRewardModel.__call__ = gate.wrap(engine.OnnxRewardModel.__call__)
+    return rmserve(rest)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main(sys.argv[1:]))
