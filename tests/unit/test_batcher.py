@@ -11,6 +11,7 @@ import pytest
 from service.batcher import Batcher, BatchObserver, BatchPolicy, WorkItem, collate
 from service.errors import ErrorKind, ScoringError
 from service.inputs import Batch
+from tests.waiting import wait_until
 
 
 def fake_pad(rows):
@@ -53,16 +54,24 @@ POLICY = BatchPolicy(max_batch_tokens=40, max_batch_size=4)
 
 
 class GatedEngine:
-    """The fake engine held at a gate until the test opens it; `seen` records each row it ran (first token)."""
+    """The fake engine held at a gate until the test opens it; `entered` is set once a batch waits there,
+    and `seen` records each row it ran (first token)."""
 
     def __init__(self):
         self.gate = threading.Event()
+        self.entered = threading.Event()
         self.seen: list[int] = []
 
     def __call__(self, batch):
-        self.gate.wait(5)
+        self.entered.set()
+        assert self.gate.wait(30), "the test never opened the gate"
         self.seen.extend(batch.input_ids[:, 0].tolist())
         return fake_engine(batch)
+
+
+async def until_held(engine: GatedEngine) -> None:
+    """Wait (off the event loop) until the engine holds a batch at its gate."""
+    assert await asyncio.to_thread(engine.entered.wait, 30), "no batch reached the engine"
 
 
 def test_collate_empty():
@@ -137,7 +146,7 @@ def test_full_queue_refuses_at_once_and_admitted_rows_still_finish():
 
     async def main():
         admitted = [batcher.submit([[1, 2]]) for _ in range(3)]
-        await asyncio.sleep(0.05)  # the collector takes rows out of the queue, freeing room
+        await until_held(slow_engine)  # the engine took one row out of the queue, freeing room for one
         more = []
         with pytest.raises(ScoringError) as info:
             for _ in range(10):
@@ -176,9 +185,9 @@ def test_cancelled_and_expired_rows_are_dropped_before_inference():
 
     async def main():
         first = batcher.submit([[1]])  # occupies the engine
-        await asyncio.sleep(0.05)
+        await until_held(engine)
         prefetched = batcher.submit([[2]])  # collected while the engine is busy
-        await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_until, lambda: batcher._prepared is not None, "the collector to prepare row 2")
         cancelled = batcher.submit([[3]])
         expired = batcher.submit([[4]], deadline=0.0)
         kept = batcher.submit([[5]])
@@ -232,10 +241,11 @@ def test_prepared_batch_is_topped_up_with_rows_that_arrive_while_the_engine_is_b
 
     async def main():
         futures = batcher.submit([[1]])
-        for value in (2, 3, 4):  # arrive one by one while the first batch runs
-            await asyncio.sleep(0.03)
+        await until_held(engine)
+        for value in (2, 3, 4):  # arrive one by one while the first batch runs; each is prepared before the next
             futures += batcher.submit([[value]])
-        await asyncio.sleep(0.03)
+            await asyncio.to_thread(wait_until, lambda v=value: batcher._prepared is not None and
+                                    len(batcher._prepared[0]) == v - 1, f"row {value} to join the prepared batch")
         gate.set()
         return await asyncio.gather(*futures)
 
@@ -281,10 +291,13 @@ def test_discarded_rows_free_their_queue_slots_at_once():
 
     async def main():
         busy = batcher.submit([[1]])  # the engine holds this row
-        await asyncio.sleep(0.05)
+        await until_held(engine)
         leaving = batcher.submit([[2], [3], [4]])  # prepared while the engine is busy
-        late = batcher.submit([[5]], deadline=time.monotonic() + 0.05)
-        await asyncio.sleep(0.1)  # its deadline passes while it waits
+        deadline = time.monotonic() + 0.5
+        late = batcher.submit([[5]], deadline=deadline)
+        await asyncio.to_thread(wait_until, lambda: batcher._prepared is not None and len(batcher._prepared[0]) == 4,
+                                "rows 2-5 to be prepared behind the busy engine")
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))  # not synchronization: lets the deadline pass
         with pytest.raises(ScoringError, match="queue full"):
             batcher.submit([[6]])
         for future in leaving + late:

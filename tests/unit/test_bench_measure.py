@@ -21,7 +21,7 @@ def test_closed_loop_counts_exactly_the_requests_it_reports() -> None:
     async def open_sender():
         async def send(number: int) -> tuple[int, int]:
             sent.append(number)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the fake request's work, not synchronization
             return (200 if number % 5 else 503), 3  # every fifth request fails and must not be counted
 
         async def close() -> None:
@@ -44,7 +44,7 @@ def test_windows_alternate_with_a_paused_idle_server() -> None:
     async def open_sender():
         async def send(number: int) -> tuple[int, int]:
             in_flight[0] += 1
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the fake request's work, not synchronization
             in_flight[0] -= 1
             return 200, 1
 
@@ -56,7 +56,9 @@ def test_windows_alternate_with_a_paused_idle_server() -> None:
     async def between(numbers: list[int]) -> None:
         assert in_flight[0] == 0, "the engine-alone run must see an idle server"
         seen_by_between.append(numbers)
-        await asyncio.sleep(0.05)  # any request sent now would break the next window's count
+        # Any request sent now would break the next window's count: this pause gives a misbehaving
+        # generator time to send one.
+        await asyncio.sleep(0.05)  # a pause to catch misbehaviour in, not synchronization
 
     result = asyncio.run(run_closed_loop(open_sender, concurrency=3, seconds=0.6, warmup_s=0.05, parts=3, between=between))
     assert len(seen_by_between) == 3 and all(seen_by_between)
@@ -110,6 +112,7 @@ def test_load_connection_resends_when_the_server_closed_an_idle_keep_alive() -> 
     from bench.loadgen import Connection
 
     served: list[bytes] = []
+    closed = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -118,6 +121,8 @@ def test_load_connection_resends_when_the_server_closed_an_idle_keep_alive() -> 
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
         writer.close()  # like an idle keep-alive timeout: closed without saying so
+        await writer.wait_closed()
+        closed.set()
 
     async def scenario() -> list[tuple[int, bytes]]:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -125,7 +130,7 @@ def test_load_connection_resends_when_the_server_closed_an_idle_keep_alive() -> 
         conn = Connection("127.0.0.1", port)
         try:
             first = await conn.post("/score", b"{1}")
-            await asyncio.sleep(0.05)
+            await closed.wait()
             second = await conn.post("/score", b"{2}")
         finally:
             await conn.close()

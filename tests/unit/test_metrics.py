@@ -84,11 +84,12 @@ class BatchLog(BatchObserver):
 
 
 def test_request_timing_is_what_the_batcher_measured_for_that_request():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def engine(batch):
-        gate.wait(5)
-        time.sleep(0.01)
+        entered.set()
+        assert gate.wait(30), "the test never opened the gate"
+        time.sleep(0.01)  # work, not synchronization: every batch lasts at least this (a lower bound below)
         return fake_engine(batch)
 
     log = BatchLog()
@@ -98,11 +99,11 @@ def test_request_timing_is_what_the_batcher_measured_for_that_request():
     timings = {name: RequestTiming() for name in requests}
 
     async def main():
-        futures = batcher.submit(requests["a"], timing=timings["a"])  # holds the engine at the gate
-        await asyncio.sleep(0.05)
+        futures = batcher.submit(requests["a"], timing=timings["a"])
+        assert await asyncio.to_thread(entered.wait, 30)  # a holds the engine at the gate
         futures += batcher.submit(requests["b"], timing=timings["b"])
         futures += batcher.submit(requests["c"], timing=timings["c"])
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # not synchronization: b and c wait at least this long (a lower bound below)
         gate.set()
         return await asyncio.gather(*futures)
 
