@@ -1,22 +1,32 @@
-"""CUDA provider checks; they run only where ONNX Runtime's CUDA provider really loads (bench/gpu.sh)."""
+"""CUDA provider checks. They run where ONNX Runtime's CUDA provider really loads (bench/gpu.sh).
+
+Without RMSERVE_TEST_CUDA they skip, with the reason, on a machine where the provider does not load. With
+RMSERVE_TEST_CUDA=1 (bench/gpu.sh sets it) a provider that fails to load is a failure: a broken GPU machine
+must not pass by skipping.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
-from service.engine import OnnxRewardModel, nvidia_device_present
+from service.engine import CUDA, OnnxRewardModel, nvidia_device_present
 
 pytestmark = pytest.mark.cuda
+REQUIRED = os.environ.get("RMSERVE_TEST_CUDA", "") not in ("", "0")
 
 
 def cuda_engine(path):
-    if not nvidia_device_present():
-        pytest.skip("no NVIDIA device on this machine")
     try:
+        if not nvidia_device_present():
+            raise RuntimeError("no NVIDIA device on this machine (/dev/nvidiactl, /dev/nvidia0)")
         return OnnxRewardModel(str(path), device="cuda")
     except RuntimeError as e:
-        pytest.skip(f"CUDA provider does not load here: {e}")
+        if REQUIRED:
+            pytest.fail(f"RMSERVE_TEST_CUDA is set but {CUDA} does not load: {e}")
+        pytest.skip(f"{CUDA} does not load here: {e}")
 
 
 def test_cuda_engine_matches_cpu_on_padded_batches(trained):
@@ -26,5 +36,6 @@ def test_cuda_engine_matches_cpu_on_padded_batches(trained):
     encoder = bundle.encoder()
     rows = [g for g in bundle.golden_rows()] + [("\n\nHuman: hi\n\nAssistant:", " Hello! How can I help?")]
     batch = encoder.pad(encoder.encode(rows))
-    assert gpu.provider == "CUDAExecutionProvider"
+    assert batch.padding_ratio > 0, "the rows must differ in length, so that the batch carries padding"
+    assert gpu.provider == CUDA
     np.testing.assert_allclose(gpu(batch), cpu(batch), atol=1e-4)
