@@ -111,7 +111,7 @@ def soft_log_loss(delta: np.ndarray, labels: np.ndarray | None = None, temperatu
     return float(np.mean(p * np.logaddexp(0.0, -z) + (1.0 - p) * np.logaddexp(0.0, z)))
 
 
-def _credit(delta: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def pair_credit(delta: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per decided pair: 1 if the preferred response scores higher, ½ if both score the same, else 0."""
     oriented = np.where(labels > TIE, delta, -delta)
     return (oriented > 0) + 0.5 * (oriented == 0)
@@ -126,7 +126,7 @@ def tie_aware_accuracy(delta: np.ndarray, labels: np.ndarray | None = None) -> t
     ties = int(np.sum(~decided))
     if not decided.any():
         return None, ties
-    return float(np.mean(_credit(delta[decided], p[decided]))), ties
+    return float(np.mean(pair_credit(delta[decided], p[decided]))), ties
 
 
 def pair_metrics(chosen: np.ndarray, rejected: np.ndarray, labels: np.ndarray | None = None) -> dict[str, Any]:
@@ -281,7 +281,7 @@ def length_metrics(scored: ScoredPairs, buckets: int = LENGTH_BUCKETS) -> dict[s
         by_bucket.append({
             "min_tokens": int(total[inside].min()), "max_tokens": int(total[inside].max()),
             "pairs": int(inside.sum()), "ties": int(np.sum(inside & ~decided)),
-            "accuracy": float(np.mean(_credit(delta[rows], p[rows]))) if rows.any() else None,
+            "accuracy": float(np.mean(pair_credit(delta[rows], p[rows]))) if rows.any() else None,
         })
     preferred_len = np.where(p > TIE, scored.chosen_tokens, scored.rejected_tokens)
     other_len = np.where(p > TIE, scored.rejected_tokens, scored.chosen_tokens)
@@ -290,8 +290,8 @@ def length_metrics(scored: ScoredPairs, buckets: int = LENGTH_BUCKETS) -> dict[s
                        ("same_length", preferred_len == other_len)):
         rows = rows & decided
         split[name] = {"pairs": int(rows.sum()),
-                       "accuracy": float(np.mean(_credit(delta[rows], p[rows]))) if rows.any() else None}
-    longer_wins = _credit((preferred_len - other_len)[decided].astype(np.float64), np.ones(int(decided.sum())))
+                       "accuracy": float(np.mean(pair_credit(delta[rows], p[rows]))) if rows.any() else None}
+    longer_wins = pair_credit((preferred_len - other_len)[decided].astype(np.float64), np.ones(int(decided.sum())))
     rewards = np.concatenate([scored.chosen, scored.rejected])
     correlation = {
         unit: {"pearson": pearson(rewards, lengths), "spearman": spearman(rewards, lengths)}

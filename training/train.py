@@ -27,6 +27,7 @@ from training.batching import EncodedGroup, collate, encode_groups, length_group
 from training.config import TrainConfig
 from training.data import PreferencePair, load_preferences, shipped_data
 from training.distributed import World, barrier, setup, sum_over_ranks, teardown
+from training.evaluate import TIE, pair_credit
 from training.log import TrainLog
 from training.losses import centering_penalty, listwise_mean, pair_losses
 from training.model import (
@@ -56,11 +57,13 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return max(0.0, 1.0 - progress)
 
 
-def pair_accuracy_counts(delta: torch.Tensor, label: torch.Tensor) -> tuple[int, int]:
-    """(right, counted) over pairs with a preference; ties (label 0.5) have no right answer."""
-    decided = label != 0.5
-    right = ((delta > 0) == (label > 0.5)) & decided
-    return int(right.sum()), int(decided.sum())
+def pair_accuracy_counts(delta: torch.Tensor, label: torch.Tensor) -> tuple[float, int]:
+    """(right, counted) over pairs with a preference, as `rmserve eval` counts them (one rule,
+    training.evaluate.pair_credit): ties (label 0.5) have no right answer and are not counted; a pair the
+    model scores exactly equal counts half."""
+    delta_np, label_np = delta.detach().float().cpu().numpy(), label.detach().float().cpu().numpy()
+    decided = label_np != TIE
+    return float(pair_credit(delta_np[decided], label_np[decided]).sum()), int(decided.sum())
 
 
 @torch.no_grad()
@@ -105,7 +108,7 @@ def _micro_batches(ids: list[int], parts: int) -> list[list[int]]:
 @dataclass
 class StepStats:
     loss: float = 0.0
-    right: int = 0
+    right: float = 0.0  # equal scores count half
     counted: int = 0
     tokens: int = 0
     padded_tokens: int = 0

@@ -161,3 +161,18 @@ def test_batch_rewards_do_not_depend_on_the_passes(tiny_base):  # noqa: F811
     assert len(split.passes) > 1 and len(whole.passes) == 1 and split.padded_tokens < whole.padded_tokens
     with torch.no_grad():
         assert torch.allclose(split.rewards(model), whole.rewards(model), atol=1e-5)
+
+
+def test_training_counts_an_exact_tie_in_score_as_half_like_eval():
+    import numpy as np
+    import torch
+
+    from training.evaluate import tie_aware_accuracy
+    from training.train import pair_accuracy_counts
+
+    delta = torch.tensor([0.0, 1.0, -1.0, 0.3, 0.0])
+    label = torch.tensor([1.0, 1.0, 1.0, 0.5, 0.0])  # the fourth pair is a tie in the data: not counted
+    right, counted = pair_accuracy_counts(delta, label)
+    assert (right, counted) == (2.0, 4)  # 0.5 + 1 + 0 + 0.5
+    accuracy, ties = tie_aware_accuracy(delta.numpy().astype(np.float64), label.numpy().astype(np.float64))
+    assert accuracy == right / counted and ties == 1
