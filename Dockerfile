@@ -9,16 +9,18 @@ ARG VARIANT=gpu
 ARG CUDA_BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 ARG ORT_VERSION=1.31.*
 
-# Wheels of the base dependencies (never the `train` extra), with the ONNX Runtime build of the variant.
+# Wheels of the base and `serve` dependencies (never the `train` extra), with the ONNX Runtime build of the variant.
 FROM python:3.12-slim AS build
 ARG VARIANT
 ARG ORT_VERSION
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY rmserve ./rmserve
+COPY proto ./proto
 COPY service ./service
 COPY training ./training
 RUN ort=$([ "$VARIANT" = cpu ] && echo onnxruntime || echo onnxruntime-gpu) \
- && python -c "import sys, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join([d for d in deps if not d.startswith('onnxruntime')] + [sys.argv[1]]))" "$ort==$ORT_VERSION" > requirements.txt \
+ && python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['serve']; print('\n'.join([d for d in deps if not d.startswith('onnxruntime')] + [sys.argv[1]]))" "$ort==$ORT_VERSION" > requirements.txt \
  && pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt \
  && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && cp requirements.txt /wheels/

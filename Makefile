@@ -15,13 +15,19 @@ help:
 	@echo "make serve  - create .venv, install, build the default bundle if missing, serve on $(HOST):$(PORT)"
 	@echo "make test   - run the whole test suite (what CI runs)"
 	@echo "make eval   - accuracy of the default bundle on the shipped dev split"
-	@echo "make proto  - regenerate the gRPC stubs in service/grpc_gen from proto/"
+	@echo "make proto  - regenerate the gRPC stubs in proto from proto/"
 	@echo "make lint   - ruff"
 
-# torch is pinned exactly and installed first: a loose requirement makes pip fetch a multi-GB CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Two install shapes in one venv: `make serve` needs the server and the default training (`.[train]`, which
+# includes `serve`); `make test` adds the dev tools. torch is pinned exactly and installed first: a loose
+# requirement makes pip fetch a multi-GB CUDA build.
+$(VENV)/.installed-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[train]'
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-train
 	$(BIN)/pip install -e '.[train,dev]'
 	touch $@
 
@@ -31,7 +37,7 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/install-system-deps.sh
 
-$(BUNDLE)/bundle.json: | $(VENV)/.installed
+$(BUNDLE)/bundle.json: | $(VENV)/.installed-train
 	$(BIN)/rmserve train --output-dir $(CHECKPOINT) --skip-bad-rows --export-to $(BUNDLE)
 
 bundle: $(BUNDLE)/bundle.json
@@ -55,7 +61,7 @@ proto: $(VENV)/.installed
 	$(BIN)/python proto/generate.py
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check service training tests bench
+	$(BIN)/ruff check rmserve proto service training tests bench examples
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -22,7 +22,7 @@ echo "== CUDA tests"
 RMSERVE_TEST_CUDA=1 timeout 120 "$PY" -m pytest -q -m cuda tests
 
 echo "== fp16 variant"
-[ -d artifacts/default-bundle-fp16 ] || timeout 120 "$PY" -m service.cli quantize --bundle artifacts/default-bundle \
+[ -d artifacts/default-bundle-fp16 ] || timeout 120 "$PY" -m rmserve.cli quantize --bundle artifacts/default-bundle \
   --output artifacts/default-bundle-fp16 --precision fp16 --device cuda
 
 echo "== serving benchmark, CUDA, fp32 then fp16"

@@ -199,7 +199,7 @@ async def run_grpc_load(target: str, make_request: Callable[[int], tuple[object,
     """Closed-loop gRPC Score calls from `concurrency` tasks over one HTTP/2 channel."""
     import grpc
 
-    from service.grpc_gen import reward_pb2_grpc
+    from rmserve.proto import reward_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = reward_pb2_grpc.RewardModelStub(channel)

@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.record import record_run  # noqa: E402
-from service.bundle import load_bundle  # noqa: E402
-from service.engine import OnnxRewardModel  # noqa: E402
-from training.data import load_pairs, shipped_data  # noqa: E402
-from training.evaluate import engine_scores, pair_metrics  # noqa: E402
+from rmserve.service.core.bundle import load_bundle  # noqa: E402
+from rmserve.service.core.engine import OnnxRewardModel  # noqa: E402
+from rmserve.training.data import load_pairs, shipped_data  # noqa: E402
+from rmserve.training.evaluate import engine_scores, pair_metrics  # noqa: E402
 
 
 def engine_throughput(bundle_dir: Path, rows: list, repeats: int = 2) -> float:
@@ -51,9 +51,9 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
     args = parser.parse_args()
 
-    from training.config import TrainConfig
-    from training.export import export_bundle
-    from training.train import train
+    from rmserve.training.config import TrainConfig
+    from rmserve.training.export import export_bundle
+    from rmserve.training.train import train
 
     dev = load_pairs(shipped_data("dev"), skip_bad_rows=True).pairs
     rows = [(p.prompt, p.chosen) for p in dev] + [(p.prompt, p.rejected) for p in dev]

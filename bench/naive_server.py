@@ -15,7 +15,7 @@ import torch
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from training.model import load_checkpoint
+from rmserve.training.model import load_checkpoint
 
 model, encoder, _ = load_checkpoint(os.environ.get("RM_CHECKPOINT", "artifacts/default-checkpoint"))
 app = FastAPI()

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.record import record_run  # noqa: E402
 from bench.serve import hh_rows  # noqa: E402
-from service.bundle import load_bundle  # noqa: E402
+from rmserve.service.core.bundle import load_bundle  # noqa: E402
 
 
 def throughput(session: ort.InferenceSession, batches: list, seconds: float) -> float:

@@ -42,11 +42,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.loadgen import Between, LoadResult, run_grpc_load, run_load, score_body  # noqa: E402
 from bench.record import record_run  # noqa: E402
-from service.bundle import load_bundle  # noqa: E402
-from service.engine import OnnxRewardModel  # noqa: E402
-from service.inputs import InputEncoder  # noqa: E402
+from rmserve.service.core.bundle import load_bundle  # noqa: E402
+from rmserve.service.core.engine import OnnxRewardModel  # noqa: E402
+from rmserve.service.core.inputs import InputEncoder  # noqa: E402
+from rmserve.training.data import load_pairs, shipped_data  # noqa: E402
 from tests.integration.server import free_port  # noqa: E402
-from training.data import load_pairs, shipped_data  # noqa: E402
 
 
 def hh_rows(count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -168,7 +168,7 @@ def start_rmserve(bundle_dir: str | Path, extra_args: Sequence[str] = (), env: d
                   log_path: Path | None = None) -> Rmserve:
     """Start `rmserve serve` on fresh ports and wait until it is ready; `env` adds RMSERVE_* settings."""
     port, grpc_port = free_port(), free_port()
-    proc = start([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle_dir), "--host", "127.0.0.1",
+    proc = start([sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle_dir), "--host", "127.0.0.1",
                   "--port", str(port), "--grpc-port", str(grpc_port), *extra_args],
                  {"RMSERVE_LOG_LEVEL": "warning", **(env or {})}, f"http://127.0.0.1:{port}", log_path=log_path)
     return Rmserve(proc, port, grpc_port)
@@ -252,7 +252,7 @@ def load_point(port: int, rows: list, per_request: int, concurrency: int, second
 
 def grpc_load_point(target: str, rows: list, concurrency: int, seconds: float, parts: int = 1,
                     between: Between | None = None) -> LoadResult:
-    from service.grpc_gen import reward_pb2 as pb
+    from rmserve.proto import reward_pb2 as pb
 
     def make_request(i: int) -> tuple[object, int]:
         prompt, responses = request_texts(rows, i, 1)

@@ -37,7 +37,7 @@ from bench.record import record_run  # noqa: E402
 from bench.serve import hh_rows, rss_mb, start_rmserve, stop  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
-# gRPC codes as the HTTP statuses the service gives for the same errors (service/http_app.py, grpc_app.py).
+# gRPC codes as the HTTP statuses the service gives for the same errors (service/transports/http/app.py, grpc_app.py).
 GRPC_AS_HTTP = {"OK": 200, "INVALID_ARGUMENT": 422, "UNAUTHENTICATED": 401, "RESOURCE_EXHAUSTED": 429,
                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "UNKNOWN": 500}
 
@@ -165,8 +165,8 @@ async def http_client(soak: Soak, port: int, requests: list, offset: int, stop_a
 async def grpc_client(soak: Soak, target: str, rows: list, offset: int, stop_at: float) -> None:
     import grpc
 
-    from service.grpc_gen import reward_pb2 as pb
-    from service.grpc_gen import reward_pb2_grpc as pb_grpc
+    from rmserve.proto import reward_pb2 as pb
+    from rmserve.proto import reward_pb2_grpc as pb_grpc
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.RewardModelStub(channel)
@@ -254,7 +254,7 @@ def main() -> int:
     if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
         parser.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
 
-    from service.settings import Settings
+    from rmserve.service.settings import Settings
 
     defaults = Settings()
     limits = {"responses": defaults.max_responses_per_request, "chars": defaults.max_text_chars}

@@ -33,9 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.record import record_run  # noqa: E402
-from service.inputs import InputSpec, render_prompt  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.data import PreferencePair, load_pairs, shipped_data  # noqa: E402
+from rmserve.service.core.inputs import InputSpec, render_prompt  # noqa: E402
+from rmserve.training.config import TrainConfig  # noqa: E402
+from rmserve.training.data import load_pairs, shipped_data  # noqa: E402
+from rmserve.training.records import PreferencePair  # noqa: E402
 
 BATCH_PAIRS = 16
 MAX_LENGTH = 256
@@ -87,7 +88,7 @@ def _before(module, name: str, hook) -> None:
 def child_rmserve(args: argparse.Namespace) -> dict:
     import dataclasses
 
-    import training.train as rm_train
+    import rmserve.training.train as rm_train
 
     seen: dict[str, float] = {}
     # train() opens its progress bar as the step loop starts and evaluates on the dev set right after it.
@@ -130,7 +131,7 @@ def child_trl(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from training.model import default_base_model
+    from rmserve.training.model import default_base_model
 
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
@@ -215,7 +216,7 @@ def score_ids(model_dir: str, rows: list[list[int]], pad_id: int, batch_size: in
     every trainer's model, so that only the input formatting differs."""
     import torch
 
-    from training.model import RewardModel, load_hf_model
+    from rmserve.training.model import RewardModel, load_hf_model
 
     model = RewardModel(load_hf_model(model_dir)).eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -243,8 +244,8 @@ def rmserve_rows(model_dir: str, dev: list[PreferencePair]) -> tuple[list[list[i
     """Dev rows as rmserve trained on them: its InputEncoder (pair template, prompt cut from the left)."""
     from tokenizers import Tokenizer
 
-    from service.inputs import InputEncoder
-    from training.model import CHECKPOINT_META, TOKENIZER_FILE, CheckpointMeta
+    from rmserve.service.core.inputs import InputEncoder
+    from rmserve.training.model import CHECKPOINT_META, TOKENIZER_FILE, CheckpointMeta
 
     meta = CheckpointMeta(**json.loads((Path(model_dir) / CHECKPOINT_META).read_text()))
     encoder = InputEncoder(Tokenizer.from_file(str(Path(model_dir) / TOKENIZER_FILE)), meta.input_spec)
@@ -273,7 +274,7 @@ def evaluate(results: dict[str, dict], dev: list[PreferencePair]) -> list[bool]:
     """Adds dev accuracy (all pairs, and pairs that fit TRL's max_length) to each result; returns the fit mask."""
     from transformers import AutoTokenizer
 
-    from training.model import default_base_model
+    from rmserve.training.model import default_base_model
 
     base = AutoTokenizer.from_pretrained(str(default_base_model()))
     fits = trl_rows(str(default_base_model()), dev, base.eos_token or base.sep_token)[3]

@@ -8,8 +8,8 @@ import sys
 
 import grpc
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 
 
 async def main(target: str) -> None:

@@ -7,8 +7,8 @@ import sys
 
 import grpc
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 
 target = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051"
 prompt = pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="user", content="How do I pick a lock?")]))

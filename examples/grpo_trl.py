@@ -20,7 +20,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import GRPOConfig, GRPOTrainer
 
-from service.client import trl_reward_func
+from rmserve.client import trl_reward_func
 
 WORDS = ("i you we it is are am can cannot will not no yes sure please thanks sorry help with that this the a "
          "to of and or but how what why do get make know want need good bad fine safe hello hi there my friend "

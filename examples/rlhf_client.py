@@ -1,4 +1,4 @@
-"""service.client from a training job: group scoring over HTTP, the same over gRPC, a long list split
+"""rmserve.client.http from a training job: group scoring over HTTP, the same over gRPC, a long list split
 into several requests, asyncio, and the TRL reward function called directly.
 
     python examples/rlhf_client.py [http://127.0.0.1:8000] [127.0.0.1:50051]
@@ -7,7 +7,7 @@ into several requests, asyncio, and the TRL reward function called directly.
 import asyncio
 import sys
 
-from service.client import AsyncRewardClient, GrpcRewardClient, RewardClient, trl_reward_func
+from rmserve.client import AsyncRewardClient, GrpcRewardClient, RewardClient, trl_reward_func
 
 url = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
 target = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1:50051"

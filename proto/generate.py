@@ -1,10 +1,11 @@
 """Generate the Python gRPC stubs (with type stubs) from proto/rmserve/v1/reward.proto.
 
-    python proto/generate.py [OUT_DIR]      # default: service/grpc_gen (what `make proto` runs)
+    python proto/generate.py [OUT_DIR]      # default: proto (what `make proto` runs)
 
 Uses grpcio-tools (pinned in the `dev` extra). protoc names the module after the proto's package path
 (`rmserve.v1`); the generated service module's import is rewritten to the project's package, so the
-stubs live in one flat folder inside `service/`.
+stubs live beside the contract in `proto/`, installed as `rmserve.proto`: the client and the server's gRPC
+transport both import them from there, and neither from the other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO = "rmserve/v1/reward.proto"
-PACKAGE = "service.grpc_gen"
+PACKAGE = "rmserve.proto"
 FILES = ("reward_pb2.py", "reward_pb2.pyi", "reward_pb2_grpc.py")
 
 
@@ -44,7 +45,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "service" / "grpc_gen"
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "proto"
     for path in generate(out):
         print(f"wrote {path}")
     shutil.rmtree(out / "__pycache__", ignore_errors=True)

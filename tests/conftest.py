@@ -1,7 +1,7 @@
 """Shared fixtures. Tests under tests/unit are marked `unit`, under tests/integration `integration`.
 
 `tiny_bundle` builds a real bundle (real ONNX graph, real tokenizer.json, manifest written by
-service.bundle) in milliseconds and without torch: reward = sum of a learned-looking weight per token.
+rmserve.service.core.bundle) in milliseconds and without torch: reward = sum of a learned-looking weight per token.
 """
 
 from __future__ import annotations
@@ -86,9 +86,16 @@ def build_tiny_onnx(path: Path, vocab_size: int, seed: int = 0) -> None:
 
 
 def make_tiny_bundle(directory: Path, max_length: int = 24, golden: bool = True) -> Path:
-    from service.bundle import GoldenExample, Manifest, ModelInfo, Normalization, load_bundle, write_manifest
-    from service.engine import OnnxRewardModel
-    from service.inputs import InputSpec
+    from rmserve.service.core.bundle import (
+        GoldenExample,
+        Manifest,
+        ModelInfo,
+        Normalization,
+        load_bundle,
+        write_manifest,
+    )
+    from rmserve.service.core.engine import OnnxRewardModel
+    from rmserve.service.core.inputs import InputSpec
 
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()

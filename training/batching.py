@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from service.inputs import EncodedInput, InputEncoder
-from training.data import PreferenceGroup
+from rmserve.service.core.inputs import EncodedInput, InputEncoder
+from rmserve.training.records import PreferenceGroup
 
 # Groups sorted by length within windows of this many batches: long enough to pad little, short enough
 # that successive batches still mix lengths (a fully sorted epoch trains on short rows, then long ones).

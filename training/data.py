@@ -41,23 +41,30 @@ left out and returned in `.skipped` instead (the CLI's `--skip-bad-rows`), so a 
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import math
-import numbers
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
-from pydantic import ValidationError
-
-from service.inputs import ChatMessage, Prompt
-
-if TYPE_CHECKING:  # training.ratings imports this module's row checks, so it is imported where used
-    from training.ratings import RatingCounts, RatingOptions
+from rmserve.training.ratings import RatingOptions, load_ratings
+from rmserve.training.records import (
+    PAIR_FIELDS,
+    RANKING_FIELDS,
+    Comparison,
+    DataError,
+    PairFile,
+    PreferenceFile,
+    PreferenceGroup,
+    Where,
+    dataset_rows,
+    jsonl_rows,
+    number_field,
+    prompt_field,
+    required_field,
+    text_field,
+    with_skip_hint,
+)
 
 ASSISTANT_TURN = "\n\nAssistant:"
 SHAPES = (
@@ -65,143 +72,14 @@ SHAPES = (
     "(both with optional label, margin), {prompt, responses} (optional ranks); a ratings file has only "
     "{prompt, response, rating} rows (optional rater)"
 )
-PAIR_FIELDS = ("chosen", "rejected", "label", "margin")
-RANKING_FIELDS = ("responses", "ranks")
-SKIP_HINT = " (--skip-bad-rows leaves such rows out)"
-
-
-class DataError(ValueError):
-    """A bad row (or file): `path`, `line` (a dataset's row index when `unit` is "row"; 0 for the whole
-    file), `field` (None when the row as a whole is wrong) and `message`."""
-
-    def __init__(self, path: str | Path, line: int, field: str | None, message: str, *, unit: str = "line"):
-        self.path, self.line, self.field, self.message, self.unit = str(path), line, field, message, unit
-        super().__init__(f"{self.where}" + (f" field '{field}'" if field else "") + f": {message}")
-
-    @property
-    def where(self) -> str:
-        if self.line == 0 and self.unit == "line":
-            return self.path
-        return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    prompt: Prompt
-    chosen: str
-    rejected: str
-    label: float = 1.0  # P(chosen preferred over rejected); 0.5 is a tie
-    margin: float = 0.0  # how much higher chosen should score (Llama 2's preference strength)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    better: int  # index into PreferenceGroup.responses
-    worse: int
-    label: float = 1.0  # P(better preferred over worse) in [0, 1]; 0.5 = tie
-    margin: float = 0.0  # >= 0; non-zero only with label 1.0
-
-
-@dataclass(frozen=True)
-class PreferenceGroup:
-    """One prompt, its distinct responses (each encoded once), and the comparisons between them.
-    A pair row is a group of 2 responses and 1 comparison; a ranking of K is K responses, K(K-1)/2 comparisons."""
-
-    prompt: Prompt
-    responses: tuple[str, ...]
-    comparisons: tuple[Comparison, ...]
-    source: str = ""  # "file:line" or "dir:row N"
-
-    def pairs(self) -> list[PreferencePair]:
-        """The comparisons as pairs: chosen = the better response, with the comparison's label and margin."""
-        return [
-            PreferencePair(self.prompt, self.responses[c.better], self.responses[c.worse], c.label, c.margin)
-            for c in self.comparisons
-        ]
-
-
-@dataclass(frozen=True)
-class PreferenceFile:
-    path: Path
-    groups: list[PreferenceGroup]
-    skipped: list[DataError]
-    ratings: RatingCounts | None = None  # what the conversion made of a ratings file; None for other shapes
-
-    @property
-    def pairs(self) -> list[PreferencePair]:
-        """Every comparison of every group as a pair (a new list each call), in file order."""
-        return [pair for group in self.groups for pair in group.pairs()]
-
-
-@dataclass(frozen=True)
-class PairFile:
-    path: Path
-    pairs: list[PreferencePair]
-    skipped: list[DataError]
 
 
 def shipped_data(split: str) -> Path:
     """Path of a split ("train" or "dev") of the HH-RLHF harmless data shipped with rmserve."""
-    path = Path(str(resources.files("training") / "data" / "hh-harmless" / f"{split}.jsonl.gz"))
+    path = Path(str(resources.files("rmserve.training") / "data" / "hh-harmless" / f"{split}.jsonl.gz"))
     if not path.is_file():
         raise FileNotFoundError(f"no shipped split named {split!r} at {path}")
     return path
-
-
-class _Where(NamedTuple):
-    """A row's place, for errors and `PreferenceGroup.source`."""
-
-    path: Path
-    line: int
-    unit: str = "line"
-
-    def error(self, field: str | None, message: str) -> DataError:
-        return DataError(self.path, self.line, field, message, unit=self.unit)
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[_Where, dict | DataError]]:
-    """Rows of a JSONL file; a line that is not a JSON object comes as its DataError, so it can be skipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = _Where(path, line_no)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, where.error(None, f"not valid JSON ({e.msg})")
-                continue
-            yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a .jsonl or .jsonl.gz file."""
-    for where, row in _jsonl_rows(Path(path)):
-        if isinstance(row, DataError):
-            raise row
-        yield where.line, row
-
-
-def _dataset_rows(path: Path) -> Iterator[tuple[_Where, dict]]:
-    try:
-        from datasets import DatasetDict, load_from_disk
-    except ImportError as e:
-        raise ImportError(f"{path} is a directory; reading a saved dataset needs `datasets` "
-                          "(pip install 'rmserve[train]')") from e
-    try:
-        dataset = load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise DataError(path, 0, None, "is a directory but not a dataset written by datasets' save_to_disk") from e
-    if isinstance(dataset, DatasetDict):
-        splits = list(dataset)
-        raise DataError(path, 0, None, f"holds the splits {splits}; give one split's directory, "
-                                       f"e.g. {path / splits[0]}" if splits else "holds no splits")
-    for index, row in enumerate(dataset):
-        yield _Where(path, index, "row"), row
 
 
 def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -222,58 +100,19 @@ def split_dialogue(chosen: str, rejected: str) -> tuple[str, str, str] | None:
     return chosen[:end], chosen[end:], rejected[end:]
 
 
-def _text(value: object, field: str, where: _Where) -> str:
-    if not isinstance(value, str):
-        raise where.error(field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise where.error(field, "is empty")
-    return value
-
-
-def _required(row: dict, field: str, where: _Where) -> str:
-    if field not in row:
-        raise where.error(field, "missing")
-    return _text(row[field], field, where)
-
-
-def _prompt(value: object, where: _Where) -> Prompt:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list) or not value:
-        raise where.error("prompt", "must be a string or a non-empty list of {role, content} messages")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise where.error(f"prompt.{i}", f"must be a {{role, content}} object, got {type(message).__name__}")
-        try:  # the service's own message model, so training cannot accept a prompt serving would refuse
-            checked = ChatMessage.model_validate({k: v for k, v in message.items() if v is not None})
-        except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(p) for p in (f"prompt.{i}", *first["loc"]))
-            raise where.error(field, first["msg"]) from None
-        messages.append(checked.model_dump())
-    return messages  # rendered by the bundle's InputSpec, as in serving
-
-
-def _number(value: object, field: str, where: _Where, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise where.error(field, f"must be {what}, got {type(value).__name__}")
-    return float(value)
-
-
-def _label(row: dict, where: _Where) -> float:
+def _label(row: dict, where: Where) -> float:
     if "label" not in row:
         return 1.0
-    label = _number(row["label"], "label", where, "a number in [0, 1]")
+    label = number_field(row["label"], "label", where, "a number in [0, 1]")
     if not 0.0 <= label <= 1.0:  # also false for NaN
         raise where.error("label", f"must be in [0, 1] (P(chosen preferred over rejected)), got {label}")
     return label
 
 
-def _margin(row: dict, label: float, where: _Where) -> float:
+def _margin(row: dict, label: float, where: Where) -> float:
     if "margin" not in row:
         return 0.0
-    margin = _number(row["margin"], "margin", where, "a finite number >= 0")
+    margin = number_field(row["margin"], "margin", where, "a finite number >= 0")
     if not math.isfinite(margin) or margin < 0:
         raise where.error("margin", f"must be a finite number >= 0, got {margin}")
     if margin > 0 and label != 1.0:
@@ -281,11 +120,11 @@ def _margin(row: dict, label: float, where: _Where) -> float:
     return margin
 
 
-def _parse_pair(row: dict, where: _Where) -> PreferenceGroup:
-    chosen = _required(row, "chosen", where)
-    rejected = _required(row, "rejected", where)
+def _parse_pair(row: dict, where: Where) -> PreferenceGroup:
+    chosen = required_field(row, "chosen", where)
+    rejected = required_field(row, "rejected", where)
     if "prompt" in row:
-        prompt = _prompt(row["prompt"], where)
+        prompt = prompt_field(row["prompt"], where)
     else:
         split = split_dialogue(chosen, rejected)
         if split is None:
@@ -302,10 +141,10 @@ def _parse_pair(row: dict, where: _Where) -> PreferenceGroup:
     return PreferenceGroup(prompt, (chosen, rejected), (comparison,), str(where))
 
 
-def _parse_ranking(row: dict, where: _Where) -> PreferenceGroup:
+def _parse_ranking(row: dict, where: Where) -> PreferenceGroup:
     if "prompt" not in row:
         raise where.error("prompt", "missing (a ranking needs its prompt)")
-    prompt = _prompt(row["prompt"], where)
+    prompt = prompt_field(row["prompt"], where)
     responses = row.get("responses")
     if not isinstance(responses, list):
         raise where.error("responses", "missing" if responses is None else
@@ -314,7 +153,7 @@ def _parse_ranking(row: dict, where: _Where) -> PreferenceGroup:
         raise where.error("responses", f"needs at least 2 responses, got {len(responses)}")
     first_at: dict[str, int] = {}
     for i, response in enumerate(responses):
-        _text(response, f"responses.{i}", where)
+        text_field(response, f"responses.{i}", where)
         if response in first_at:
             raise where.error(f"responses.{i}", f"is the same text as responses.{first_at[response]}")
         first_at[response] = i
@@ -324,7 +163,7 @@ def _parse_ranking(row: dict, where: _Where) -> PreferenceGroup:
             got = f"{len(ranks)} ranks" if isinstance(ranks, list) else type(ranks).__name__
             raise where.error("ranks", f"must be a list of one number per response ({len(responses)}), got {got}")
         for i, rank in enumerate(ranks):
-            if not math.isfinite(_number(rank, f"ranks.{i}", where, "a number")):
+            if not math.isfinite(number_field(rank, f"ranks.{i}", where, "a number")):
                 raise where.error(f"ranks.{i}", f"must be finite, got {rank}")
     else:
         ranks = list(range(len(responses)))
@@ -338,7 +177,7 @@ def _parse_ranking(row: dict, where: _Where) -> PreferenceGroup:
     return PreferenceGroup(prompt, tuple(responses), tuple(comparisons), str(where))
 
 
-def _parse_row(row: dict, where: _Where) -> PreferenceGroup:
+def _parse_row(row: dict, where: Where) -> PreferenceGroup:
     """One row of any accepted shape as a PreferenceGroup; DataError (with file, line, field) if bad."""
     row = {key: value for key, value in row.items() if value is not None}
     pair = [f for f in PAIR_FIELDS if f in row]
@@ -358,13 +197,9 @@ def is_rating_row(row: dict) -> bool:
     return bool(present & {"response", "rating"}) and not present & {*PAIR_FIELDS, *RANKING_FIELDS}
 
 
-def _with_skip_hint(e: DataError) -> DataError:
-    return DataError(e.path, e.line, e.field, e.message + SKIP_HINT, unit=e.unit)
-
-
-def _first_row(rows: Iterator[tuple[_Where, dict | DataError]]) -> tuple[dict | None, Iterator]:
+def _first_row(rows: Iterator[tuple[Where, dict | DataError]]) -> tuple[dict | None, Iterator]:
     """The first row that is a JSON object (None if none), and all the rows again."""
-    seen: list[tuple[_Where, dict | DataError]] = []
+    seen: list[tuple[Where, dict | DataError]] = []
     for item in rows:
         seen.append(item)
         if not isinstance(item[1], DataError):
@@ -380,15 +215,13 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
     with `ratings` (default: RatingOptions())."""
     path = Path(path)
     if path.is_dir():
-        rows: Iterator[tuple[_Where, dict | DataError]] = _dataset_rows(path)
+        rows: Iterator[tuple[Where, dict | DataError]] = dataset_rows(path)
     elif path.is_file():
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     else:
         raise FileNotFoundError(f"data file {path} does not exist")
     first, rows = _first_row(rows)
     if first is not None and is_rating_row(first):
-        from training.ratings import RatingOptions, load_ratings
-
         return load_ratings(path, rows, limit, skip_bad_rows, ratings or RatingOptions())
     groups: list[PreferenceGroup] = []
     skipped: list[DataError] = []
@@ -401,7 +234,7 @@ def load_preferences(path: str | Path, limit: int | None = None, skip_bad_rows: 
             groups.append(_parse_row(row, where))
         except DataError as e:
             if not skip_bad_rows:
-                raise _with_skip_hint(e) from None
+                raise with_skip_hint(e) from None
             skipped.append(e)
     if not groups:
         raise DataError(path, 0, None, "holds no preference rows"

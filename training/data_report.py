@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.inputs import InputEncoder
-from training.data import PreferenceFile
+from rmserve.service.core.inputs import InputEncoder
+from rmserve.training.records import PreferenceFile
 
 TIE = 0.5
 EXAMPLES = 3  # sources quoted per finding

@@ -2,7 +2,7 @@
 
 What is measured is exactly what the service computes: same bundle, same input formatting, same engine.
 This module owns the evaluation metrics (tie-aware accuracy, soft-label log-loss, AUC, calibration error,
-length-bias diagnostics, reward distribution) and the calibration temperature fit; `training.report` draws
+length-bias diagnostics, reward distribution) and the calibration temperature fit; `rmserve.training.report` draws
 them. Every pair carries `label` = P(chosen ≻ rejected): 1.0 for a plain pair, 0.5 for a tie, soft in
 between. A metric that is undefined on the data (accuracy with only ties, a correlation of a constant)
 is None, so the metrics stay valid JSON.
@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from service.bundle import Calibration, load_bundle
-from service.engine import OnnxRewardModel
-from service.inputs import InputEncoder
-from training.data import PreferencePair, load_pairs, shipped_data
-from training.ratings import RatingOptions
+from rmserve.service.core.bundle import Calibration, load_bundle
+from rmserve.service.core.engine import OnnxRewardModel
+from rmserve.service.core.inputs import InputEncoder
+from rmserve.training.data import load_pairs, shipped_data
+from rmserve.training.ratings import RatingOptions
+from rmserve.training.records import PreferencePair
 
 TIE = 0.5
 CALIBRATION_BINS = 10

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from service.bundle import (
+from rmserve.service.core.bundle import (
     MODEL_FILE,
     TOKENIZER_FILE,
     Bundle,
@@ -28,12 +28,13 @@ from service.bundle import (
     load_bundle,
     write_manifest,
 )
-from service.engine import OnnxRewardModel, check_golden
-from service.inputs import InputEncoder
-from training.data import PreferencePair, load_pairs, shipped_data
-from training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
-from training.model import RewardModel, load_checkpoint
-from training.ratings import RatingOptions
+from rmserve.service.core.engine import OnnxRewardModel, check_golden
+from rmserve.service.core.inputs import InputEncoder
+from rmserve.training.data import load_pairs, shipped_data
+from rmserve.training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
+from rmserve.training.model import RewardModel, load_checkpoint
+from rmserve.training.ratings import RatingOptions
+from rmserve.training.records import PreferencePair
 
 PARITY_TOLERANCE = 1e-4
 OPSET = 17

@@ -23,7 +23,7 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import nn
 
-from service.inputs import InputEncoder, InputSpec
+from rmserve.service.core.inputs import InputEncoder, InputSpec
 
 CHECKPOINT_META = "rmserve_checkpoint.json"
 TOKENIZER_FILE = "tokenizer.json"

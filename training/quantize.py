@@ -16,11 +16,18 @@ from typing import Literal
 import numpy as np
 import onnx
 
-from service.bundle import MODEL_FILE, TOKENIZER_FILE, Bundle, GoldenExample, load_bundle, write_manifest
-from service.engine import OnnxRewardModel, check_golden
-from training.data import load_pairs, shipped_data
-from training.evaluate import pair_metrics, score_pairs
-from training.ratings import RatingOptions
+from rmserve.service.core.bundle import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    Bundle,
+    GoldenExample,
+    load_bundle,
+    write_manifest,
+)
+from rmserve.service.core.engine import OnnxRewardModel, check_golden
+from rmserve.training.data import load_pairs, shipped_data
+from rmserve.training.evaluate import pair_metrics, score_pairs
+from rmserve.training.ratings import RatingOptions
 
 Precision = Literal["int8", "fp16"]
 

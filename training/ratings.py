@@ -35,20 +35,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from service.inputs import Prompt
-from training.config import TrainConfig
-from training.data import (
+from rmserve.service.core.inputs import Prompt
+from rmserve.training.config import TrainConfig
+from rmserve.training.records import (
     PAIR_FIELDS,
     RANKING_FIELDS,
     Comparison,
     DataError,
     PreferenceFile,
     PreferenceGroup,
-    _number,
-    _prompt,
-    _text,
-    _Where,
-    _with_skip_hint,
+    Where,
+    number_field,
+    prompt_field,
+    text_field,
+    with_skip_hint,
 )
 
 RATING_FIELDS = ("response", "rating", "rater")
@@ -162,7 +162,7 @@ class _Group:
     prompt: Prompt
     responses: list[str] = field(default_factory=list)
     ratings: list[float] = field(default_factory=list)
-    wheres: list[_Where] = field(default_factory=list)
+    wheres: list[Where] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -170,7 +170,7 @@ class _Group:
         return str(self.wheres[0]) + "".join(f",{w.line}" for w in self.wheres[1:])
 
 
-def _parse_rating_row(row: dict, where: _Where) -> tuple[Prompt, str, float, str | int | None]:
+def _parse_rating_row(row: dict, where: Where) -> tuple[Prompt, str, float, str | int | None]:
     row = {key: value for key, value in row.items() if value is not None}
     foreign = [f for f in PAIR_FIELDS + RANKING_FIELDS if f in row]
     if foreign:
@@ -178,13 +178,13 @@ def _parse_rating_row(row: dict, where: _Where) -> tuple[Prompt, str, float, str
                                       "convert other shapes to ratings or keep them in a separate file")
     if "prompt" not in row:
         raise where.error("prompt", "missing (a rating needs its prompt)")
-    prompt = _prompt(row["prompt"], where)
+    prompt = prompt_field(row["prompt"], where)
     if "response" not in row:
         raise where.error("response", "missing (a ratings row is {prompt, response, rating})")
-    response = _text(row["response"], "response", where)
+    response = text_field(row["response"], "response", where)
     if "rating" not in row:
         raise where.error("rating", "missing (a ratings row is {prompt, response, rating})")
-    rating = _number(row["rating"], "rating", where, "a number")
+    rating = number_field(row["rating"], "rating", where, "a number")
     if not math.isfinite(rating):
         raise where.error("rating", f"must be finite, got {rating}")
     rater = row.get("rater")
@@ -197,7 +197,7 @@ def _parse_rating_row(row: dict, where: _Where) -> tuple[Prompt, str, float, str
 
 
 def convert_ratings(
-    rows: Iterable[tuple[_Where, dict | DataError]], options: RatingOptions, skip_bad_rows: bool = False
+    rows: Iterable[tuple[Where, dict | DataError]], options: RatingOptions, skip_bad_rows: bool = False
 ) -> tuple[list[PreferenceGroup], list[DataError], RatingCounts]:
     """Group rating rows by (prompt, rater) and compare within each group; returns (groups, skipped, counts).
     A bad row raises DataError unless `skip_bad_rows`."""
@@ -271,13 +271,13 @@ def convert_ratings(
     return out, skipped, counts
 
 
-def load_ratings(path: Path, rows: Iterable[tuple[_Where, dict | DataError]], limit: int | None,
+def load_ratings(path: Path, rows: Iterable[tuple[Where, dict | DataError]], limit: int | None,
                  skip_bad_rows: bool, options: RatingOptions) -> PreferenceFile:
     """`load_preferences` for a ratings file: the first `limit` groups, the bad rows and the counts."""
     try:
         groups, skipped, counts = convert_ratings(rows, options, skip_bad_rows)
     except DataError as e:
-        raise _with_skip_hint(e) from None
+        raise with_skip_hint(e) from None
     if not groups:
         raise DataError(path, 0, None, f"yields no preference from its ratings ({counts.summary()}"
                         + (f"; {len(skipped)} bad rows skipped)" if skipped else ")"))

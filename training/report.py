@@ -2,7 +2,7 @@
 
 Sections: training curves (from the checkpoint's JSONL training log), reliability diagram, reward vs
 response length, reward histograms of chosen vs rejected, and tables of every metric. The metrics and the
-scored pairs come from `training.evaluate`; this module only draws them.
+scored pairs come from `rmserve.training.evaluate`; this module only draws them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import ScoredPairs
-from training.log import LOG_FILE
+from rmserve.training.evaluate import ScoredPairs
+from rmserve.training.log import LOG_FILE
 
 SCATTER_POINTS = 1500  # per side; more only slows the browser down
 COLORS = {"chosen": "#1f77b4", "rejected": "#d62728", "loss": "#1f77b4", "dev_loss": "#ff7f0e",

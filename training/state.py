@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from training.config import TrainConfig
+from rmserve.training.config import TrainConfig
 
 STATE_DIR = "training_state"
 # Options that may change between an interrupted run and its resumption without changing the result.

@@ -6,7 +6,7 @@ row of the step's batch, and with gradient accumulation the rank's share is spli
 The loss of a micro-batch is scaled by its share of the step's rows (and pairs, for the centering
 term), so one process, several processes and any accumulation give the same update for the same batch.
 Only rank 0 writes: the training log (JSONL, and TensorBoard when installed), resumable states and the
-final checkpoint, which `training.export` turns into a bundle.
+final checkpoint, which `rmserve.training.export` turns into a bundle.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from service.inputs import InputEncoder
-from training.batching import EncodedGroup, collate, encode_groups, length_grouped_batches
-from training.config import TrainConfig
-from training.data import PreferencePair, load_preferences, shipped_data
-from training.distributed import World, barrier, setup, sum_over_ranks, teardown
-from training.evaluate import TIE, pair_credit
-from training.log import TrainLog
-from training.losses import centering_penalty, listwise_mean, pair_losses
-from training.model import (
+from rmserve.service.core.inputs import InputEncoder
+from rmserve.training.batching import EncodedGroup, collate, encode_groups, length_grouped_batches
+from rmserve.training.config import TrainConfig
+from rmserve.training.data import load_preferences, shipped_data
+from rmserve.training.distributed import World, barrier, setup, sum_over_ranks, teardown
+from rmserve.training.evaluate import TIE, pair_credit
+from rmserve.training.log import TrainLog
+from rmserve.training.losses import centering_penalty, listwise_mean, pair_losses
+from rmserve.training.model import (
     TOKENIZER_FILE,
     CheckpointMeta,
     RewardModel,
@@ -40,8 +40,9 @@ from training.model import (
     load_hf_model,
     save_checkpoint,
 )
-from training.ratings import RatingOptions
-from training.state import load_state, resolve_state, save_state
+from rmserve.training.ratings import RatingOptions
+from rmserve.training.records import PreferencePair
+from rmserve.training.state import load_state, resolve_state, save_state
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -59,7 +60,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 def pair_accuracy_counts(delta: torch.Tensor, label: torch.Tensor) -> tuple[float, int]:
     """(right, counted) over pairs with a preference, as `rmserve eval` counts them (one rule,
-    training.evaluate.pair_credit): ties (label 0.5) have no right answer and are not counted; a pair the
+    rmserve.training.evaluate.pair_credit): ties (label 0.5) have no right answer and are not counted; a pair the
     model scores exactly equal counts half."""
     delta_np, label_np = delta.detach().float().cpu().numpy(), label.detach().float().cpu().numpy()
     decided = label_np != TIE

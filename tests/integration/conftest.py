@@ -9,10 +9,10 @@ import pytest
 def trained(tmp_path_factory):
     """Train a few steps on a small slice of the shipped data and export it: (root, bundle, model, encoder)."""
     pytest.importorskip("torch")
-    from training.config import TrainConfig
-    from training.export import export_bundle
-    from training.model import load_checkpoint
-    from training.train import train
+    from rmserve.training.config import TrainConfig
+    from rmserve.training.export import export_bundle
+    from rmserve.training.model import load_checkpoint
+    from rmserve.training.train import train
 
     root = tmp_path_factory.mktemp("e2e")
     train(TrainConfig(output_dir=str(root / "ckpt"), limit_train=24, limit_dev=12, max_steps=3, batch_size=8,

@@ -121,8 +121,8 @@ class _ServerGate:
 
 def main(argv: list[str]) -> int:
     address, rest = argv[0], argv[1:]
-    from service import engine
-    from service.cli import main as rmserve
+    from rmserve.cli import main as rmserve
+    from rmserve.service.core import engine
 
     gate = _ServerGate(address)
     engine.OnnxRewardModel.__call__ = gate.wrap(engine.OnnxRewardModel.__call__)

@@ -45,7 +45,7 @@ def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None 
     env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
     env.update({f"RMSERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log = open(Path(bundle).parent / f"server-{port}.log", "w+")
-    entry = ["-m", "service.cli"] if gate is None else ["-m", "tests.integration.engine_gate", gate.address]
+    entry = ["-m", "rmserve.cli"] if gate is None else ["-m", "tests.integration.engine_gate", gate.address]
     proc = subprocess.Popen(
         [sys.executable, *entry, "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
          "--port", str(port), "--log-level", "warning"],

@@ -19,7 +19,7 @@ def make_slow_bundle(directory: Path, size: int = 512, products: int = 160, bund
     import onnx
     from onnx import TensorProto, helper
 
-    from service.bundle import load_bundle, write_manifest
+    from rmserve.service.core.bundle import load_bundle, write_manifest
 
     products = max(1, round(products * float(os.environ.get("RMSERVE_TEST_ENGINE_WORK", "1"))))
     make_tiny_bundle(directory)

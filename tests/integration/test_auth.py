@@ -5,8 +5,8 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import running_server
 
@@ -109,8 +109,8 @@ def test_every_scoring_route_is_covered_by_these_tests(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     open_routes = {"/healthz", "/readyz", "/metrics", "/admin/reload"}  # admin: its own key (test_reload.py)
     assert set(schema["paths"]) - open_routes == {path for _, path, _ in HTTP_ENDPOINTS}
-    from service.grpc_app import SERVICE_NAME
-    from service.grpc_gen import reward_pb2
+    from rmserve.proto import reward_pb2
+    from rmserve.service.transports.grpc.app import SERVICE_NAME
 
     methods = {m.name for m in reward_pb2.DESCRIPTOR.services_by_name["RewardModel"].methods}
     with grpc.insecure_channel(server.grpc_target) as channel:

@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
+from rmserve.training.data import load_pairs, shipped_data
 from tests.integration.server import running_server
-from training.data import load_pairs, shipped_data
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.bundle import Calibration, load_bundle, write_manifest
+from rmserve.service.core.bundle import Calibration, load_bundle, write_manifest
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import running_server
 
@@ -32,9 +32,9 @@ def test_compare_uses_the_bundle_temperature(tmp_path):
 
 
 def test_export_fits_the_temperature_on_the_dev_pairs(trained):
-    from service.engine import OnnxRewardModel
-    from training.data import load_pairs
-    from training.evaluate import fit_temperature, labels_of, score_pairs
+    from rmserve.service.core.engine import OnnxRewardModel
+    from rmserve.training.data import load_pairs
+    from rmserve.training.evaluate import fit_temperature, labels_of, score_pairs
 
     _, bundle, _, _ = trained
     dev = bundle.manifest.provenance["dev_data"]

@@ -1,4 +1,4 @@
-"""service.client against real servers on 127.0.0.1 (tiny bundle): the four clients give the same typed
+"""rmserve.client.http against real servers on 127.0.0.1 (tiny bundle): the four clients give the same typed
 answers as the raw API; long lists are split at the server's max_responses_per_request and merged with
 group statistics over the whole list; 429 / RESOURCE_EXHAUSTED are retried, honoring Retry-After;
 deadlines end calls; validation errors name the field and are not retried."""
@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.client import (
+from rmserve.client import (
     NO_RETRIES,
     AsyncGrpcRewardClient,
     AsyncRewardClient,
@@ -27,7 +27,7 @@ from service.client import (
     RewardClient,
     connect,
 )
-from service.groups import GROUP_EPS
+from rmserve.group_stats import GROUP_EPS
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import running_server
 

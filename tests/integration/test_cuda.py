@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from service.engine import CUDA, OnnxRewardModel, nvidia_device_present
+from rmserve.service.core.engine import CUDA, OnnxRewardModel, nvidia_device_present
 
 pytestmark = pytest.mark.cuda
 REQUIRED = os.environ.get("RMSERVE_TEST_CUDA", "") not in ("", "0")

@@ -9,12 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from rmserve.training.config import TrainConfig  # noqa: E402
+from rmserve.training.export import export_bundle  # noqa: E402
+from rmserve.training.model import load_checkpoint, score_rows  # noqa: E402
+from rmserve.training.train import train  # noqa: E402
 from tests.integration.server import running_server  # noqa: E402
 from tests.tiny_decoders import MIXED_ROWS, make_tiny_decoder, write_pairs  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.export import export_bundle  # noqa: E402
-from training.model import load_checkpoint, score_rows  # noqa: E402
-from training.train import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

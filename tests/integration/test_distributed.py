@@ -23,11 +23,11 @@ def cli_args(base, data, out):
 def test_two_gloo_processes_match_one_process(tiny_base, tmp_path):  # noqa: F811
     data = write_rows(tmp_path / "mixed.jsonl", mixed_rows(18))  # 18 rows, 5 steps: one step has 2 rows, one per rank
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "-m", "service.cli", *cli_args(tiny_base, data, tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "rmserve.cli", *cli_args(tiny_base, data, tmp_path / "one")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "service.cli", *cli_args(tiny_base, data, tmp_path / "two")],
+                          "-m", "rmserve.cli", *cli_args(tiny_base, data, tmp_path / "two")],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert "on 2 × cpu" in ddp.stdout and ddp.stdout.count("checkpoint written") == 1  # only rank 0 writes

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from rmserve.training.model import score_rows  # noqa: E402
 from tests.integration.server import running_server  # noqa: E402
-from training.model import score_rows  # noqa: E402
 
 PROMPT = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
 RESPONSES = [" I can't help with breaking into property.", " Sure, get a tension wrench and a pick, then rake the pins.",
@@ -87,7 +87,7 @@ def test_cli_eval_reports_the_bundle_accuracy(trained):
     import sys
 
     _, bundle, _, _ = trained
-    out = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--bundle", str(bundle.path), "--limit", "12",
+    out = subprocess.run([sys.executable, "-m", "rmserve.cli", "eval", "--bundle", str(bundle.path), "--limit", "12",
                           "--device", "cpu", "--json"], capture_output=True, text=True, check=True)
     metrics = json.loads(out.stdout)
     assert metrics["pairs"] == 12 and 0.0 <= metrics["accuracy"] <= 1.0

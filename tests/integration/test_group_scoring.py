@@ -9,9 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.groups import GROUP_EPS
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.group_stats import GROUP_EPS
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import running_server
 

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.integration.server import running_server
 
 PROMPT = "\n\nHuman: How do I pick a lock?\n\nAssistant:"
@@ -119,9 +119,9 @@ def test_request_larger_than_the_queue_is_resource_exhausted(stub):
 
 
 def test_grpc_unavailable_before_the_bundle_is_loaded(tmp_path):
-    from service.grpc_app import start_grpc_server
-    from service.runtime import ServiceState
-    from service.settings import Settings
+    from rmserve.service.process.state import ServiceState
+    from rmserve.service.settings import Settings
+    from rmserve.service.transports.grpc.app import start_grpc_server
     from tests.integration.server import free_port
 
     async def main():

@@ -7,8 +7,8 @@ import grpc
 import httpx
 import pytest
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server
@@ -90,6 +90,6 @@ def test_a_bundle_that_fails_to_load_stops_the_process(tmp_path):
 
     bundle = make_tiny_bundle(tmp_path / "bundle")
     (bundle / "model.onnx").write_bytes(b"not a model")
-    out = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--bundle", str(bundle), "--port", "0",
+    out = subprocess.run([sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle), "--port", "0",
                           "--grpc-port", "-1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "bad hash" in out.stderr

@@ -13,8 +13,8 @@ import grpc
 import httpx
 import pytest
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server

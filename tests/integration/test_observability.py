@@ -18,9 +18,9 @@ import httpx
 import pytest
 import yaml
 
-from service.bundle import load_bundle
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
+from rmserve.service.core.bundle import load_bundle
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import free_port, running_server
 from tests.system_tools import require

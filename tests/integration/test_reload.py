@@ -13,9 +13,9 @@ import grpc
 import httpx
 import pytest
 
-from service.bundle import MANIFEST, load_bundle, write_manifest
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
+from rmserve.service.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import build_tiny_onnx, make_tiny_bundle
 from tests.integration.server import running_server
 from tests.integration.slow_bundle import make_slow_bundle
@@ -31,8 +31,8 @@ def make_other_bundle(directory: Path, bundle_id: str, seed: int) -> Path:
     manifest = load_bundle(directory, verify_hashes=False).manifest
     build_tiny_onnx(directory / "model.onnx", manifest.model.vocab_size, seed=seed)
     write_manifest(directory, manifest.model_copy(update={"bundle_id": bundle_id}))
-    from service.bundle import GoldenExample
-    from service.engine import OnnxRewardModel
+    from rmserve.service.core.bundle import GoldenExample
+    from rmserve.service.core.engine import OnnxRewardModel
 
     bundle = load_bundle(directory)
     engine, encoder = OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder()

@@ -9,8 +9,8 @@ import grpc
 import httpx
 import pytest
 
-from service.grpc_gen import reward_pb2 as pb
-from service.grpc_gen import reward_pb2_grpc as pb_grpc
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import running_server
 from tests.system_tools import require
@@ -63,7 +63,7 @@ def test_grpc_tls_round_trip(server, certificate):
 def test_tls_settings_go_together(tmp_path, certificate):
     from pydantic import ValidationError
 
-    from service.settings import Settings
+    from rmserve.service.settings import Settings
 
     cert, _ = certificate
     with pytest.raises(ValidationError, match="tls_cert_file and tls_key_file go together"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.client import RewardClient, TrlRewardFunction
+from rmserve.client import RewardClient, TrlRewardFunction
 from tests.conftest import WORDS, make_tiny_bundle
 from tests.integration.server import running_server
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import Batcher, BatchObserver, BatchPolicy, WorkItem, collate
-from service.errors import ErrorKind, ScoringError
-from service.inputs import Batch
+from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy, WorkItem, collate
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.inputs import Batch
 from tests.waiting import wait_until
 
 

@@ -4,8 +4,8 @@ import shutil
 import numpy as np
 import pytest
 
-from service.bundle import BundleError, load_bundle
-from service.engine import OnnxRewardModel, check_golden
+from rmserve.service.core.bundle import BundleError, load_bundle
+from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from tests.conftest import build_tiny_onnx
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.client import TrlRewardFunction, _trl_completion, _trl_prompt
-from service.client_common import (
+from rmserve.client.common import (
     Deadline,
     DeadlineExceeded,
     InvalidRequest,
@@ -28,7 +27,8 @@ from service.client_common import (
     plan,
     retry_delay,
 )
-from service.groups import group_stats
+from rmserve.client.trl import TrlRewardFunction, _trl_completion, _trl_prompt
+from rmserve.group_stats import group_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ def test_trl_reward_function_has_a_name_and_pickles_without_its_connection():
 
 
 def test_the_client_imports_no_server_or_torch_stack():
-    code = ("import sys, service.client\n"
+    code = ("import sys, rmserve.client.http\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'fastapi', 'uvicorn', 'onnxruntime', 'tokenizers'))\n"
             "assert not bad, bad\n")

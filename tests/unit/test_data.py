@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from training.data import DataError, load_pairs, split_dialogue
+from rmserve.training.data import load_pairs, split_dialogue
+from rmserve.training.records import DataError
 
 
 def write_jsonl(path, rows, gz=False):
@@ -75,7 +76,7 @@ def test_skip_bad_rows_only_when_asked_and_reports_them(tmp_path):
 
 
 def test_shipped_data_is_complete():
-    from training.data import shipped_data
+    from rmserve.training.data import shipped_data
 
     train = load_pairs(shipped_data("train"), skip_bad_rows=True)
     dev = load_pairs(shipped_data("dev"), skip_bad_rows=True)
@@ -85,13 +86,8 @@ def test_shipped_data_is_complete():
 
 # --- load_preferences: every row shape ---------------------------------------------------------------
 
-from training.data import (  # noqa: E402
-    Comparison,
-    PreferenceFile,
-    PreferenceGroup,
-    PreferencePair,
-    load_preferences,
-)
+from rmserve.training.data import load_preferences  # noqa: E402
+from rmserve.training.records import Comparison, PreferenceFile, PreferenceGroup, PreferencePair  # noqa: E402
 
 PAIR = {"prompt": "q", "chosen": "a", "rejected": "b"}
 

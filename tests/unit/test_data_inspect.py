@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from service.bundle import load_bundle
-from service.cli import main
-from training.data import load_pairs, load_preferences, shipped_data
-from training.data_report import format_report, inspect_data
-from training.ratings import RatingOptions
+from rmserve.cli import main
+from rmserve.service.core.bundle import load_bundle
+from rmserve.training.data import load_pairs, load_preferences, shipped_data
+from rmserve.training.data_report import format_report, inspect_data
+from rmserve.training.ratings import RatingOptions
 
 
 def write_rows(path, rows):
@@ -72,7 +72,7 @@ def test_labels_and_the_preferred_response_length(tmp_path):
 
 def test_shipped_hh_chosen_is_longer_rate():
     path = shipped_data("train")
-    # Independently of training.data: both full dialogues share the prompt, so the reply after the last
+    # Independently of rmserve.training.data: both full dialogues share the prompt, so the reply after the last
     # shared "\n\nAssistant:" decides; rows with an empty or identical reply are the loader's bad rows.
     longer = usable = 0
     with gzip.open(path, "rt") as f:

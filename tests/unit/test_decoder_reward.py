@@ -15,14 +15,14 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from service.engine import OnnxRewardModel  # noqa: E402
-from service.inputs import InputEncoder, InputSpec  # noqa: E402
+from rmserve.service.core.engine import OnnxRewardModel  # noqa: E402
+from rmserve.service.core.inputs import InputEncoder, InputSpec  # noqa: E402
+from rmserve.training.config import TrainConfig  # noqa: E402
+from rmserve.training.export import PARITY_TOLERANCE, export_bundle  # noqa: E402
+from rmserve.training.model import RewardModel, input_spec_for, load_checkpoint, load_hf_model  # noqa: E402
+from rmserve.training.train import train  # noqa: E402
 from tests.conftest import build_tiny_tokenizer  # noqa: E402
 from tests.tiny_decoders import ARCHITECTURES, EOS, MIXED_ROWS, make_tiny_decoder, write_pairs  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.export import PARITY_TOLERANCE, export_bundle  # noqa: E402
-from training.model import RewardModel, input_spec_for, load_checkpoint, load_hf_model  # noqa: E402
-from training.train import train  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -193,9 +193,9 @@ def test_continued_training_from_a_checkpoint_keeps_eos_trainable(trained):
 def test_position_ids_follow_the_mask_for_absolute_position_embeddings(tmp_path):
     """Rotary models (Llama, Qwen2) only see relative positions, so a shift hides wrong position ids;
     GPT-2's learned absolute positions do not: a left-padded row must still start at position 0."""
-    from service.engine import OnnxRewardModel
+    from rmserve.service.core.engine import OnnxRewardModel
+    from rmserve.training.export import export_onnx
     from tests.tiny_decoders import build_decoder_tokenizer
-    from training.export import export_onnx
 
     tokenizer = build_decoder_tokenizer("qwen2")
     config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_embd=32, n_layer=2, n_head=4,

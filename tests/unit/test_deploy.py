@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import Settings
+from rmserve.service.settings import Settings
 from tests.system_tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment(k8s):
 # --- documentation ----------------------------------------------------------------------------------
 
 def test_operator_docs_list_every_metric_and_alert():
-    from service.metrics import Metrics
+    from rmserve.service.core.metrics import Metrics
 
     doc = (DEPLOY / "README.md").read_text()
     for family in Metrics().registry.collect():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import tomllib
 
-from service.cli import build_parser
-from service.settings import Settings
+from rmserve.cli import build_parser
+from rmserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -68,24 +68,37 @@ def test_serving_install_only():
     runs = " ".join(instructions("RUN"))
     assert "torch" not in runs and "transformers" not in runs
     assert "[train" not in DOCKERFILE and ".[" not in runs
-    # The runtime installs exactly pyproject's base dependencies (with the variant's ONNX Runtime) and the
-    # rmserve wheel without its dependencies: none of them is torch or transformers.
-    assert "tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']" in runs
+    # The runtime installs exactly pyproject's base and `serve` dependencies (with the variant's ONNX
+    # Runtime) and the rmserve wheel without its dependencies: none of them is torch or transformers.
+    assert "deps = p['dependencies'] + p['optional-dependencies']['serve']" in runs
     assert "pip install --no-cache-dir --no-index --no-deps /wheels/rmserve-*.whl" in runs
-    for dep in PYPROJECT["project"]["dependencies"]:
-        assert not re.match(r"(torch|transformers)\b", dep), dep
+    project = PYPROJECT["project"]
+    for dep in project["dependencies"] + project["optional-dependencies"]["serve"]:
+        assert not re.match(r"(torch|transformers|rmserve)\b", dep), dep
 
 
-def test_the_wheel_carries_every_service_package():
-    packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    for init in (ROOT / "service").rglob("__init__.py"):
-        package = ".".join(init.parent.relative_to(ROOT).parts)
-        assert package in packages, f"{package} would be missing from the image's wheel"
+def test_the_wheel_carries_every_package_and_the_image_copies_its_folders():
+    """Every folder with an __init__.py under a mapped folder is a listed package (setuptools finds none
+    by itself), and the image copies every mapped folder."""
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    packages, folders = set(setuptools["packages"]), setuptools["package-dir"]
+    copied = {args.split()[0] for args in instructions("COPY") if not args.startswith("--")}
+    for package, folder in folders.items():
+        assert any(folder == c or folder.startswith(c + "/") for c in copied), \
+            f"the image does not copy {folder}/ ({package})"
+    by_folder = sorted(folders.items(), key=lambda kv: -len(kv[1]))  # the deepest mapping wins
+    for init in ROOT.glob("*/**/__init__.py"):
+        relative = init.parent.relative_to(ROOT).as_posix()
+        mapped = next(((pkg, f) for pkg, f in by_folder if relative == f or relative.startswith(f + "/")), None)
+        if mapped is None:
+            continue  # tests/, bench/: not installed
+        package = mapped[0] + relative[len(mapped[1]):].replace("/", ".")
+        assert package in packages, f"{package} ({relative}/) would be missing from the wheel"
 
 
 def test_runs_rmserve_serve_as_non_root_on_the_service_ports():
     assert instructions("ENTRYPOINT") == ['["rmserve", "serve"]']
-    assert PYPROJECT["project"]["scripts"]["rmserve"] == "service.cli:main"
+    assert PYPROJECT["project"]["scripts"]["rmserve"] == "rmserve.cli:main"
     assert build_parser().parse_args(["serve"]).command == "serve"
     users = instructions("USER")
     assert users and users[-1] not in ("root", "0")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluate import (
+from rmserve.training.evaluate import (
     ScoredPairs,
     auc,
     average_ranks,

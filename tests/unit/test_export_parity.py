@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.export import ExportError, check_parity  # noqa: E402
+from rmserve.training.export import ExportError, check_parity  # noqa: E402
 
 
 class SumModel(torch.nn.Module):
@@ -14,7 +14,7 @@ class SumModel(torch.nn.Module):
 
 
 def test_parity_passes_when_engines_agree_and_fails_with_the_figures(tiny_tokenizer):
-    from service.inputs import InputEncoder, InputSpec
+    from rmserve.service.core.inputs import InputEncoder, InputSpec
 
     encoder = InputEncoder(tiny_tokenizer, InputSpec(max_length=32))
     rows = [("hello", "no"), ("hello there how are you", "i am fine thanks")]

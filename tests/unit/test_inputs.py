@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from service.inputs import ChatMessage, InputEncoder, InputSpec, render_prompt
+from rmserve.service.core.inputs import ChatMessage, InputEncoder, InputSpec, render_prompt
 
 
 def words(tokenizer, ids):

@@ -1,4 +1,4 @@
-"""service/limits.py on literal inputs: text and conversation limits, strict JSON, timeout header, deadlines."""
+"""service/core/limits.py on literal inputs: text and conversation limits, strict JSON, timeout header, deadlines."""
 
 import time
 from dataclasses import dataclass
@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from service.errors import ErrorKind, ScoringError
-from service.inputs import ChatMessage
-from service.limits import check_json, check_rows, effective_deadline, parse_timeout, request_deadline
-from service.settings import Settings
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.inputs import ChatMessage
+from rmserve.service.core.limits import check_rows, effective_deadline, request_deadline
+from rmserve.service.settings import Settings
+from rmserve.service.transports.http.body import check_json, parse_timeout
 
 SETTINGS = Settings(max_text_chars=10, max_messages=2)
 

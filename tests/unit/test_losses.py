@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.losses import bradley_terry_loss, pairwise_accuracy  # noqa: E402
+from rmserve.training.losses import bradley_terry_loss, pairwise_accuracy  # noqa: E402
 
 
 def test_bradley_terry_on_literal_tensors():
@@ -31,7 +31,7 @@ def test_pairwise_accuracy_counts_strict_wins_only():
     assert pairwise_accuracy(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 0.0, 3.0, 0.5])) == 0.5
 
 
-from training.losses import (  # noqa: E402
+from rmserve.training.losses import (  # noqa: E402
     centering_penalty,
     listwise_mean,
     margin_loss,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from service.batcher import Batcher, BatchObserver, BatchPolicy, RequestTiming
-from service.metrics import Metrics, RewardWindow
+from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy, RequestTiming
+from rmserve.service.core.metrics import Metrics, RewardWindow
 from tests.unit.test_batcher import fake_engine, fake_pad
 
 

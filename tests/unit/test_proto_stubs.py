@@ -16,7 +16,7 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path):
     sys.modules["proto_generate"] = module
     spec.loader.exec_module(module)
     for path in module.generate(tmp_path):
-        committed = ROOT / "service" / "grpc_gen" / path.name
+        committed = ROOT / "proto" / path.name
         assert committed.read_text() == path.read_text(), f"{committed} is stale: run `make proto`"
 
 

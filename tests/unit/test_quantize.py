@@ -6,8 +6,8 @@ import pytest
 
 pytest.importorskip("onnx")
 
-from service.bundle import load_bundle  # noqa: E402
-from training.quantize import VariantRefused, make_variant  # noqa: E402
+from rmserve.service.core.bundle import load_bundle  # noqa: E402
+from rmserve.training.quantize import VariantRefused, make_variant  # noqa: E402
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import math
 
 import pytest
 
-from training.config import TrainConfig
-from training.data import Comparison, DataError, load_pairs, load_preferences
-from training.ratings import RatingOptions, parse_levels
+from rmserve.training.config import TrainConfig
+from rmserve.training.data import load_pairs, load_preferences
+from rmserve.training.ratings import RatingOptions, parse_levels
+from rmserve.training.records import Comparison, DataError
 
 try:  # the training test needs torch; everything else here does not
     from tests.unit.test_train_smoke import tiny_base  # noqa: F401 - fixture
@@ -197,7 +198,7 @@ def test_saved_dataset_of_ratings(tmp_path):
 
 @pytest.mark.skipif(tiny_base is None, reason="needs torch and transformers")
 def test_training_reads_a_ratings_file_with_its_options(tiny_base, tmp_path, capsys):  # noqa: F811
-    from training.train import train
+    from rmserve.training.train import train
 
     rows = []
     for i in range(6):
@@ -232,8 +233,8 @@ def test_pairs_of_a_ratings_file_follow_the_options(tmp_path):
 
 
 def test_eval_reads_a_ratings_file_with_the_rating_options(tiny_bundle, tmp_path, capsys):
-    from service.cli import main
-    from training.evaluate import run_evaluation
+    from rmserve.cli import main
+    from rmserve.training.evaluate import run_evaluation
 
     data = write_rows(tmp_path / "ratings.jsonl", [rating("hello there", "i am fine thanks", 9),
                                                     rating("hello there", "no", 1), rating("hello there", "fine", 1),
@@ -249,8 +250,8 @@ def test_eval_reads_a_ratings_file_with_the_rating_options(tiny_bundle, tmp_path
 
 @pytest.mark.skipif(tiny_base is None, reason="needs torch and transformers")
 def test_export_reads_a_ratings_dev_file_as_training_did(tiny_base, tmp_path):  # noqa: F811
-    from training.export import export_bundle
-    from training.train import train
+    from rmserve.training.export import export_bundle
+    from rmserve.training.train import train
 
     rows = []
     for i in range(6):  # three rated responses per prompt, two of them tied: 3 pairs kept, 2 when ties drop

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from service.settings import Settings
+from rmserve.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

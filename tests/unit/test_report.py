@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.evaluate import ScoredPairs, evaluate_scores
-from training.report import find_train_log, read_train_log, render_report, write_report
+from rmserve.training.evaluate import ScoredPairs, evaluate_scores
+from rmserve.training.report import find_train_log, read_train_log, render_report, write_report
 
 ROOT = Path(__file__).resolve().parents[2]
 SVG = "{http://www.w3.org/2000/svg}"
@@ -106,7 +106,7 @@ def test_find_and_read_the_training_log(tmp_path):
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", "eval", "--device", "cpu", *args],
+    return subprocess.run([sys.executable, "-m", "rmserve.cli", "eval", "--device", "cpu", *args],
                           capture_output=True, text=True, cwd=ROOT)
 
 
@@ -118,8 +118,8 @@ def pairs_file(tmp_path) -> Path:
 
 
 def test_cli_eval_json_and_report_on_the_tiny_bundle(tiny_bundle, pairs_file, tmp_path):
-    from service.bundle import load_bundle
-    from service.engine import OnnxRewardModel
+    from rmserve.service.core.bundle import load_bundle
+    from rmserve.service.core.engine import OnnxRewardModel
 
     report = tmp_path / "report.html"
     done = run_eval("--bundle", str(tiny_bundle), "--data", str(pairs_file), "--json", "--report", str(report))

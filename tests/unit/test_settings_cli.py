@@ -4,8 +4,8 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from service.cli import main
-from service.settings import Settings
+from rmserve.cli import main
+from rmserve.service.settings import Settings
 
 
 def test_settings_read_rmserve_env(monkeypatch):
@@ -33,7 +33,7 @@ def test_serve_with_missing_bundle_exits_2_with_the_bundle_error(tmp_path, capsy
 
 @pytest.mark.parametrize("command", ["train", "export", "quantize", "eval", "serve"])
 def test_every_subcommand_has_help(command):
-    out = subprocess.run([sys.executable, "-m", "service.cli", command, "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "rmserve.cli", command, "--help"], capture_output=True, text=True, check=True)
     assert "usage: rmserve " + command in out.stdout
     assert "--" in out.stdout
 
@@ -47,8 +47,8 @@ def test_missing_api_keys_file_stops_start_up_naming_it(tiny_bundle, tmp_path, c
 
 @pytest.mark.parametrize("given, expected", [(None, 0.02), (0.3, 0.3)])
 def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
-    from service.metrics import Metrics
-    from service.scoring import Scorer, default_padding_ratio
+    from rmserve.service.core.metrics import Metrics
+    from rmserve.service.core.scoring import Scorer, default_padding_ratio
 
     assert default_padding_ratio("CUDAExecutionProvider") == 0.2
     scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu", max_padding_ratio=given), Metrics())

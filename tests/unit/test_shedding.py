@@ -4,10 +4,10 @@ import asyncio
 import json
 from types import SimpleNamespace
 
-from service.auth import ApiKeys
-from service.batcher import BatchObserver
-from service.http_app import ObserveAndShed
-from service.metrics import Metrics
+from rmserve.service.core.batcher import BatchObserver
+from rmserve.service.core.metrics import Metrics
+from rmserve.service.transports.auth import ApiKeys
+from rmserve.service.transports.http.app import ObserveAndShed
 
 
 def call(middleware, path, headers=()):

@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rmserve.training.config import TrainConfig  # noqa: E402
+from rmserve.training.log import LOG_FILE, read_log  # noqa: E402
+from rmserve.training.model import load_checkpoint  # noqa: E402
+from rmserve.training.train import lr_factor, train  # noqa: E402
 from tests.unit.test_train_smoke import tiny_base  # noqa: E402,F401 - fixture
-from training.config import TrainConfig  # noqa: E402
-from training.log import LOG_FILE, read_log  # noqa: E402
-from training.model import load_checkpoint  # noqa: E402
-from training.train import lr_factor, train  # noqa: E402
 
 
 def write_rows(path, rows):
@@ -113,7 +113,7 @@ def test_lora_trains_adapters_and_saves_a_plain_model(tiny_base, tmp_path):  # n
 
 
 def weights_of_base(base):
-    from training.model import RewardModel, load_hf_model
+    from rmserve.training.model import RewardModel, load_hf_model
 
     return {k: v.detach().clone() for k, v in RewardModel(load_hf_model(base)).state_dict().items()}
 
@@ -134,7 +134,7 @@ def test_learning_rate_schedules(schedule, expected):
 
 
 def test_split_by_length_cuts_where_padding_outweighs_a_pass():
-    from training.batching import split_by_length
+    from rmserve.training.batching import split_by_length
 
     assert split_by_length([40, 250, 45, 240], pass_cost=100) == [[0, 2], [3, 1]]
     assert split_by_length([40, 250, 45, 240], pass_cost=10**9) == [[0, 2, 3, 1]]
@@ -144,10 +144,10 @@ def test_split_by_length_cuts_where_padding_outweighs_a_pass():
 def test_batch_rewards_do_not_depend_on_the_passes(tiny_base):  # noqa: F811
     from tokenizers import Tokenizer
 
-    from service.inputs import InputEncoder
-    from training.batching import collate, encode_groups
-    from training.data import Comparison, PreferenceGroup
-    from training.model import RewardModel, input_spec_for, load_hf_model
+    from rmserve.service.core.inputs import InputEncoder
+    from rmserve.training.batching import collate, encode_groups
+    from rmserve.training.model import RewardModel, input_spec_for, load_hf_model
+    from rmserve.training.records import Comparison, PreferenceGroup
 
     hf = load_hf_model(tiny_base)
     tokenizer = Tokenizer.from_file(str(tiny_base / "tokenizer.json"))
@@ -167,8 +167,8 @@ def test_training_counts_an_exact_tie_in_score_as_half_like_eval():
     import numpy as np
     import torch
 
-    from training.evaluate import tie_aware_accuracy
-    from training.train import pair_accuracy_counts
+    from rmserve.training.evaluate import tie_aware_accuracy
+    from rmserve.training.train import pair_accuracy_counts
 
     delta = torch.tensor([0.0, 1.0, -1.0, 0.3, 0.0])
     label = torch.tensor([1.0, 1.0, 1.0, 0.5, 0.0])  # the fourth pair is a tie in the data: not counted

@@ -7,10 +7,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rmserve.training.config import TrainConfig  # noqa: E402
+from rmserve.training.model import load_checkpoint, load_hf_model  # noqa: E402
+from rmserve.training.train import train  # noqa: E402
 from tests.conftest import build_tiny_tokenizer  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.model import load_checkpoint, load_hf_model  # noqa: E402
-from training.train import train  # noqa: E402
 
 
 @pytest.fixture

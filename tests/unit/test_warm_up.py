@@ -2,10 +2,10 @@
 
 import pytest
 
-from service.engine import OnnxRewardModel
-from service.metrics import Metrics
-from service.scoring import Scorer
-from service.settings import Settings
+from rmserve.service.core.engine import OnnxRewardModel
+from rmserve.service.core.metrics import Metrics
+from rmserve.service.core.scoring import Scorer
+from rmserve.service.settings import Settings
 
 
 @pytest.mark.parametrize("tokens, rows, expected", [(4096, 32, (32, 24)), (100, 32, (4, 24)), (10, 32, (1, 10))])

@@ -1,0 +1,147 @@
+from collections.abc import Iterable as _Iterable
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RewardValues(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWARD_VALUES_UNSPECIFIED: _ClassVar[RewardValues]
+    REWARD_VALUES_RAW: _ClassVar[RewardValues]
+    REWARD_VALUES_NORMALIZED: _ClassVar[RewardValues]
+    REWARD_VALUES_GROUP: _ClassVar[RewardValues]
+REWARD_VALUES_UNSPECIFIED: RewardValues
+REWARD_VALUES_RAW: RewardValues
+REWARD_VALUES_NORMALIZED: RewardValues
+REWARD_VALUES_GROUP: RewardValues
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: str | None = ..., content: str | None = ...) -> None: ...
+
+class Conversation(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, messages: _Iterable[ChatMessage | _Mapping] | None = ...) -> None: ...
+
+class Prompt(_message.Message):
+    __slots__ = ("text", "messages")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    messages: Conversation
+    def __init__(self, text: str | None = ..., messages: Conversation | _Mapping | None = ...) -> None: ...
+
+class ScoreItem(_message.Message):
+    __slots__ = ("prompt", "response")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    response: str
+    def __init__(self, prompt: Prompt | _Mapping | None = ..., response: str | None = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("prompt", "responses", "items", "values")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    responses: _containers.RepeatedScalarFieldContainer[str]
+    items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
+    values: RewardValues
+    def __init__(self, prompt: Prompt | _Mapping | None = ..., responses: _Iterable[str] | None = ..., items: _Iterable[ScoreItem | _Mapping] | None = ..., values: RewardValues | str | None = ...) -> None: ...
+
+class GroupStats(_message.Message):
+    __slots__ = ("mean", "std", "advantages", "eps")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    ADVANTAGES_FIELD_NUMBER: _ClassVar[int]
+    EPS_FIELD_NUMBER: _ClassVar[int]
+    mean: float
+    std: float
+    advantages: _containers.RepeatedScalarFieldContainer[float]
+    eps: float
+    def __init__(self, mean: float | None = ..., std: float | None = ..., advantages: _Iterable[float] | None = ..., eps: float | None = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("bundle_id", "model_sha256", "normalization_version", "calibration_temperature")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    model_sha256: str
+    normalization_version: str
+    calibration_temperature: float
+    def __init__(self, bundle_id: str | None = ..., model_sha256: str | None = ..., normalization_version: str | None = ..., calibration_temperature: float | None = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("model", "rewards", "normalized_rewards", "truncated", "values", "group")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    normalized_rewards: _containers.RepeatedScalarFieldContainer[float]
+    truncated: _containers.RepeatedScalarFieldContainer[bool]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    group: GroupStats
+    def __init__(self, model: ModelRef | _Mapping | None = ..., rewards: _Iterable[float] | None = ..., normalized_rewards: _Iterable[float] | None = ..., truncated: _Iterable[bool] | None = ..., values: _Iterable[float] | None = ..., group: GroupStats | _Mapping | None = ...) -> None: ...
+
+class CompareRequest(_message.Message):
+    __slots__ = ("prompt", "response_a", "response_b")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_A_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_B_FIELD_NUMBER: _ClassVar[int]
+    prompt: Prompt
+    response_a: str
+    response_b: str
+    def __init__(self, prompt: Prompt | _Mapping | None = ..., response_a: str | None = ..., response_b: str | None = ...) -> None: ...
+
+class CompareResponse(_message.Message):
+    __slots__ = ("model", "reward_a", "reward_b", "normalized_reward_a", "normalized_reward_b", "probability_a")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REWARD_A_FIELD_NUMBER: _ClassVar[int]
+    REWARD_B_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARD_A_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_REWARD_B_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_A_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    reward_a: float
+    reward_b: float
+    normalized_reward_a: float
+    normalized_reward_b: float
+    probability_a: float
+    def __init__(self, model: ModelRef | _Mapping | None = ..., reward_a: float | None = ..., reward_b: float | None = ..., normalized_reward_a: float | None = ..., normalized_reward_b: float | None = ..., probability_a: float | None = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model", "provider", "max_length", "manifest_json", "max_responses_per_request")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    provider: str
+    max_length: int
+    manifest_json: str
+    max_responses_per_request: int
+    def __init__(self, model: ModelRef | _Mapping | None = ..., provider: str | None = ..., max_length: int | None = ..., manifest_json: str | None = ..., max_responses_per_request: int | None = ...) -> None: ...

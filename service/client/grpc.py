@@ -1,0 +1,199 @@
+"""The gRPC half of rmserve's client library (import it from `rmserve.client.http`).
+
+`GrpcRewardClient` (blocking) and `AsyncGrpcRewardClient` (grpc.aio) have the same calls, results,
+retries, deadlines and splitting as the HTTP clients. Each keeps one channel (one HTTP/2 connection,
+multiplexing concurrent calls); a call's remaining deadline travels with each RPC, so the server drops
+its queued rows once it has passed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from rmserve.client.calls import AsyncCalls, BlockingCalls
+from rmserve.client.common import (
+    CompareResult,
+    Deadline,
+    DeadlineExceeded,
+    Group,
+    InvalidRequest,
+    ModelInfo,
+    ModelRef,
+    Overloaded,
+    Prompt,
+    RetryPolicy,
+    RmserveError,
+    ScoreResult,
+    Unauthenticated,
+    Unavailable,
+    acall_with_retries,
+    call_with_retries,
+    parse_retry_after,
+)
+from rmserve.proto import reward_pb2 as pb
+from rmserve.proto import reward_pb2_grpc as pb_grpc
+
+_VALUES = {"raw": pb.REWARD_VALUES_RAW, "normalized": pb.REWARD_VALUES_NORMALIZED, "group": pb.REWARD_VALUES_GROUP}
+_ERRORS: dict[grpc.StatusCode, type[RmserveError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest, grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded, grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+# The server sends up to 8 MiB by default (--grpc-max-message-bytes); leave room for a larger setting.
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _prompt(prompt: Prompt) -> pb.Prompt:
+    if isinstance(prompt, str):
+        return pb.Prompt(text=prompt)
+    return pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role=m["role"], content=m["content"])
+                                                        for m in prompt]))
+
+
+def _model_ref(ref: pb.ModelRef) -> ModelRef:
+    return ModelRef(bundle_id=ref.bundle_id, model_sha256=ref.model_sha256,
+                    normalization_version=ref.normalization_version,
+                    calibration_temperature=ref.calibration_temperature)
+
+
+def _score_result(reply: pb.ScoreResponse, requests: int) -> ScoreResult:
+    group = None
+    if reply.HasField("group"):
+        g = reply.group
+        group = Group(mean=g.mean, std=g.std, advantages=list(g.advantages), eps=g.eps)
+    return ScoreResult(rewards=list(reply.rewards), normalized_rewards=list(reply.normalized_rewards),
+                       truncated=list(reply.truncated), values=list(reply.values), group=group,
+                       model=_model_ref(reply.model), requests=requests)
+
+
+def _compare_result(reply: pb.CompareResponse) -> CompareResult:
+    return CompareResult(reward_a=reply.reward_a, reward_b=reply.reward_b,
+                         normalized_reward_a=reply.normalized_reward_a, normalized_reward_b=reply.normalized_reward_b,
+                         probability_a=reply.probability_a, model=_model_ref(reply.model))
+
+
+def _model_info(reply: pb.ModelInfo) -> ModelInfo:
+    return ModelInfo(model=_model_ref(reply.model), provider=reply.provider, max_length=reply.max_length,
+                     max_responses_per_request=reply.max_responses_per_request or None,
+                     manifest=json.loads(reply.manifest_json))
+
+
+def _error(error: grpc.RpcError) -> RmserveError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(code)
+    field = None
+    head, sep, rest = details.partition(": ")
+    if code == grpc.StatusCode.INVALID_ARGUMENT and sep and " " not in head:  # the server's "field: message"
+        field, details = head, rest
+    trailing = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
+    return _ERRORS.get(code, RmserveError)(details, status=code.name, field=field,
+                                           retry_after=parse_retry_after(trailing.get("retry-after")))
+
+
+def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
+
+
+def _request(prompt: Prompt | None, responses: Sequence[str] | None, items: Sequence[tuple[Prompt, str]] | None,
+             values: str) -> pb.ScoreRequest:
+    if items is not None:
+        return pb.ScoreRequest(items=[pb.ScoreItem(prompt=_prompt(p), response=r) for p, r in items],
+                               values=_VALUES[values])
+    assert prompt is not None
+    return pb.ScoreRequest(prompt=_prompt(prompt), responses=list(responses or ()), values=_VALUES[values])
+
+
+def _compare_request(prompt: Prompt, response_a: str, response_b: str) -> pb.CompareRequest:
+    return pb.CompareRequest(prompt=_prompt(prompt), response_a=response_a, response_b=response_b)
+
+
+class GrpcRewardClient(BlockingCalls):
+    """Blocking gRPC client on one channel; `credentials` (grpc.ssl_channel_credentials()) for TLS."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
+                 retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
+        super().__init__(timeout, retry, max_responses_per_request)
+        self.target = target
+        self.metadata = _metadata(api_key)
+        self._channel = (grpc.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
+                         else grpc.insecure_channel(target, _CHANNEL_OPTIONS))
+        self._stub = pb_grpc.RewardModelStub(self._channel)
+
+    def __enter__(self) -> GrpcRewardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: Any, deadline: Deadline) -> tuple[Any, int]:
+        rpc = getattr(self._stub, method)
+
+        def send(left: float | None) -> Any:
+            try:
+                return rpc(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as e:
+                raise _error(e) from None
+
+        return call_with_retries(send, self.retry, deadline)
+
+    def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)[0])
+
+    def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        return _score_result(*self._call("Score", _request(prompt, responses, items, values), deadline))
+
+    def _send_compare(self, prompt: Prompt, response_a: str, response_b: str, deadline: Deadline) -> CompareResult:
+        return _compare_result(self._call("Compare", _compare_request(prompt, response_a, response_b), deadline)[0])
+
+
+class AsyncGrpcRewardClient(AsyncCalls):
+    """asyncio gRPC client (grpc.aio) on one channel; create it inside the event loop that uses it."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
+                 retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
+                 max_concurrent_chunks: int = 2, credentials: grpc.ChannelCredentials | None = None):
+        super().__init__(timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        self.target = target
+        self.metadata = _metadata(api_key)
+        self._channel = (grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
+                         else grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS))
+        self._stub = pb_grpc.RewardModelStub(self._channel)
+
+    async def __aenter__(self) -> AsyncGrpcRewardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: str, request: Any, deadline: Deadline) -> tuple[Any, int]:
+        rpc = getattr(self._stub, method)
+
+        async def send(left: float | None) -> Any:
+            try:
+                return await rpc(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as e:
+                raise _error(e) from None
+
+        return await acall_with_retries(send, self.retry, deadline)
+
+    async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
+        return _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline))[0])
+
+    async def _send_score(self, prompt, responses, items, values, deadline) -> ScoreResult:  # type: ignore[no-untyped-def]
+        return _score_result(*(await self._call("Score", _request(prompt, responses, items, values), deadline)))
+
+    async def _send_compare(self, prompt: Prompt, response_a: str, response_b: str,
+                            deadline: Deadline) -> CompareResult:
+        request = _compare_request(prompt, response_a, response_b)
+        return _compare_result((await self._call("Compare", request, deadline))[0])

@@ -1,0 +1,189 @@
+"""The bundle: the one contract between training and serving.
+
+A bundle is a directory with `model.onnx` (inputs `input_ids`, `attention_mask`, int64 [batch, seq];
+output `reward`, float32 [batch]), `tokenizer.json` and `bundle.json`, the manifest defined here. The
+manifest carries everything scoring needs to reproduce training exactly (the `InputSpec`), the
+normalization and calibration constants, sha256 of every file, provenance and a golden set of inputs with
+their expected scores. `training/` writes bundles with `write_manifest`; `service/` reads them with
+`load_bundle`, which verifies them and raises one `BundleError` per kind of failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tokenizers import Tokenizer
+
+from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
+
+FORMAT_VERSION = 1
+MANIFEST = "bundle.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+# A golden score must be reproduced this closely by the serving engine, or the bundle is refused.
+GOLDEN_TOLERANCE = 1e-3
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message says which check failed and how to fix it."""
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    architecture: Literal["encoder", "decoder"] = "encoder"
+    base_model: str = Field(description="Where the weights started from (path or name).")
+    vocab_size: int = Field(ge=1, description="Rows of the model's token embedding.")
+    pooling: Literal["model_head", "last_token"] = "model_head"
+    onnx_opset: int
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+
+
+class Normalization(BaseModel):
+    """normalized = (raw - mean) / std, with stats from the reference set named here."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0.0)
+    computed_on: str = "none"
+    version: str = Field("none", description="Identifies these stats: sha of the reference set + count.")
+
+
+class Calibration(BaseModel):
+    """P(a preferred over b) = sigmoid((r_a - r_b) / temperature)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0.0)
+    fitted_on: str = "none"
+
+
+class GoldenExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | list[dict[str, str]]
+    response: str
+    score: float
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    format_version: int = FORMAT_VERSION
+    bundle_id: str
+    created_at: str = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    input: InputSpec
+    model: ModelInfo
+    normalization: Normalization = Field(default_factory=Normalization)
+    calibration: Calibration = Field(default_factory=Calibration)
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file, by name.")
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    golden: list[GoldenExample] = Field(default_factory=list)
+
+    @property
+    def model_sha256(self) -> str:
+        return self.files.get(MODEL_FILE, "")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    def encoder(self) -> InputEncoder:
+        return InputEncoder(Tokenizer.from_file(str(self.tokenizer_path)), self.manifest.input)
+
+    def golden_rows(self) -> list[tuple[Prompt, str]]:
+        return [(g.prompt, g.response) for g in self.manifest.golden]  # type: ignore[misc]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash the bundle's files, then write bundle.json; returns the manifest as written."""
+    directory = Path(directory)
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        if not (directory / name).is_file():
+            raise BundleError(f"cannot write bundle {directory}: {name} is missing")
+    files = {name: sha256_file(directory / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
+    manifest = manifest.model_copy(update={"files": files})
+    (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
+    """Read and verify a bundle directory; raise BundleError naming the first failed check."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} does not exist")
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"missing file: {manifest_path} (not a bundle; build one with `rmserve export`)")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{manifest_path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise BundleError(f"{manifest_path} must hold a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"wrong format version: {manifest_path} has format_version {version!r}, "
+            f"this rmserve reads version {FORMAT_VERSION}; re-export the bundle with this version"
+        )
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"invalid manifest {manifest_path}: field '{field}': {first['msg']}") from e
+
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        file_path = directory / name
+        if not file_path.is_file():
+            raise BundleError(f"missing file: {file_path}")
+        expected = manifest.files.get(name)
+        if expected is None:
+            raise BundleError(f"manifest {manifest_path} lists no sha256 for {name}")
+        if verify_hashes:
+            actual = sha256_file(file_path)
+            if actual != expected:
+                raise BundleError(
+                    f"bad hash: {file_path} has sha256 {actual[:16]}…, manifest expects {expected[:16]}… "
+                    "(file changed after export)"
+                )
+
+    try:
+        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+        raise BundleError(f"cannot read {directory / TOKENIZER_FILE}: {e}") from e
+    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+    if vocab > manifest.model.vocab_size:
+        raise BundleError(
+            f"tokenizer/model mismatch: tokenizer.json has {vocab} tokens but the model embeds "
+            f"{manifest.model.vocab_size}; the tokenizer does not belong to this model"
+        )
+    for name in ("pad_id", "eos_id"):
+        token_id = getattr(manifest.input, name)
+        if token_id is not None and token_id >= manifest.model.vocab_size:
+            raise BundleError(
+                f"tokenizer/model mismatch: {name} {token_id} is outside the model's "
+                f"{manifest.model.vocab_size}-token vocabulary"
+            )
+    return Bundle(path=directory, manifest=manifest)

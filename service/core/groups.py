@@ -1,0 +1,40 @@
+"""What a scoring answer reports about its rewards: raw, normalized, group statistics (when the request
+was one prompt with its responses) and the kind of values it asked for, computed once per request for
+every transport. The group arithmetic itself is `rmserve.group_stats`, shared with the client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rmserve.group_stats import VALUE_KINDS, GroupStats, ValueKind, group_stats
+
+
+@dataclass(frozen=True)
+class RewardSummary:
+    """Everything a scoring answer reports about its rewards, computed once."""
+
+    raw: np.ndarray  # float64
+    normalized: np.ndarray  # float64, with the bundle's reference stats
+    group: GroupStats | None  # None unless the request was one prompt with its responses
+    kind: ValueKind
+
+    @property
+    def values(self) -> np.ndarray:
+        """The values the request asked for."""
+        if self.kind == "normalized":
+            return self.normalized
+        if self.kind == "group":
+            if self.group is None:
+                raise ValueError("group values need one prompt with its responses")
+            return self.group.advantages
+        return self.raw
+
+
+def summarize(raw: np.ndarray, normalized: np.ndarray, kind: ValueKind, grouped: bool) -> RewardSummary:
+    if kind not in VALUE_KINDS:
+        raise ValueError(f"unknown values kind {kind!r}; expected one of {', '.join(VALUE_KINDS)}")
+    raw64 = np.asarray(raw, dtype=np.float64)
+    group = group_stats(raw64) if grouped else None
+    return RewardSummary(raw=raw64, normalized=np.asarray(normalized, dtype=np.float64), group=group, kind=kind)

@@ -1,0 +1,189 @@
+"""The scoring core: the one place where requests become rewards, whatever the transport.
+
+Validates rows, then renders and tokenizes them off the event loop (the fast tokenizer's batch call) and
+submits them to the one batcher that every request shares; turns raw rewards into normalized rewards and
+preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from rmserve.group_stats import ValueKind
+from rmserve.service.core.batcher import Batcher, BatchPolicy, RequestTiming
+from rmserve.service.core.bundle import Bundle, load_bundle
+from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.groups import RewardSummary, summarize
+from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
+from rmserve.service.core.limits import check_rows, effective_deadline
+from rmserve.service.core.metrics import Metrics, MetricsObserver
+from rmserve.service.settings import Settings
+
+log = logging.getLogger("rmserve.scoring")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Row:
+    prompt: Prompt
+    response: str
+    field: str  # names the response in the request, for error messages
+
+
+@dataclass(frozen=True)
+class Scores:
+    raw: np.ndarray
+    truncated: list[bool]
+    tokenize_seconds: float = 0.0
+    queue_seconds: float = 0.0  # longest wait of this request's rows before their batch ran
+    inference_seconds: float = 0.0  # engine time of the batches this request's rows ran in
+
+
+def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, settings: Settings) -> None:
+    """Run one batch of the costliest shape the batcher can form (longest rows, as many as the token budget
+    allows: attention grows with length squared), so that ONNX Runtime's memory pool reaches its working
+    size before traffic. Without it the pool grows in steps as new shapes arrive, and the process's memory
+    kept rising for minutes under load (bench/soak.py)."""
+    length = max(1, min(max_length, settings.max_batch_tokens))
+    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // length))
+    ids = np.full((rows, length), pad_id, dtype=np.int64)
+    engine(Batch(input_ids=ids, attention_mask=np.ones_like(ids)))
+
+
+def default_padding_ratio(provider: str) -> float:
+    """On CPU a padded token costs as much as a real one and batching gains nothing, so batches stay
+    nearly pad-free; on a GPU rows run in parallel and a fuller batch is worth some padding."""
+    return 0.2 if provider == CUDA else 0.02
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, engine: OnnxRewardModel, settings: Settings, metrics: Metrics):
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.engine = engine
+        self.encoder: InputEncoder = bundle.encoder()
+        self.settings = settings
+        self.metrics = metrics
+        self.active_calls = 0  # score() calls under way: a retiring scorer (reload, shutdown) waits for 0
+        # Tokenizing is CPU work too: keep it off the event loop, on its own thread.
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmserve-tokenize")
+        self.batcher = Batcher(
+            run=engine,
+            pad=self.encoder.pad,
+            policy=BatchPolicy(
+                max_batch_tokens=settings.max_batch_tokens,
+                max_batch_size=settings.max_batch_size,
+                max_wait_ms=settings.max_wait_ms,
+                max_queue_rows=settings.max_queue_rows,
+                max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
+            ),
+            observer=MetricsObserver(metrics),
+        )
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
+        """Load and verify the bundle, start the engine, and prove it with the golden set."""
+        bundle = load_bundle(settings.bundle)
+        engine = OnnxRewardModel(str(bundle.model_path), settings.device, settings.intra_op_threads,
+                                 settings.inference_nice)
+        worst = check_golden(bundle, engine, bundle.encoder())
+        warm_up(engine, bundle.manifest.input.max_length, bundle.manifest.input.pad_id, settings)
+        scorer = cls(bundle, engine, settings, metrics)
+        log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s; batches ≤%d rows, "
+                 "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, bundle.path, worst, engine.provider,
+                 settings.max_batch_size, settings.max_batch_tokens, 100 * scorer.batcher.policy.max_padding_ratio)
+        return scorer
+
+    def publish_model_info(self) -> None:
+        """Make `rmserve_model_info` name this scorer's bundle: called when it goes live (start-up, reload)."""
+        m = self.manifest
+        self.metrics.model_info.info({"bundle_id": m.bundle_id, "model_sha256": m.model_sha256,
+                                      "provider": self.engine.provider, "max_length": str(m.input.max_length)})
+
+    def close(self) -> None:
+        """Score what is queued, then stop the threads."""
+        self.batcher.close()
+        self._tokenize_pool.shutdown(wait=True)
+
+    def validate(self, rows: Sequence[Row]) -> None:
+        limit = self.settings.max_responses_per_request
+        if len(rows) > limit:
+            field = rows[0].field.split(".")[0] if rows else "responses"
+            raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit}", field)
+        for row in rows:
+            if not row.response.strip():
+                raise ScoringError(ErrorKind.VALIDATION, "response is empty or whitespace only", row.field)
+        check_rows(rows, self.settings)
+
+    async def score(self, rows: Sequence[Row], deadline: float | None = None) -> Scores:
+        """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic();
+        without one, the HTTP request's or the server's default (service/core/limits.py)."""
+        self.active_calls += 1
+        try:
+            return await self._score(rows, effective_deadline(deadline, self.settings))
+        finally:
+            self.active_calls -= 1
+
+    async def _score(self, rows: Sequence[Row], deadline: float | None) -> Scores:
+        self.validate(rows)
+        if deadline is not None and time.monotonic() >= deadline:
+            self.batcher.observer.dropped("expired", len(rows))
+            raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
+        self.batcher.check_room(len(rows))  # an overloaded service answers before tokenizing
+        loop = asyncio.get_running_loop()
+        began = time.perf_counter()
+        encoded = await loop.run_in_executor(
+            self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
+        )
+        tokenize_seconds = time.perf_counter() - began
+        self.metrics.tokenize_duration.observe(tokenize_seconds)
+        timing = RequestTiming()
+        futures = self.batcher.submit([e.ids for e in encoded], deadline, timing)
+        try:
+            raw = np.array(await _until(deadline, asyncio.gather(*futures)), dtype=np.float32)
+        except BaseException:
+            for future in futures:  # a departed client's rows are dropped before inference
+                future.cancel()
+            self.batcher.discard(futures)  # and their queue slots are free at once
+            raise
+        truncated = [e.truncated for e in encoded]
+        self.metrics.scored.inc(len(rows))
+        self.metrics.input_tokens.inc(sum(len(e.ids) for e in encoded))
+        self.metrics.truncations.inc(sum(truncated))
+        if self.metrics.observe_rewards(raw, self.normalize(raw), np.array([len(e.ids) for e in encoded])):
+            raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
+        return Scores(raw=raw, truncated=truncated, tokenize_seconds=tokenize_seconds,
+                      queue_seconds=timing.queue_seconds, inference_seconds=timing.inference_seconds)
+
+    def normalize(self, raw: np.ndarray) -> np.ndarray:
+        stats = self.manifest.normalization
+        return (raw.astype(np.float64) - stats.mean) / stats.std
+
+    def summarize(self, scores: Scores, values: ValueKind = "raw", grouped: bool = False) -> RewardSummary:
+        """Normalized rewards, group statistics (for one prompt's responses) and the values a request
+        asked for: computed here once, whatever the transport."""
+        return summarize(scores.raw, self.normalize(scores.raw), values, grouped)
+
+    def probability_a(self, reward_a: float, reward_b: float) -> float:
+        z = (reward_a - reward_b) / self.manifest.calibration.temperature
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+async def _until(deadline: float | None, work: Awaitable[T]) -> T:
+    """`work`, or TIMEOUT when `deadline` passes first (its rows are then dropped by the caller)."""
+    if deadline is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the rows were scored") from None

@@ -1,0 +1,81 @@
+"""What every transport shares: `ServiceState` holds the settings, the metrics, the API keys, the reloader
+and, once loaded, the scorer; it turns readiness on and off and drains admitted work.
+
+The transports import this module; it imports none of them, and the runtime (which wires the transports
+together) is not imported by anything but the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.metrics import Metrics
+from rmserve.service.core.scoring import Scorer
+from rmserve.service.process.reload import Reloader, until_idle
+from rmserve.service.settings import Settings
+from rmserve.service.transports.auth import ApiKeys
+
+log = logging.getLogger("rmserve")
+# After the last admitted call ends, new calls are still answered 503 this long before the listeners
+# close: a client that got its answer just now and sends again meets a 503, not a closed port.
+DRAIN_QUIET_SECONDS = 0.5
+
+
+class ServiceState:
+    """What every transport shares: settings, metrics and, once loaded, the scorer."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.metrics.queue_capacity.set(settings.max_queue_rows)
+        self.api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+        self.scorer: Scorer | None = None
+        self._ready = False
+        self.load_error: Exception | None = None
+        self.readiness_listeners: list = []  # callables(bool), e.g. the gRPC health servicer
+        self.reloader = Reloader(self)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def require_scorer(self) -> Scorer:
+        """The scorer, for new work; refused while loading and once shutdown has begun."""
+        if self.scorer is None:
+            raise ScoringError(ErrorKind.UNAVAILABLE, "the model is not loaded yet; retry when /readyz answers 200")
+        if not self._ready:
+            raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down; retry on another replica")
+        return self.scorer
+
+    async def load(self) -> None:
+        try:
+            self.scorer = await asyncio.to_thread(Scorer.load, self.settings, self.metrics)
+        except Exception as e:
+            self.load_error = e
+            raise
+        self.scorer.publish_model_info()
+        self.set_ready(True)
+
+    def set_ready(self, ready: bool) -> None:
+        if ready == self._ready:
+            return
+        self._ready = ready
+        self.metrics.ready.set(1 if ready else 0)
+        for listener in self.readiness_listeners:
+            listener(ready)
+
+    async def drain(self, limit: float) -> None:
+        """Readiness is off: wait until admitted work is done, or `limit` seconds."""
+        if self.scorer is not None and not await until_idle(self.scorer, min(DRAIN_QUIET_SECONDS, limit), limit):
+            log.warning("work still under way after the %.0f s shutdown grace period", limit)
+
+    async def close(self) -> None:
+        self.set_ready(False)
+        await self.reloader.close()
+        scorer, self.scorer = self.scorer, None
+        if scorer is not None:
+            await asyncio.to_thread(scorer.close)
+
+

@@ -1,0 +1,196 @@
+"""The gRPC transport: a thin grpc.aio adapter over the same scoring core as HTTP.
+
+Requests are converted to the HTTP request models and validated by the same pydantic schemas, so both
+transports accept and refuse exactly the same inputs. Core errors map to status codes by one table,
+`GRPC_STATUS`. Client deadlines become row deadlines in the batcher: work whose deadline passed is
+dropped before inference. Also serves grpc.health.v1 (following readiness) and server reflection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+from rmserve.proto import reward_pb2, reward_pb2_grpc
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.scoring import Row, Scorer
+from rmserve.service.process.state import ServiceState
+from rmserve.service.transports.grpc.guard import add_guarded_servicer, server_interceptors
+from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
+from rmserve.service.transports.tls import add_grpc_port
+
+log = logging.getLogger("rmserve.grpc")
+
+SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardModel"].full_name
+
+GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
+    ErrorKind.VALIDATION: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.OVERLOADED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+_VALUES = {reward_pb2.REWARD_VALUES_RAW: "raw", reward_pb2.REWARD_VALUES_NORMALIZED: "normalized",
+           reward_pb2.REWARD_VALUES_GROUP: "group"}
+
+
+def _prompt(message: reward_pb2.Prompt) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "text":
+        return message.text
+    if kind == "messages":
+        return [{"role": m.role, "content": m.content} for m in message.messages.messages]
+    return None
+
+
+def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
+    body: dict[str, Any] = {}
+    if request.HasField("prompt"):
+        body["prompt"] = _prompt(request.prompt)
+    if request.responses:
+        body["responses"] = list(request.responses)
+    if request.items:
+        body["items"] = [{"prompt": _prompt(item.prompt), "response": item.response} for item in request.items]
+    if request.values:
+        body["values"] = _VALUES.get(request.values, request.values)  # an unknown number fails validation
+    try:
+        return ScoreRequest.model_validate(body)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from None
+
+
+def compare_request_from_proto(request: reward_pb2.CompareRequest) -> CompareRequest:
+    body = {"prompt": _prompt(request.prompt) if request.HasField("prompt") else None,
+            "response_a": request.response_a, "response_b": request.response_b}
+    try:
+        return CompareRequest.model_validate(body)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from None
+
+
+def _model_ref(scorer: Scorer) -> reward_pb2.ModelRef:
+    m = scorer.manifest
+    return reward_pb2.ModelRef(bundle_id=m.bundle_id, model_sha256=m.model_sha256,
+                               normalization_version=m.normalization.version,
+                               calibration_temperature=m.calibration.temperature)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
+    def __init__(self, state: ServiceState):
+        self.state = state
+
+    async def _score(self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
+        scorer = self.state.require_scorer()
+        body = score_request_from_proto(request)
+        scores = await scorer.score([Row(p, r, f) for p, r, f in body.rows()], _deadline(context))
+        summary = scorer.summarize(scores, body.values, body.grouped)
+        group = summary.group
+        return reward_pb2.ScoreResponse(
+            model=_model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
+            truncated=scores.truncated, values=summary.values.tolist(),
+            group=None if group is None else reward_pb2.GroupStats(
+                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps))
+
+    async def Score(self, request, context):  # noqa: N802 - gRPC method names
+        return await self._call("Score", context, self._score(request, context))
+
+    async def Compare(self, request, context):  # noqa: N802
+        async def compare() -> reward_pb2.CompareResponse:
+            scorer = self.state.require_scorer()
+            body = compare_request_from_proto(request)
+            rows = [Row(body.prompt, body.response_a, "response_a"), Row(body.prompt, body.response_b, "response_b")]
+            scores = await scorer.score(rows, _deadline(context))
+            a, b = (float(x) for x in scores.raw)
+            normalized = scorer.normalize(scores.raw)
+            return reward_pb2.CompareResponse(model=_model_ref(scorer), reward_a=a, reward_b=b,
+                                              normalized_reward_a=float(normalized[0]),
+                                              normalized_reward_b=float(normalized[1]),
+                                              probability_a=scorer.probability_a(a, b))
+
+        return await self._call("Compare", context, compare())
+
+    async def ScoreStream(self, request_iterator, context) -> AsyncIterator[reward_pb2.ScoreResponse]:  # noqa: N802
+        # One request at a time: the next one is read only after this one is scored, so a fast client
+        # is slowed by HTTP/2 flow control rather than refused.
+        async for request in request_iterator:
+            yield await self._call("ScoreStream", context, self._score(request, context))
+
+    async def GetModelInfo(self, request, context):  # noqa: N802
+        async def info() -> reward_pb2.ModelInfo:
+            scorer = self.state.require_scorer()
+            return reward_pb2.ModelInfo(model=_model_ref(scorer), provider=scorer.engine.provider,
+                                        max_length=scorer.manifest.input.max_length,
+                                        manifest_json=json.dumps(scorer.manifest.model_dump(mode="json")),
+                                        max_responses_per_request=scorer.settings.max_responses_per_request)
+
+        return await self._call("GetModelInfo", context, info())
+
+    async def _call(self, method: str, context: grpc.aio.ServicerContext, work):  # type: ignore[no-untyped-def]
+        metrics = self.state.metrics
+        began = time.perf_counter()
+        in_flight = metrics.in_flight.labels("grpc")
+        in_flight.inc()
+        try:
+            metadata = dict(context.invocation_metadata() or ())
+            self.state.api_keys.check(metadata.get("authorization"))
+            result = await work
+        except ScoringError as e:
+            if hasattr(work, "close"):
+                work.close()  # never awaited when authentication failed
+            metrics.requests.labels(method, "grpc", e.kind.value).inc()
+            detail = f"{e.field}: {e.message}" if e.field else e.message
+            await context.abort(GRPC_STATUS[e.kind], detail)
+        except asyncio.CancelledError:  # the client left or its deadline passed
+            metrics.requests.labels(method, "grpc", "client_gone").inc()
+            raise
+        except Exception:  # grpc answers UNKNOWN
+            metrics.requests.labels(method, "grpc", ErrorKind.INTERNAL.value).inc()
+            raise
+        finally:
+            in_flight.dec()
+            metrics.request_duration.labels(method, "grpc").observe(time.perf_counter() - began)
+        metrics.requests.labels(method, "grpc", "ok").inc()
+        return result
+
+
+async def start_grpc_server(state: ServiceState) -> grpc.aio.Server:
+    settings = state.settings
+    limit = settings.grpc_max_message_bytes
+    server = grpc.aio.server(interceptors=server_interceptors(state), options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit)])
+    add_guarded_servicer(RewardModelServicer(state), server, state)  # undecodable or oversized: INVALID_ARGUMENT
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+
+    def on_readiness(ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            # set() is a coroutine on the aio servicer; readiness changes come from the event loop.
+            asyncio.get_running_loop().create_task(health_servicer.set(service, status))
+
+    state.readiness_listeners.append(on_readiness)
+    on_readiness(state.ready)
+    port = add_grpc_port(server, settings)  # TLS when configured
+    await server.start()
+    log.info("gRPC listening on %s:%d", settings.host, port)
+    return server

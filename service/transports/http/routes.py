@@ -1,0 +1,89 @@
+"""The core HTTP routes: POST /score and /compare (scoring, behind the API key), and /healthz, /readyz,
+/metrics and /v1/model (operations). Thin adapters: a request model in, `Scorer` calls, a response model
+out; errors are raised as `ScoringError` and mapped by the app's handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from rmserve.service.core.scoring import Row
+from rmserve.service.transports.http.common import (
+    MetricsDep,
+    ScorerDep,
+    authorized,
+    get_state,
+    timing_headers,
+    unless_client_leaves,
+)
+from rmserve.service.transports.schemas import (
+    CompareRequest,
+    CompareResponse,
+    GroupSummary,
+    ModelRef,
+    ScoreRequest,
+    ScoreResponse,
+)
+
+scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)])
+
+
+@scoring_router.post("/score", response_model=ScoreResponse)
+async def score(body: ScoreRequest, scorer: ScorerDep, request: Request, response: Response) -> ScoreResponse:
+    rows = [Row(prompt, text, field) for prompt, text, field in body.rows()]
+    scores = await unless_client_leaves(request, scorer.score(rows))
+    timing_headers(response, scores)
+    summary = scorer.summarize(scores, body.values, body.grouped)
+    return ScoreResponse(
+        model=ModelRef.of(scorer.manifest),
+        rewards=summary.raw.tolist(),
+        normalized_rewards=summary.normalized.tolist(),
+        truncated=scores.truncated,
+        values=summary.values.tolist(),
+        group=GroupSummary.of(summary.group),
+    )
+
+
+@scoring_router.post("/compare", response_model=CompareResponse)
+async def compare(body: CompareRequest, scorer: ScorerDep, request: Request, response: Response) -> CompareResponse:
+    rows = [Row(body.prompt, body.response_a, "response_a"), Row(body.prompt, body.response_b, "response_b")]
+    scores = await unless_client_leaves(request, scorer.score(rows))
+    timing_headers(response, scores)
+    reward_a, reward_b = (float(x) for x in scores.raw)
+    normalized = scorer.normalize(scores.raw)
+    return CompareResponse(
+        model=ModelRef.of(scorer.manifest), reward_a=reward_a, reward_b=reward_b,
+        normalized_reward_a=float(normalized[0]), normalized_reward_b=float(normalized[1]),
+        probability_a=scorer.probability_a(reward_a, reward_b),
+    )
+
+
+ops_router = APIRouter(tags=["operations"])
+
+
+@ops_router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@ops_router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    ready = get_state(request).ready
+    return JSONResponse(status_code=200 if ready else 503, content={"ready": ready})
+
+
+@ops_router.get("/metrics")
+async def metrics_endpoint(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@ops_router.get("/v1/model", dependencies=[Depends(authorized)])
+async def model_info(scorer: ScorerDep) -> dict[str, Any]:
+    return {"provider": scorer.engine.provider, "bundle_path": str(scorer.bundle.path),
+            "max_responses_per_request": scorer.settings.max_responses_per_request,
+            "manifest": scorer.manifest.model_dump(mode="json")}
+
+
