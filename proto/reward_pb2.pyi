@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -26,13 +24,13 @@ class ChatMessage(_message.Message):
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
-    def __init__(self, role: str | None = ..., content: str | None = ...) -> None: ...
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
-    def __init__(self, messages: _Iterable[ChatMessage | _Mapping] | None = ...) -> None: ...
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("text", "messages")
@@ -40,7 +38,7 @@ class Prompt(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     text: str
     messages: Conversation
-    def __init__(self, text: str | None = ..., messages: Conversation | _Mapping | None = ...) -> None: ...
+    def __init__(self, text: _Optional[str] = ..., messages: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class ScoreItem(_message.Message):
     __slots__ = ("prompt", "response")
@@ -48,7 +46,7 @@ class ScoreItem(_message.Message):
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     prompt: Prompt
     response: str
-    def __init__(self, prompt: Prompt | _Mapping | None = ..., response: str | None = ...) -> None: ...
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., response: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("prompt", "responses", "items", "values")
@@ -60,7 +58,7 @@ class ScoreRequest(_message.Message):
     responses: _containers.RepeatedScalarFieldContainer[str]
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
     values: RewardValues
-    def __init__(self, prompt: Prompt | _Mapping | None = ..., responses: _Iterable[str] | None = ..., items: _Iterable[ScoreItem | _Mapping] | None = ..., values: RewardValues | str | None = ...) -> None: ...
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., responses: _Optional[_Iterable[str]] = ..., items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., values: _Optional[_Union[RewardValues, str]] = ...) -> None: ...
 
 class GroupStats(_message.Message):
     __slots__ = ("mean", "std", "advantages", "eps")
@@ -72,7 +70,7 @@ class GroupStats(_message.Message):
     std: float
     advantages: _containers.RepeatedScalarFieldContainer[float]
     eps: float
-    def __init__(self, mean: float | None = ..., std: float | None = ..., advantages: _Iterable[float] | None = ..., eps: float | None = ...) -> None: ...
+    def __init__(self, mean: _Optional[float] = ..., std: _Optional[float] = ..., advantages: _Optional[_Iterable[float]] = ..., eps: _Optional[float] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("bundle_id", "model_sha256", "normalization_version", "calibration_temperature")
@@ -84,7 +82,7 @@ class ModelRef(_message.Message):
     model_sha256: str
     normalization_version: str
     calibration_temperature: float
-    def __init__(self, bundle_id: str | None = ..., model_sha256: str | None = ..., normalization_version: str | None = ..., calibration_temperature: float | None = ...) -> None: ...
+    def __init__(self, bundle_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., normalization_version: _Optional[str] = ..., calibration_temperature: _Optional[float] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("model", "rewards", "normalized_rewards", "truncated", "values", "group")
@@ -100,7 +98,7 @@ class ScoreResponse(_message.Message):
     truncated: _containers.RepeatedScalarFieldContainer[bool]
     values: _containers.RepeatedScalarFieldContainer[float]
     group: GroupStats
-    def __init__(self, model: ModelRef | _Mapping | None = ..., rewards: _Iterable[float] | None = ..., normalized_rewards: _Iterable[float] | None = ..., truncated: _Iterable[bool] | None = ..., values: _Iterable[float] | None = ..., group: GroupStats | _Mapping | None = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., rewards: _Optional[_Iterable[float]] = ..., normalized_rewards: _Optional[_Iterable[float]] = ..., truncated: _Optional[_Iterable[bool]] = ..., values: _Optional[_Iterable[float]] = ..., group: _Optional[_Union[GroupStats, _Mapping]] = ...) -> None: ...
 
 class CompareRequest(_message.Message):
     __slots__ = ("prompt", "response_a", "response_b")
@@ -110,7 +108,7 @@ class CompareRequest(_message.Message):
     prompt: Prompt
     response_a: str
     response_b: str
-    def __init__(self, prompt: Prompt | _Mapping | None = ..., response_a: str | None = ..., response_b: str | None = ...) -> None: ...
+    def __init__(self, prompt: _Optional[_Union[Prompt, _Mapping]] = ..., response_a: _Optional[str] = ..., response_b: _Optional[str] = ...) -> None: ...
 
 class CompareResponse(_message.Message):
     __slots__ = ("model", "reward_a", "reward_b", "normalized_reward_a", "normalized_reward_b", "probability_a")
@@ -126,7 +124,7 @@ class CompareResponse(_message.Message):
     normalized_reward_a: float
     normalized_reward_b: float
     probability_a: float
-    def __init__(self, model: ModelRef | _Mapping | None = ..., reward_a: float | None = ..., reward_b: float | None = ..., normalized_reward_a: float | None = ..., normalized_reward_b: float | None = ..., probability_a: float | None = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., reward_a: _Optional[float] = ..., reward_b: _Optional[float] = ..., normalized_reward_a: _Optional[float] = ..., normalized_reward_b: _Optional[float] = ..., probability_a: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
@@ -144,4 +142,4 @@ class ModelInfo(_message.Message):
     max_length: int
     manifest_json: str
     max_responses_per_request: int
-    def __init__(self, model: ModelRef | _Mapping | None = ..., provider: str | None = ..., max_length: int | None = ..., manifest_json: str | None = ..., max_responses_per_request: int | None = ...) -> None: ...
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., provider: _Optional[str] = ..., max_length: _Optional[int] = ..., manifest_json: _Optional[str] = ..., max_responses_per_request: _Optional[int] = ...) -> None: ...
