@@ -19,7 +19,7 @@ import typing
 from typing import Any
 
 EXTRA_FOR = {"serve": "serve", "eval": "serve", "quantize": "train", "train": "train", "export": "train",
-             "data": "train"}
+             "data": "train", "tune": "train"}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
@@ -110,8 +110,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
     from rmserve.training.ratings import RatingOptions
 
+    if args.bootstrap < 0:
+        print("rmserve eval: --bootstrap must be 0 or more", file=sys.stderr)
+        return 2
     metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device,
-                                     ratings=RatingOptions.from_config(args))
+                                     ratings=RatingOptions.from_config(args), resamples=args.bootstrap)
     if args.report:
         write_report(args.report, metrics, scored, log)
         print(f"report written to {args.report}", file=sys.stderr)
@@ -203,6 +206,61 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from rmserve.training.config import TrainConfig
+    from rmserve.training.tune import best, candidate_list, format_table, summarize, tune
+
+    candidates = candidate_list(args.vary or [], args.candidate or [])
+    base = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                          if hasattr(args, f.name)})
+    records = tune(base, candidates, args.folds, args.fold_seed, args.work_dir, args.keep_checkpoints)
+    summary = summarize(records)
+    chosen = best(summary)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"folds": args.folds, "fold_seed": args.fold_seed, "runs": records, "summary": summary,
+                       "best": chosen["candidate"]}, f, indent=2)
+    print(format_table(summary))
+    print(f"highest mean accuracy over {args.folds} folds: {chosen['candidate']} ({chosen['mean']:.4f}; "
+          f"{chosen['difference']:+.4f} ± {chosen['difference_sd']:.4f} vs base, fold by fold)")
+    return 0
+
+
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    from rmserve.training.config import TrainConfig
+
+    tune = sub.add_parser(
+        "tune", help="Choose training options by k-fold cross-validation on the training file, split by prompt.",
+        description="Deal the training file's prompts into --folds folds (no prompt in two folds), train every "
+        "candidate recipe on all folds but one and score it on that one, for each fold; print each candidate's "
+        "accuracy per fold, mean ± sd, and its fold-by-fold difference from the base recipe. The base recipe is "
+        "the training options below; candidates change some of them (--vary, --candidate). The dev data is "
+        "never read. Finished runs are kept in WORK_DIR/runs.jsonl: the same command again resumes.")
+    tune.add_argument("--vary", action="append", metavar="OPTION=V1[,V2...]",
+                      help="One candidate per value, each changing only this option of the base recipe "
+                      "(one factor at a time), e.g. --vary learning_rate=1e-5,6e-5. Repeatable.")
+    tune.add_argument("--candidate", action="append", metavar="'OPTION=V [OPTION=V...]'",
+                      help="One candidate changing several options at once, e.g. "
+                      "--candidate 'learning_rate=6e-5 epochs=2'. Repeatable.")
+    tune.add_argument("--folds", type=int, default=5, help="Number of folds (default: 5).")
+    tune.add_argument("--fold-seed", type=int, default=0, help="Seed of the prompts' deal into folds (default: 0).")
+    tune.add_argument("--work-dir", default="artifacts/tune",
+                      help="Fold files, runs.jsonl and (while a run trains) its checkpoint. Default: artifacts/tune.")
+    tune.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoint (about 90 MB each).")
+    tune.add_argument("--json", metavar="FILE", default=None, help="Also write every run and the summary as JSON.")
+    for f in dataclasses.fields(TrainConfig):  # the data options that make sense here, with train's help
+        if f.name in ("base_model", "train_data", "skip_bad_rows", "limit_train"):
+            flag = "--" + f.name.replace("_", "-")
+            if f.type == "bool":
+                tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                  help=f.metadata["help"])
+            else:
+                tune.add_argument(flag, type=int if f.name == "limit_train" else str, default=f.default,
+                                  help=f.metadata["help"])
+    _add_dataclass_options(tune, TrainConfig, only=("ratings", "input", "optimisation", "loss", "performance"))
+    tune.set_defaults(handler=_cmd_tune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmserve", description="Train, export and serve reward models for RLHF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -247,15 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="Measure a bundle's accuracy, calibration and length bias.",
                               description="Score preference pairs with the bundle's ONNX model, exactly as the "
                               "service does, and report tie-aware accuracy, log-loss, AUC, calibration error at the "
-                              "bundle's temperature, accuracy by length, reward-length correlation and the reward "
-                              "distribution; optionally an HTML report with plots.")
+                              "bundle's temperature (and what that temperature was fitted on), accuracy by length, "
+                              "reward-length correlation and the reward distribution, each accuracy, AUC, ECE and "
+                              "log-loss with a 95 %% bootstrap interval resampled by prompt; optionally an HTML "
+                              "report with plots.")
     evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
     evaluate.add_argument("--data", default=None, help="Preference data (pairs, rankings or ratings; JSONL(.gz) or a "
                           "saved dataset directory). Default: the shipped HH-RLHF dev split.")
     evaluate.add_argument("--limit", type=int, default=None,
                           help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
-    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object.")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="Resamples of the prompts for the 95 %% interval of every accuracy, AUC, ECE and "
+                          "log-loss figure (each prompt's pairs resampled together; fixed seed). 0: no intervals. "
+                          "Default: 1000.")
+    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object (each figure "
+                          "with an interval has it beside it as <figure>_ci95: [lo, hi]).")
     evaluate.add_argument("--report", metavar="HTML", default=None,
                           help="Also write a self-contained HTML report with plots to this file.")
     evaluate.add_argument("--train-log", default=None,
@@ -310,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
     _add_dataclass_options(inspect, TrainConfig, only=("ratings",))
     inspect.set_defaults(handler=_cmd_data_inspect)
+    _add_tune_parser(sub)
     return parser
 
 

@@ -30,6 +30,11 @@ class TrainConfig:
     limit_train: int | None = _opt(None, "Use only the first N training rows (pairs or rankings).", "data")
     limit_dev: int | None = _opt(None, "Use only the first N dev rows.", "data")
     skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported, and counted) instead of stopping at the first.", "data")
+    calibration_split: float = _opt(
+        0.1, "Share of the training prompts held out from training (chosen by a hash of the prompt, so always the "
+        "same ones) on which export fits the calibration temperature, so that ECE on the dev data is measured on "
+        "pairs the temperature never saw. 0: train on every prompt and fit the temperature on the dev data "
+        "(then ECE there is in-sample, and `rmserve eval` says so).", "data")
     rating_labels: str = _opt(
         "margin", "Ratings files only ({prompt, response, rating} rows, training/ratings.py): how two differently "
         "rated responses to a prompt become a preference. margin: hard label with a margin from the rating gap "

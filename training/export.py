@@ -31,7 +31,7 @@ from rmserve.service.core.bundle import (
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import InputEncoder
 from rmserve.training.data import load_pairs, shipped_data
-from rmserve.training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
+from rmserve.training.evaluate import bundle_calibration, labels_of, pair_metrics, score_pairs
 from rmserve.training.model import RewardModel, load_checkpoint
 from rmserve.training.ratings import RatingOptions
 from rmserve.training.records import PreferencePair
@@ -120,7 +120,8 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
         chosen, rejected = score_pairs(engine, encoder, dev_pairs)
         labels = labels_of(dev_pairs)
         metrics, rewards = pair_metrics(chosen, rejected, labels), np.concatenate([chosen, rejected])
-        calibration = fit_calibration(chosen.astype(np.float64) - rejected, labels, dev_path.name)
+        calibration = bundle_calibration(engine, encoder, meta.training, chosen.astype(np.float64) - rejected,
+                                         labels, dev_path.name)
         golden_rows = parity_rows(dev_pairs, GOLDEN_SIZE)
         golden = [
             GoldenExample(prompt=prompt, response=response, score=float(engine(encoder.pad(encoder.encode([(prompt, response)])))[0]))
