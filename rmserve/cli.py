@@ -248,15 +248,15 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
                       help="Fold files, runs.jsonl and (while a run trains) its checkpoint. Default: artifacts/tune.")
     tune.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoint (about 90 MB each).")
     tune.add_argument("--json", metavar="FILE", default=None, help="Also write every run and the summary as JSON.")
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):  # the data options that make sense here, with train's help
-        if f.name in ("base_model", "train_data", "skip_bad_rows", "limit_train"):
-            flag = "--" + f.name.replace("_", "-")
-            if f.type == "bool":
-                tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                                  help=f.metadata["help"])
+        if f.name in ("base_model", "train_data", "limit_train", "skip_bad_rows"):
+            flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+            if kind is bool:
+                tune.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
             else:
-                tune.add_argument(flag, type=int if f.name == "limit_train" else str, default=f.default,
-                                  help=f.metadata["help"])
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))  # "int | None" -> int
+                tune.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
     _add_dataclass_options(tune, TrainConfig, only=("ratings", "input", "optimisation", "loss", "performance"))
     tune.set_defaults(handler=_cmd_tune)
 

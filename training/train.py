@@ -179,8 +179,9 @@ def _train(config: TrainConfig, world: World) -> dict:
     train_file = load_preferences(train_path, config.limit_train, config.skip_bad_rows, ratings)
     train_file, calibration = hold_out_calibration(train_file, config.calibration_split)
     if calibration:
-        say(f"held out {len(calibration)} of {len(train_file.groups) + len(calibration)} training prompts "
-            f"(--calibration-split {config.calibration_split}) for export to fit the calibration temperature on")
+        say(f"held out {len(calibration)} of {len(train_file.groups) + len(calibration)} training rows, whose prompts "
+            f"are in the calibration split (--calibration-split {config.calibration_split}): export fits the "
+            "calibration temperature on them")
     dev_file = load_preferences(dev_path, config.limit_dev, config.skip_bad_rows, ratings)
     for name, loaded in (("train", train_file), ("dev", dev_file)):
         if loaded.ratings:  # a ratings file: say what became of every rated response

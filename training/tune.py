@@ -48,8 +48,7 @@ class Candidate:
 def _value(name: str, text: str) -> Any:
     """`text` as the type of TrainConfig field `name`."""
     kind = typing.get_type_hints(TrainConfig)[name]
-    if typing.get_origin(kind) is not None or isinstance(kind, type(int | None)):
-        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)  # "int | None" -> int
     if kind is bool:
         lowered = text.strip().lower()
         if lowered not in ("true", "false", "on", "off", "1", "0", "yes", "no"):

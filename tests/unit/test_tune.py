@@ -101,3 +101,13 @@ def test_tune_cross_validates_a_tiny_model_and_resumes(tiny_base, tmp_path, monk
     assert len((tmp_path / "work" / RUNS_FILE).read_text().splitlines()) == 4
     with pytest.raises(AssertionError, match="trained again"):  # a new recipe is a new run
         tune(base, candidate_list(["learning_rate=1e-4"], []), folds=2, seed=0, work_dir=tmp_path / "work")
+
+
+def test_cli_names_a_bad_candidate_and_exits_2():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "rmserve.cli", "tune", "--vary", "learning_rat=1e-5"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "rmserve tune: 'learning_rat' is not a training option" in done.stderr
