@@ -47,8 +47,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, only: tup
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     try:
         from rmserve.service.settings import Settings
-    except ImportError:  # a client-only install: `rmserve serve` will say which extra it needs
+    except ImportError:  # a client-only install: take any options; `rmserve serve` says which extra it needs
         parser.description = (parser.description or "") + " Needs the server: pip install 'rmserve[serve]'."
+        parser.set_defaults(takes_any_options=True)
         return
 
     for name, info in Settings.model_fields.items():
@@ -327,7 +328,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.handler(args)
     except ImportError as e:
