@@ -12,11 +12,11 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 
 from tests.conftest import make_tiny_bundle
 from tests.integration.server import ROOT, running_server
