@@ -136,8 +136,11 @@ _ERRORS = {
           "`param` names it."},
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
     413: {"model": ErrorBody, "description": "Request body larger than max_request_bytes (rmserve's error shape)."},
-    422: {"model": ErrorResponse, "description": "An input the bundle cannot score (e.g. a text it cannot split "
-          "into prompt and response); `param` names it."},
+    # The request guard refuses a body that is not strict JSON before this router, in rmserve's shape.
+    422: {"description": "An input the bundle cannot score (e.g. a text it cannot split into prompt and response; "
+          "`param` names it), or a body that is not strict JSON (rmserve's error shape, from the request guard).",
+          "content": {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/ErrorResponse"},
+                                                                 {"$ref": "#/components/schemas/ErrorBody"}]}}}},
     503: {"model": ErrorResponse, "description": "Queue full, model not loaded yet, or shutting down; retry "
           "after Retry-After (another replica if there is one)."},
     504: {"model": ErrorResponse, "description": "The request's deadline passed before it was scored."},
