@@ -76,13 +76,20 @@ _STATUS: dict[ErrorKind, tuple[int, str]] = {
     ErrorKind.UNAUTHENTICATED: (401, "AuthenticationError"),
     ErrorKind.INTERNAL: (500, "InternalServerError"),
 }
-_RETRY_LATER = (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE)
 
 
-def _from_core(error: ScoringError) -> VllmError:
+def _as_vllm(error: Exception) -> VllmError:
+    """Any refusal of these routes, in vLLM's shape."""
+    if isinstance(error, VllmError):
+        return error
+    if isinstance(error, RequestValidationError):
+        return malformed(error.errors())
+    assert isinstance(error, ScoringError)
     status, kind = _STATUS[error.kind]
-    outcome = error.kind.value
-    return VllmError(status, kind, error.message, error.field, outcome)
+    refusal = VllmError(status, kind, error.message, error.field, outcome=error.kind.value)
+    if error.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
+        refusal.headers["Retry-After"] = "1"
+    return refusal
 
 
 class VllmRoute(APIRoute):
@@ -98,26 +105,18 @@ class VllmRoute(APIRoute):
             path = request.url.path
             in_flight = metrics.in_flight.labels("http")
             in_flight.inc()
-            outcome: str | None = "internal"
-            headers: dict[str, str] = {}
+            outcome: str | None = "internal"  # until known: an unexpected exception is a 500
             try:
                 try:
                     response = await handle(request)
                     outcome = "ok"
-                except RequestValidationError as e:
-                    error = malformed(e.errors())
-                except VllmError as e:
-                    error = e
-                except ScoringError as e:
-                    error = _from_core(e)
-                    if e.kind in _RETRY_LATER:
-                        headers["Retry-After"] = "1"
                 except ClientGone:
-                    outcome = None  # the app's handler counts it
+                    outcome = None  # the app's handler answers and counts it
                     raise
-                if outcome != "ok":
-                    outcome = error.outcome
-                    response = JSONResponse(error.body(), status_code=error.status, headers=headers)
+                except (RequestValidationError, VllmError, ScoringError) as e:
+                    refusal = _as_vllm(e)
+                    outcome = refusal.outcome
+                    response = JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers)
                 response.headers["X-Total-Time-Ms"] = f"{(time.perf_counter() - began) * 1000:.2f}"
                 return response
             finally:

@@ -127,6 +127,7 @@ class VllmError(Exception):
     def __init__(self, status: int, type_: str, message: str, param: str | None, outcome: str = "invalid"):
         super().__init__(message)
         self.status, self.type, self.message, self.param, self.outcome = status, type_, message, param, outcome
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return ErrorResponse(error=ErrorInfo(message=self.message, type=self.type, param=self.param,
