@@ -2,9 +2,10 @@
 
 HTTP (`HttpEndpoints`): one URL, several (a list, or one string with commas), or `dns:///host:port`,
 meaning every address that name resolves to (a Kubernetes headless Service answers with one address per
-ready pod). Names are resolved again every `refresh_seconds`, and at once after an address failed. Calls
-take the addresses in turn; an address that refused a connection or answered 503 sits out `cooldown_seconds`
-(when every address is out, all are tried).
+ready pod), over plain HTTP (a certificate names a host, not each pod's address: with TLS, use gRPC's
+dns:/// or list https:// URLs). Names are resolved again every `refresh_seconds`, and at once after an
+address failed. Calls take the addresses in turn; an address that refused a connection or answered 503
+sits out `cooldown_seconds` (when every address is out, all are tried).
 
 gRPC (`grpc_target`): gRPC balances by itself with its `round_robin` policy, over every address of one
 target; a list of host:port becomes one `ipv4:`/`ipv6:` target of their addresses, and `dns:///host:port`
