@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from rmserve import __version__
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.process.state import ServiceState
-from rmserve.service.transports.http import admin, openapi, openrlhf, routes
+from rmserve.service.transports.http import admin, openapi, openrlhf, routes, vllm
 from rmserve.service.transports.http.common import ClientGone, error_response, get_state
 from rmserve.service.transports.http.guard import RequestGuard
 from rmserve.service.transports.schemas import validation_error
@@ -128,5 +128,6 @@ def create_app(state: ServiceState) -> FastAPI:
     app.include_router(routes.scoring_router)
     app.include_router(routes.ops_router)
     app.include_router(openrlhf.router)
+    app.include_router(vllm.router)  # vLLM's pooling API: /classify, /pooling, /v1/models
     app.include_router(admin.router)
     return app
