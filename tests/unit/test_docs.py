@@ -95,7 +95,7 @@ def shell_commands(lines: list[str]) -> list[str]:
 
 
 def words(command: str) -> list[str]:
-    """The words of a command, without a trailing comment or leading environment assignments. A code span
+    """The words of a command, without a trailing comment or `&`, or leading environment assignments. A code span
     of running text need not be a command (`"\\n\\nAssistant:"`): one that is no shell line has none."""
     try:
         tokens = shlex.split(command, comments=True)
@@ -103,6 +103,8 @@ def words(command: str) -> list[str]:
         return []
     while tokens and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", tokens[0]):
         tokens.pop(0)
+    if tokens and tokens[-1] == "&":  # started in the background
+        tokens.pop()
     return tokens
 
 
@@ -399,6 +401,7 @@ PATH_BASES = [ROOT, ROOT / "service", ROOT / "service" / "transports"]
 NOT_IN_THE_CHECKOUT = (
     "artifacts/",                 # the default bundle and checkpoint, built by `make serve`
     "k8s/bundle-volume.yaml",     # deploy/README.md: a kustomize patch the operator writes
+    "vllm/",                      # docs/vllm.md: files of vLLM's release, whose protocol it follows
 )
 PATH_SPAN = re.compile(r"^\.{0,2}/?[\w.-]+(?:/[\w.*-]+)*/?$")
 
