@@ -1,8 +1,8 @@
 """What rmserve's clients share, whatever the protocol: typed results, errors, the retry policy, call
 deadlines, and merging the answers of a list that was split over several requests.
 
-Imported by `rmserve.client.http` (HTTP, and the public import path) and `rmserve.client.grpc`; needs neither
-torch nor the server's web stack.
+Imported by `rmserve.client.http` and `rmserve.client.grpc` (the public import path is `rmserve.client`);
+needs neither torch nor the server's web stack.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The gRPC half of rmserve's client library (import it from `rmserve.client.http`).
+"""The gRPC half of rmserve's client library (import it from `rmserve.client`).
 
 `GrpcRewardClient` (blocking) and `AsyncGrpcRewardClient` (grpc.aio) have the same calls, results,
 retries, deadlines and splitting as the HTTP clients. Each keeps one channel (one HTTP/2 connection per
