@@ -190,10 +190,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         field = ".".join(str(p) for p in first["loc"])
         raise BundleError(f"invalid manifest {manifest_path}: field '{field}': {first['msg']}") from e
 
-    if not (directory / MODEL_FILE).is_file():
-        raise BundleError(f"missing file: {directory / MODEL_FILE}")
-    external = external_data_files(directory)
-    for name in dict.fromkeys([MODEL_FILE, TOKENIZER_FILE, *external, *manifest.files]):
+    def verify(name: str) -> None:
         file_path = directory / name
         if not file_path.resolve().is_relative_to(directory.resolve()):
             raise BundleError(f"manifest {manifest_path} lists {name!r}, a file outside the bundle directory")
@@ -209,6 +206,13 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                     f"bad hash: {file_path} has sha256 {actual[:16]}…, manifest expects {expected[:16]}… "
                     "(file changed after export)"
                 )
+
+    # model.onnx first: a changed graph is reported as such before its external-data locations are read.
+    verify(MODEL_FILE)
+    verify(TOKENIZER_FILE)
+    for name in dict.fromkeys([*external_data_files(directory), *manifest.files]):
+        if name not in (MODEL_FILE, TOKENIZER_FILE):
+            verify(name)
 
     try:
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))

@@ -33,8 +33,9 @@ A request's shared prompt is rendered and tokenized once per `encode` call, howe
 it. With a template, each row's full rendering must start with the prompt's rendering (with
 `add_generation_prompt`); the row's tokens are then the prompt's tokens up to its last special token
 (a boundary no pre-tokenizer or normalizer works across) followed by the tokens of the rest of the
-row's text from that special token on. A row whose rendering does not extend the prompt's is tokenized
-whole. Either way the ids are those of the whole rendering (tests/unit/test_template_parity.py).
+row's text from that special token on. A row whose rendering does not extend the prompt's, or whose
+prompt rendering has no special token (Mistral v0.1's [INST] is plain text), is tokenized whole: exact,
+only slower. Either way the ids are those of the whole rendering (tests/unit/test_template_parity.py).
 """
 
 from __future__ import annotations
