@@ -30,3 +30,10 @@ timeout 200 "$PY" bench/serve.py --device cuda --seconds 8 --concurrency 1 32 12
   --server-args "--max-batch-size 128 --max-batch-tokens 32768"
 timeout 150 "$PY" bench/serve.py --device cuda --seconds 8 --concurrency 32 256 --skip-naive \
   --bundle artifacts/default-bundle-fp16 --server-args "--max-batch-size 128 --max-batch-tokens 32768"
+
+# The CUDA tests above include tests/integration/test_fp16_cuda.py (an imported decoder's fp16 bundle,
+# checked and served on CUDA). Here the same path on a real trained model: the default checkpoint is a
+# Hugging Face BERT directory, imported as fp16 with its agreement checked in half precision on CUDA.
+echo "== rmserve import --precision fp16 --device cuda (default checkpoint, 400 dev pairs)"
+timeout 300 "$PY" -m rmserve.cli import artifacts/default-checkpoint --output /tmp/rmserve-import-fp16 \
+  --precision fp16 --device cuda --max-length 256 --preferences training/data/hh-harmless/dev.jsonl.gz --limit-dev 400

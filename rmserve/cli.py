@@ -1,4 +1,4 @@
-"""The `rmserve` command: train, export, quantize, eval, serve, data. The one module above both halves: it
+"""The `rmserve` command: train, export, import, quantize, eval, serve, data. The one module above both halves: it
 dispatches to the server (`rmserve.service`) and to training (`rmserve.training`).
 
 Every subcommand imports what it needs only when it runs, so each install shape keeps a working command:
@@ -19,7 +19,7 @@ import typing
 from typing import Any
 
 EXTRA_FOR = {"serve": "serve", "eval": "serve", "quantize": "train", "train": "train", "export": "train",
-             "data": "train"}
+             "data": "train", "import": "train"}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
@@ -79,6 +79,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from rmserve.training.export import export_bundle
 
     export_bundle(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from rmserve.training.export import ExportError
+    from rmserve.training.importer import import_fp16, import_model
+    from rmserve.training.quantize import VariantRefused
+
+    options = {"max_length": args.max_length, "external_data": args.external_data, "limit_dev": args.limit_dev}
+    if args.precision == "fp16" and not args.preferences:
+        print("rmserve import: --precision fp16 needs --preferences: the fp16 model is accepted only if it keeps "
+              "the fp32 preference on those pairs", file=sys.stderr)
+        return 2
+    try:
+        if args.precision == "fp16":
+            bundle, report = import_fp16(args.source, args.output, args.preferences, args.min_agreement, args.device,
+                                         **options)
+            print(f"fp16 bundle {bundle.manifest.bundle_id} written to {args.output}: agrees with fp32 on "
+                  f"{report['agreement_with_fp32']:.2%} of {report['pairs']} pairs; max |reward diff| "
+                  f"{report['max_abs_reward_diff']:.3g}")
+        else:
+            print(import_model(args.source, args.output, args.preferences, **options).summary())
+    except (ExportError, VariantRefused) as e:
+        print(f"rmserve import: refused: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -229,6 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "rating options the checkpoint was trained with). Default: the checkpoint's dev data.")
     export.add_argument("--limit-dev", type=int, default=None, help="Use only the first N dev pairs.")
     export.set_defaults(handler=_cmd_export)
+
+    importer = sub.add_parser(
+        "import", help="Turn an existing Hugging Face reward model directory into a bundle, without training.",
+        description="Import a local AutoModelForSequenceClassification directory with one output (BERT, RoBERTa, "
+        "DeBERTa-v2, Llama, Qwen2, Qwen3, Mistral, Gemma2) as a verified bundle: its tokenizer checked against "
+        "transformers', its chat template carried, ONNX export checked against torch on a padded batch, a golden "
+        "set, and provenance (source directory, sha256 of config and weights). Refuses models that need "
+        "trust_remote_code, heads with num_labels != 1 and other architectures.")
+    importer.add_argument("source", metavar="HF_DIR", help="The model directory (config.json, weights, tokenizer files).")
+    importer.add_argument("--output", required=True, help="Bundle directory to write.")
+    importer.add_argument("--preferences", metavar="FILE", default=None,
+                          help="Preference pairs (as for training) for normalization stats, the calibration "
+                          "temperature and the dev report. Without: normalization is the identity, temperature 1, "
+                          "and the bundle says so.")
+    importer.add_argument("--limit-dev", type=int, default=None, help="Use only the first N preference rows.")
+    importer.add_argument("--max-length", type=int, default=None,
+                          help="Tokens per row. Default: the model's positions, at most 2048.")
+    importer.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                          help="fp16: half precision for CUDA, norms, softmax and head kept in fp32; accepted only if "
+                          "it keeps the fp32 preference on --min-agreement of the --preferences pairs.")
+    importer.add_argument("--min-agreement", type=float, default=0.99, help="For fp16 (default 0.99).")
+    importer.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                          help="Where the fp16 agreement check runs (cuda: in half precision, as it will be served).")
+    importer.add_argument("--external-data", action=argparse.BooleanOptionalAction, default=None,
+                          help="Weights in model.onnx.data beside the graph. Default: when they reach 1 GiB "
+                          "(a protobuf file stops at 2 GB).")
+    importer.set_defaults(handler=_cmd_import)
 
     quantize = sub.add_parser("quantize", help="Make an int8 (CPU) or fp16 (CUDA) variant of a bundle.",
                               description="Write a lower-precision variant of an fp32 bundle, refused unless it "

@@ -24,8 +24,8 @@ from rmserve.service.core.bundle import Bundle, load_bundle
 from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.groups import RewardSummary, summarize
-from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
-from rmserve.service.core.limits import check_rows, effective_deadline
+from rmserve.service.core.inputs import Batch, InputEncoder, Prompt, RowError
+from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field
 from rmserve.service.core.metrics import Metrics, MetricsObserver
 from rmserve.service.settings import Settings
 
@@ -142,9 +142,12 @@ class Scorer:
         self.batcher.check_room(len(rows))  # an overloaded service answers before tokenizing
         loop = asyncio.get_running_loop()
         began = time.perf_counter()
-        encoded = await loop.run_in_executor(
-            self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
-        )
+        try:
+            encoded = await loop.run_in_executor(
+                self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
+            )
+        except RowError as e:  # the model's chat template refused the conversation
+            raise ScoringError(ErrorKind.VALIDATION, str(e), prompt_field(rows[e.row].field)) from None
         tokenize_seconds = time.perf_counter() - began
         self.metrics.tokenize_duration.observe(tokenize_seconds)
         timing = RequestTiming()
