@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--min-agreement", type=float, default=0.99,
                           help="Least share of dev pairs whose preferred response must stay the same (default 0.99).")
     quantize.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                          help="Where to run the check; fp16 needs cuda.")
+                          help="Where to run the agreement check. fp16 runs on CPU too (ONNX Runtime computes "
+                          "what it has no fp16 kernel for in fp32); --device cuda checks it where it is served.")
     _add_dataclass_options(quantize, TrainConfig, only=("ratings",))  # for a ratings --dev-data
     quantize.set_defaults(handler=_cmd_quantize)
 

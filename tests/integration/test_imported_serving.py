@@ -20,13 +20,14 @@ from tests.chat_models import CONVERSATIONS, TRUNCATED, make_hub_model, transfor
 from tests.integration.server import running_server  # noqa: E402
 
 MAX_LENGTH = 256
+SOURCES: dict = {}  # name -> the hub model directory the served bundle was imported from
 
 
 @pytest.fixture(scope="module", params=["bert", "qwen2", "llama"])
 def served(request, tmp_path_factory):
     name = request.param
     root = tmp_path_factory.mktemp(f"served-{name}")
-    source = make_hub_model(root / "hub", name, seed=7)
+    source = SOURCES[name] = make_hub_model(root / "hub", name, seed=7)
     bundle = import_model(source, root / "bundle", max_length=MAX_LENGTH).bundle
     expected = transformers_scores(source, CONVERSATIONS[:TRUNCATED], bundle.manifest.model.architecture)
     assert all(score is not None for score in expected)
@@ -87,3 +88,23 @@ def test_a_conversation_the_template_refuses_is_a_client_error(served):
         pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=prompt_proto(twice), responses=["ok"]), timeout=30)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "roles must alternate" in refused.value.details()
     assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200  # the server stays up
+
+
+def test_formatted_text_from_the_trainers_protocols_scores_as_the_conversation(served):
+    """verl's /classify `input` and OpenRLHF's /get_reward `query` carry the conversation already formatted
+    by the model's template: scored as it is, it gives transformers' reward for that conversation."""
+    import transformers
+
+    from tests.chat_models import conversation
+
+    name, server, expected = served
+    if name == "bert":
+        pytest.skip("an encoder has no chat template: its formatted text is split as /get_reward splits it")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(SOURCES[name]))
+    texts = [tokenizer.apply_chat_template(conversation(prompt, response), tokenize=False)
+             for prompt, response in CONVERSATIONS[:TRUNCATED]]
+    classify = httpx.post(server.url + "/classify", json={"model": "rm", "input": texts, "activation": False},
+                          timeout=60).json()
+    np.testing.assert_allclose([d["probs"][-1] for d in classify["data"]], expected, atol=1e-4, rtol=0, err_msg=name)
+    reward = httpx.post(server.url + "/get_reward", json={"query": texts}, timeout=60).json()
+    np.testing.assert_allclose(reward["rewards"], expected, atol=1e-4, rtol=0, err_msg=name)

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import Request
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
-from rmserve.service.core.inputs import InputSpec
+from rmserve.service.core.inputs import PREFORMATTED, InputSpec
 from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.transports.http.common import unless_client_leaves
 
@@ -30,6 +30,16 @@ def split_at_response_prefix(text: str, spec: InputSpec, field: str, advice: str
                            f"{marker!r} (the bundle's response_prefix); {advice}", field)
     end = cut + len(marker)
     return Row(text[:end], text[end:], field)
+
+
+def formatted_row(text: str, spec: InputSpec, field: str, advice: str) -> Row:
+    """The row of a whole formatted conversation. A bundle with a chat template, or one that joins prompt
+    and response into one sequence, scores the text as it is (the core's PREFORMATTED row: tokenized as
+    is, cut from the left, never rendered again). A pair-template bundle needs prompt and response apart,
+    so the text is split after its response prefix."""
+    if spec.chat_template is not None or spec.join == "concat":
+        return Row(PREFORMATTED, text, field)
+    return split_at_response_prefix(text, spec, field, advice)
 
 
 async def score_in_chunks(scorer: Scorer, rows: Sequence[Row], request: Request) -> Scores:

@@ -5,8 +5,10 @@ OpenRLHF posts {"query": [full prompt+response texts], "prompts": [...], "labels
 {"rewards": [...], "scores": [...], "extra_logs": {name: [one float per query]}}. A query is split into the
 prompt and the response the bundle scores: by its `prompts` entry when given (the query must start with
 it), else after the last occurrence of the bundle's `response_prefix` (e.g. "\\n\\nAssistant:"); a query that
-cannot be split is refused with 422 naming it (`query.3`). Labels are accepted and ignored (a reward model
-does not read references); other fields that OpenRLHF forks add are ignored too.
+cannot be split is refused with 422 naming it (`query.3`). A bundle with its own chat template scores each
+query whole, as the formatted conversation the policy produced (the template is not applied again).
+Labels are accepted and ignored (a reward model does not read references); other fields that OpenRLHF
+forks add are ignored too.
 
 `rewards` are raw rewards, or bundle-normalized ones with `?values=normalized` in the URL; `scores` are
 always raw (OpenRLHF logs them and filters on them); `extra_logs` carries the normalized rewards and the
@@ -23,10 +25,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
-from rmserve.service.core.inputs import InputSpec
+from rmserve.service.core.inputs import PREFORMATTED, InputSpec
 from rmserve.service.core.scoring import Row
 from rmserve.service.transports.http.common import ScorerDep, authorized, timing_headers
-from rmserve.service.transports.http.fulltext import score_in_chunks, split_at_response_prefix
+from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks, split_at_response_prefix
 
 router = APIRouter(tags=["trainers"], dependencies=[Depends(authorized)])
 
@@ -47,7 +49,9 @@ class GetRewardResponse(BaseModel):
 
 
 def split_queries(queries: list[str], prompts: list[str] | None, spec: InputSpec) -> list[Row]:
-    """One scoring row per query, its field named `query.i` for error messages."""
+    """One scoring row per query, its field named `query.i` for error messages. A bundle with a chat
+    template scores each query as the formatted conversation it is (rendering it again would wrap the
+    whole text in a user turn); other bundles score the prompt and the response apart, as /score does."""
     rows = []
     if prompts is not None:
         if len(prompts) != len(queries):
@@ -56,8 +60,11 @@ def split_queries(queries: list[str], prompts: list[str] | None, spec: InputSpec
             if not query.startswith(prompt):
                 raise ScoringError(ErrorKind.VALIDATION, f"the query does not start with prompts.{i}, so it "
                                    "cannot be split into prompt and response", f"query.{i}")
-            rows.append(Row(prompt, query[len(prompt):], f"query.{i}"))
+            rows.append(Row(PREFORMATTED, query, f"query.{i}") if spec.chat_template is not None
+                        else Row(prompt, query[len(prompt):], f"query.{i}"))
         return rows
+    if spec.chat_template is not None:
+        return [formatted_row(query, spec, f"query.{i}", "") for i, query in enumerate(queries)]
     advice = "send 'prompts'"
     return [split_at_response_prefix(query, spec, f"query.{i}", advice) for i, query in enumerate(queries)]
 

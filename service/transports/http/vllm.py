@@ -49,7 +49,7 @@ from rmserve.service.transports.http.common import (
     get_state,
     timing_headers,
 )
-from rmserve.service.transports.http.fulltext import score_in_chunks, split_at_response_prefix
+from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks
 from rmserve.service.transports.http.openapi import ErrorBody
 from rmserve.service.transports.http.vllm_protocol import (
     ClassificationData,
@@ -158,18 +158,11 @@ _FIXED = {
 
 
 def text_rows(texts: Sequence[str], fields: Sequence[str], scorer: Scorer) -> list[Row]:
-    """The scoring rows of `input` texts, each a whole formatted conversation, named by `fields`.
-
-    A concatenating bundle scores the text as one sequence: an empty prompt and the whole text as the
-    response, tokenized once and cut from the left when too long. A pair-template bundle needs prompt and
-    response apart, so the text is split after its response prefix as /get_reward splits queries.
-    This is the one place where a text input becomes rows: re-point it here when the core scores
-    pre-formatted text itself."""
+    """The scoring rows of `input` texts, each a whole formatted conversation, named by `fields`
+    (fulltext.formatted_row: as is for template and concatenating bundles, split for pair templates)."""
     check_rows([Row("", text, field) for text, field in zip(texts, fields)], scorer.settings)  # whole-text limits
     spec = scorer.manifest.input
-    if spec.join == "concat":
-        return [Row("", text, field) for text, field in zip(texts, fields)]
-    return [split_at_response_prefix(text, spec, field, "send `messages` instead") for text, field in zip(texts, fields)]
+    return [formatted_row(text, spec, field, "send `messages` instead") for text, field in zip(texts, fields)]
 
 
 def chat_row(messages: Sequence[ChatMessage]) -> Row:
