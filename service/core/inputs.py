@@ -111,6 +111,30 @@ class Batch:
         return float(1.0 - self.attention_mask.mean()) if self.attention_mask.size else 0.0
 
 
+def special_template(tokenizer: Tokenizer, pair: bool) -> tuple[list[int], list[int], list[int]] | None:
+    """The special tokens the tokenizer's post-processor puts before, between (pair) and after the
+    sequences, when they are the same whatever the text (BERT's [CLS] a [SEP] b [SEP], RoBERTa's,
+    templates, none); None when they are not, or when the post-processor changes the text's own ids."""
+    found = set()
+    for first, second in (("a", "b c"), ("hello world", "x")):
+        a, b = tokenizer.encode_batch([first, second], add_special_tokens=False)
+        if pair:
+            joined = tokenizer.post_process(a, b, add_special_tokens=True)
+        else:
+            joined = tokenizer.post_process(Encoding.merge([a, b], growing_offsets=True), None, add_special_tokens=True)
+        ids = joined.ids
+        content = [i for i, special in enumerate(joined.special_tokens_mask) if not special]
+        if [ids[i] for i in content] != a.ids + b.ids or content != list(range(content[0], content[0] + len(a))) + \
+                list(range(content[len(a)], content[len(a)] + len(b))):
+            return None
+        end_a, start_b = content[len(a) - 1] + 1, content[len(a)]
+        found.add((tuple(ids[: content[0]]), tuple(ids[end_a:start_b]), tuple(ids[content[-1] + 1 :])))
+    if len(found) != 1:
+        return None
+    before, between, after = found.pop()
+    return list(before), list(between), list(after)
+
+
 class InputEncoder:
     """Renders, tokenizes, truncates and pads (prompt, response) rows for one tokenizer and spec."""
 
@@ -125,6 +149,7 @@ class InputEncoder:
         self.budget = spec.max_length - self.special_tokens - (spec.eos_id is not None)
         if self.budget < 2:
             raise ValueError(f"max_length {spec.max_length} leaves no room beside {self.special_tokens} special tokens")
+        self._template = special_template(tokenizer, is_pair)
 
     @classmethod
     def from_file(cls, tokenizer_path: str, spec: InputSpec) -> InputEncoder:
@@ -134,31 +159,38 @@ class InputEncoder:
         """Token ids for each (prompt, response); uses the fast tokenizer's batch call."""
         if not rows:
             return []
-        # Each distinct prompt is tokenized once per call, however many responses share it.
         prompts = [render_prompt(prompt, self.spec) for prompt, _ in rows]
-        distinct = list(dict.fromkeys(prompts))
         responses = [response for _, response in rows]
+        if self._template is None:  # a post-processor whose special tokens depend on the text
+            encodings = self.tokenizer.encode_batch(prompts + responses, add_special_tokens=False)
+            n = len(rows)
+            return [self._join(encodings[i], encodings[n + i]) for i in range(n)]
+        # Each distinct prompt is tokenized once per call, however many responses share it.
+        distinct = list(dict.fromkeys(prompts))
         encodings = self.tokenizer.encode_batch(distinct + responses, add_special_tokens=False)
-        by_text = {text: self._capped(text, encodings[i]) for i, text in enumerate(distinct)}
+        prompt_ids = {text: encodings[i].ids for i, text in enumerate(distinct)}
         n = len(distinct)
-        # _join truncates its prompt in place: each row gets its own copy.
-        return [self._join(Encoding.merge([by_text[p][0]]), encodings[n + i], by_text[p][1])
-                for i, p in enumerate(prompts)]
+        return [self._splice(prompt_ids[p], encodings[n + i].ids) for i, p in enumerate(prompts)]
 
-    def _capped(self, text: str, prompt: Encoding) -> tuple[Encoding, int]:
-        """`prompt`, or, when it is longer than any row can keep, the same last `budget` tokens from its
-        tail re-tokenized alone: truncating a long Encoding keeps every cut piece in `overflowing`, which
-        each copy and post_process carries along (a 100,000-character prompt cost ~30 ms per row). Used
-        only when the tail's ids are exactly the full prompt's last ids. Returns it and the tokens it left out."""
-        if len(prompt) <= self.budget:
-            return prompt, 0
-        margin = min(len(prompt) - 1, self.budget + 64)  # start some tokens early: the tail's first word is cut
-        tail = self.tokenizer.encode(text[prompt.offsets[-margin][0]:], add_special_tokens=False)
-        if len(tail) >= self.budget and tail.ids[-self.budget:] == prompt.ids[-self.budget:]:
-            return tail, len(prompt) - len(tail)
-        return prompt, 0
+    def _splice(self, prompt: list[int], response: list[int]) -> EncodedInput:
+        """`_join` on token ids: the same truncation, and the special tokens the post-processor adds, found
+        once (`_template`). Slicing ids costs microseconds, where truncating a long prompt's Encoding
+        keeps every cut piece in `overflowing`, carried by each copy and post_process (a 100,000-character
+        prompt cost ~30 ms per row)."""
+        assert self._template is not None
+        response_cut = max(0, len(response) - self.budget)
+        if response_cut:
+            response = response[response_cut:]
+        prompt_cut = max(0, len(prompt) - (self.budget - len(response)))
+        if prompt_cut:
+            prompt = prompt[prompt_cut:]
+        before, between, after = self._template
+        ids = [*before, *prompt, *between, *response, *after]
+        if self.spec.eos_id is not None:
+            ids.append(self.spec.eos_id)
+        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
 
-    def _join(self, prompt: Encoding, response: Encoding, already_cut: int = 0) -> EncodedInput:
+    def _join(self, prompt: Encoding, response: Encoding) -> EncodedInput:
         response_cut = max(0, len(response) - self.budget)
         if response_cut:
             response.truncate(self.budget, direction="left")
@@ -176,7 +208,7 @@ class InputEncoder:
             joined = self.tokenizer.post_process(merged, None, add_special_tokens=True)
         ids = joined.ids if self.spec.eos_id is None else [*joined.ids, self.spec.eos_id]
         assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
-        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut + already_cut, response_tokens_cut=response_cut)
+        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
 
     def pad(self, rows: Sequence[EncodedInput | Sequence[int]]) -> Batch:
         """Pad rows to the longest one, on the spec's side, with the spec's pad id."""
