@@ -1,0 +1,114 @@
+"""The tokenizer stage between admission and the batch queue: a few threads that turn admitted requests'
+texts into token rows and hand them to the batcher.
+
+Requests wait here in arrival order and are already counted against the queue (`Batcher.admit`), so an
+overloaded service refuses them before any tokenizing. Each thread takes the oldest waiting request and
+as many of the following ones as fit in `max_rows` rows, and tokenizes them all in one encoder call: the
+fast tokenizer's batch call releases the GIL, so the threads run in parallel with each other and with the
+event loop, and one call (one hand-over between threads) serves many small requests. A large request
+keeps one thread busy while the others serve the requests behind it. Requests whose caller left or whose
+deadline passed while they waited are let go untokenized.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from rmserve.service.core.batcher import Batcher, Job
+from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.inputs import EncodedInput, Prompt
+
+log = logging.getLogger("rmserve.tokenizing")
+
+Encode = Callable[[Sequence[tuple[Prompt, str]]], list[EncodedInput]]
+
+
+class Tokenizing:
+    """`threads` tokenizer threads feeding `batcher`; `observe(seconds)` is called once per request with
+    the time of the tokenizer call that held its rows."""
+
+    def __init__(self, encode: Encode, batcher: Batcher, threads: int, max_rows: int = 256,
+                 observe: Callable[[float], None] = lambda seconds: None):
+        self._encode = encode
+        self._batcher = batcher
+        self._max_rows = max_rows
+        self._observe = observe
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[Job, Sequence[tuple[Prompt, str]]]] = deque()
+        self._idle = 0  # threads waiting for work: only then does `submit` need to wake one
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, name=f"rmserve-tokenize-{i}", daemon=True)
+                         for i in range(max(1, threads))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job, rows: Sequence[tuple[Prompt, str]]) -> None:
+        """Queue an admitted job's (prompt, response) rows for tokenizing."""
+        with self._cond:
+            self._pending.append((job, rows))
+            if self._idle:
+                self._cond.notify()
+
+    def _take(self) -> list[tuple[Job, Sequence[tuple[Prompt, str]]]] | None:
+        with self._cond:
+            while not self._pending:
+                if self._stopping:
+                    return None
+                self._idle += 1
+                self._cond.wait()
+                self._idle -= 1
+            taken = [self._pending.popleft()]
+            rows = len(taken[0][1])
+            while self._pending and rows + len(self._pending[0][1]) <= self._max_rows:
+                rows += len(self._pending[0][1])
+                taken.append(self._pending.popleft())
+            if self._pending and self._idle:
+                self._cond.notify()  # more work than this thread took: wake another
+            return taken
+
+    def _work(self) -> None:
+        while (taken := self._take()) is not None:
+            now = time.monotonic()
+            live = []
+            for job, rows in taken:
+                if job.cancelled:
+                    self._batcher.observer.dropped("cancelled", job.rows)
+                    self._batcher.withdraw(job)
+                elif job.expired(now):
+                    self._batcher.observer.dropped("expired", job.rows)
+                    self._batcher.withdraw(job, ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request "
+                                                             "was tokenized"))
+                else:
+                    live.append((job, rows))
+            if live:
+                self._tokenize(live)
+
+    def _tokenize(self, jobs: list[tuple[Job, Sequence[tuple[Prompt, str]]]]) -> None:
+        began = time.perf_counter()
+        try:
+            encoded = self._encode([row for _, rows in jobs for row in rows])
+        except Exception as e:  # a tokenizer failure answers these requests; the stage keeps serving
+            log.exception("tokenizing %d requests failed", len(jobs))
+            for job, _ in jobs:
+                self._batcher.withdraw(job, ScoringError(ErrorKind.INTERNAL, f"tokenizing failed: {e}"))
+            return
+        seconds = time.perf_counter() - began
+        start = 0
+        for job, rows in jobs:
+            job.encoded = encoded[start:start + len(rows)]
+            start += len(rows)
+            job.tokenize_seconds = seconds
+            self._observe(seconds)
+            self._batcher.submit(job, [e.ids for e in job.encoded])
+
+    def close(self) -> None:
+        """Tokenize what is waiting, then stop the threads."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(30.0)
