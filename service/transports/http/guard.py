@@ -4,7 +4,8 @@ A plain ASGI middleware that
 - refuses a body larger than `max_request_bytes` with 413, from its Content-Length before reading any of
   it, or while it streams in (chunked) as soon as the count passes the limit;
 - refuses a JSON body that is not strict UTF-8 JSON (NaN/Infinity, nesting past `max_json_depth`) with
-  422, where the JSON parser would otherwise fail with an error of its own (a 500);
+  422, where the JSON parser would otherwise fail with an error of its own (a 500); the body is parsed
+  here, once, and the parsed value travels to the route in the ASGI scope (body.PARSED_JSON);
 - reads `X-Request-Timeout` into the request's deadline (`rmserve.service.core.limits.request_deadline`);
 - with `protect_health_and_metrics`, asks for an API key on /healthz, /readyz and /metrics.
 Every refusal has the service's error body, naming the field and the limit.
@@ -18,7 +19,7 @@ from typing import Any
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.limits import invalid, request_deadline
-from rmserve.service.transports.http.body import TIMEOUT_HEADER, check_json, parse_timeout
+from rmserve.service.transports.http.body import PARSED_JSON, TIMEOUT_HEADER, parse_json, parse_timeout
 
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _TIMEOUT_HEADER = TIMEOUT_HEADER.lower().encode()
@@ -56,7 +57,7 @@ class RequestGuard:
             deadline = time.monotonic() + parse_timeout(timeout) if timeout is not None else None
             body = await self._read_body(scope, receive, settings.max_request_bytes)
             if body and _is_json(scope):
-                check_json(body, settings.max_json_depth)
+                scope[PARSED_JSON] = parse_json(body, settings.max_json_depth)
         except _TooLarge as e:
             await self._refuse(scope, send, 413, e.error)
             return
