@@ -342,6 +342,7 @@ class Batcher:
                 continue
             seconds = time.perf_counter() - began
             self.observer.batch(batch, seconds, waited)
+            self.observer.scored(batch, rewards)
             _settle(_record(items, rewards, waited, seconds))
 
     def close(self, timeout: float = 30.0) -> None:
@@ -398,6 +399,9 @@ class BatchObserver:
     """Hooks for metrics; the default does nothing (tests and benchmarks may count with it)."""
 
     def batch(self, batch: Batch, seconds: float, queue_seconds: list[float]) -> None: ...
+
+    def scored(self, batch: Batch, rewards: np.ndarray) -> None:
+        """The rewards of a batch that ran, before its requests are answered."""
 
     def dropped(self, reason: str, count: int = 1) -> None: ...
 

@@ -15,12 +15,12 @@ import os
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from rmserve.group_stats import ValueKind
-from rmserve.service.core.batcher import Batcher, BatchPolicy
+from rmserve.service.core.batcher import Batcher, BatchPolicy, Job
 from rmserve.service.core.bundle import Bundle, load_bundle
 from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
 from rmserve.service.core.errors import ErrorKind, ScoringError
@@ -35,8 +35,7 @@ log = logging.getLogger("rmserve.scoring")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: built for every response of every request, so it must be cheap
     prompt: Prompt
     response: str
     field: str  # names the response in the request, for error messages
@@ -93,11 +92,10 @@ class Scorer:
                 max_queue_rows=settings.max_queue_rows,
                 max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
             ),
-            observer=MetricsObserver(metrics),
+            observer=MetricsObserver(metrics, self.normalize),
         )
         # Tokenizing is CPU work too: keep it off the event loop, on threads of its own.
-        self.tokenizing = Tokenizing(self.encoder.encode, self.batcher, tokenizer_threads(),
-                                     observe=metrics.tokenize_duration.observe)
+        self.tokenizing = Tokenizing(self.encoder.encode, self.batcher, tokenizer_threads(), self._tokenized)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
@@ -155,15 +153,16 @@ class Scorer:
         except BaseException:
             self.batcher.abandon(job)  # a departed client's rows are dropped before inference, slots freed at once
             raise
-        encoded = job.encoded
-        truncated = [e.truncated for e in encoded]
-        self.metrics.scored.inc(len(rows))
-        self.metrics.input_tokens.inc(sum(len(e.ids) for e in encoded))
-        self.metrics.truncations.inc(sum(truncated))
-        if self.metrics.observe_rewards(raw, self.normalize(raw), np.array([len(e.ids) for e in encoded])):
+        # Reward metrics were recorded per batch (MetricsObserver.scored); a non-finite reward fails the request.
+        if not np.isfinite(raw).all():
             raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
-        return Scores(raw=raw, truncated=truncated, tokenize_seconds=job.tokenize_seconds,
+        return Scores(raw=raw, truncated=[e.truncated for e in job.encoded], tokenize_seconds=job.tokenize_seconds,
                       queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds)
+
+    def _tokenized(self, job: Job) -> None:
+        """Tokenizer-thread metrics of one request."""
+        self.metrics.tokenize_duration.observe(job.tokenize_seconds)
+        self.metrics.truncations.inc(sum(e.truncated for e in job.encoded))
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         stats = self.manifest.normalization

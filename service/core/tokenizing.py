@@ -28,15 +28,17 @@ Encode = Callable[[Sequence[tuple[Prompt, str]]], list[EncodedInput]]
 
 
 class Tokenizing:
-    """`threads` tokenizer threads feeding `batcher`; `observe(seconds)` is called once per request with
-    the time of the tokenizer call that held its rows."""
+    """`threads` tokenizer threads feeding `batcher`; `tokenized(job)` is called for each request once its
+    rows are encoded (`job.encoded`, `job.tokenize_seconds`: the time of the call that held them)."""
 
-    def __init__(self, encode: Encode, batcher: Batcher, threads: int, max_rows: int = 256,
-                 observe: Callable[[float], None] = lambda seconds: None):
+    def __init__(self, encode: Encode, batcher: Batcher, threads: int,
+                 tokenized: Callable[[Job], None] = lambda job: None, max_rows: int = 256):
         self._encode = encode
         self._batcher = batcher
         self._max_rows = max_rows
-        self._observe = observe
+        self._tokenized = tokenized
+        self._inbox: list[tuple[Job, Sequence[tuple[Prompt, str]]]] = []  # submitted, not yet handed over
+        self._inbox_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: deque[tuple[Job, Sequence[tuple[Prompt, str]]]] = deque()
         self._idle = 0  # threads waiting for work: only then does `submit` need to wake one
@@ -47,9 +49,21 @@ class Tokenizing:
             thread.start()
 
     def submit(self, job: Job, rows: Sequence[tuple[Prompt, str]]) -> None:
-        """Queue an admitted job's (prompt, response) rows for tokenizing."""
+        """Queue an admitted job's (prompt, response) rows for tokenizing. Called on the job's event loop;
+        the jobs submitted in one turn of the loop reach the threads together, at its end, with one
+        wake-up (waking a thread costs the loop more than the bookkeeping of a request)."""
+        with self._inbox_lock:
+            self._inbox.append((job, rows))
+            if len(self._inbox) > 1:
+                return  # a hand-over is already scheduled
+        job.loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._inbox_lock:
+            arrived = list(self._inbox)
+            self._inbox.clear()
         with self._cond:
-            self._pending.append((job, rows))
+            self._pending.extend(arrived)
             if self._idle:
                 self._cond.notify()
 
@@ -102,7 +116,7 @@ class Tokenizing:
             job.encoded = encoded[start:start + len(rows)]
             start += len(rows)
             job.tokenize_seconds = seconds
-            self._observe(seconds)
+            self._tokenized(job)
             self._batcher.submit(job, [e.ids for e in job.encoded])
 
     def close(self) -> None:

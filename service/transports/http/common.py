@@ -21,6 +21,8 @@ from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.http.body import PARSED_JSON
 
 T = TypeVar("T")
+# A scoring route's function as the scoring front calls it: (validated body, scorer, request) -> answer.
+Endpoint = Callable[[Any, Scorer, Request], Coroutine[Any, Any, Response]]
 
 HTTP_STATUS: dict[ErrorKind, int] = {
     ErrorKind.VALIDATION: 422,
