@@ -196,6 +196,8 @@ class Batcher:
         now = time.monotonic()
         with self._cond:
             if job.cancelled or job.settled:
+                if job.cancelled:
+                    self.observer.dropped("cancelled", job.rows)
                 self._release(job.rows)
                 return
             items = []

@@ -151,7 +151,11 @@ class Scorer:
         try:
             raw = await _until(deadline, job.future)
         except BaseException:
-            self.batcher.abandon(job)  # a departed client's rows are dropped before inference, slots freed at once
+            # A departed client's rows are dropped before inference (untokenized if they still wait for
+            # it), and their queue slots are free at once.
+            job.cancelled = True
+            if not self.tokenizing.cancel(job):
+                self.batcher.abandon(job)
             raise
         # Reward metrics were recorded per batch (MetricsObserver.scored); a non-finite reward fails the request.
         if not np.isfinite(raw).all():

@@ -58,6 +58,27 @@ class Tokenizing:
                 return  # a hand-over is already scheduled
         job.loop.call_soon(self._hand_over)
 
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def cancel(self, job: Job) -> bool:
+        """Take a job whose caller left out of the waiting line, freeing its queue slots at once; False when
+        it is no longer waiting here (being tokenized, or already handed to the batcher)."""
+        with self._inbox_lock:
+            found = [entry for entry in self._inbox if entry[0] is job]
+            self._inbox[:] = [entry for entry in self._inbox if entry[0] is not job]
+        if not found:
+            with self._cond:
+                found = [entry for entry in self._pending if entry[0] is job]
+                if found:
+                    self._pending.remove(found[0])
+        if not found:
+            return False
+        self._batcher.observer.dropped("cancelled", job.rows)
+        self._batcher.withdraw(job)
+        return True
+
     def _hand_over(self) -> None:
         with self._inbox_lock:
             arrived = list(self._inbox)
