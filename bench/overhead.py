@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-padding-ratio 0.2'.")
     parser.add_argument("--skip-extras", action="store_true", help="Skip the latency-beside-big and long-prompt runs.")
+    parser.add_argument("--note", default="", help="A remark for the record, e.g. that the machine was shared.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
     args = parser.parse_args()
     if shutil.which("wrk") is None and "http" in args.protocols:
@@ -366,7 +367,8 @@ def main() -> None:
     print("\n".join(notes))
     if not args.no_write:
         record_run("Serving-layer overhead (null engine)", f"null-engine copy of `{args.bundle}`, wrk for HTTP, "
-                   f"{args.grpc_processes}-process Python generator for gRPC", text + "\n\n" + "\n".join(notes))
+                   f"{args.grpc_processes}-process Python generator for gRPC" + (f"; {args.note}" if args.note else ""),
+                   text + "\n\n" + "\n".join(notes))
     shutil.rmtree(work, ignore_errors=True)
 
 
