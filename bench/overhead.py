@@ -223,20 +223,30 @@ def write_bodies(directory: Path, rows: list, sizes: list[int], count: int) -> d
     return made
 
 
+def concurrency(connections: int, size: int) -> int:
+    """Concurrent requests at `size` responses each: `connections`, or fewer when that many rows would not
+    fit rmserve's default queue (the rest would be refused with 429, correctly, and the bare endpoint has
+    no queue to refuse them)."""
+    from rmserve.service.settings import Settings
+
+    return max(1, min(connections, Settings.model_fields["max_queue_rows"].default // size))
+
+
 def measure_round(servers: list[Server], bodies: dict, sizes: list[int], protocols: list[str], seconds: float,
                   connections: int, processes: int, order: int) -> dict:
     """One round: every server at every size and protocol, in alternating order; {(protocol, size, name): rps}."""
     figures = {}
     for size in sizes:
         path, protos = bodies[size]
+        clients = concurrency(connections, size)
         for protocol in protocols:
             prefix = {"http": "bare HTTP", "grpc": "bare gRPC"}[protocol]
             group = [s for s in servers if s.name == "rmserve" or s.name.startswith(prefix)]
             for server in (group if order % 2 == 0 else group[::-1]):
                 if protocol == "http":
-                    rps = wrk(server.port, path, seconds, connections)["rps"]
+                    rps = wrk(server.port, path, seconds, clients)["rps"]
                 else:
-                    rps = grpc_load(server.grpc_port, protos, seconds, connections, processes)["rps"]
+                    rps = grpc_load(server.grpc_port, protos, seconds, clients, processes)["rps"]
                 figures[(protocol, size, server.name)] = rps
                 print(f"  {protocol} x{size} {server.name}: {rps:.0f} req/s = {rps * size:.0f} texts/s", flush=True)
     return figures
@@ -296,7 +306,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64], help="Responses per request.")
     parser.add_argument("--protocols", nargs="+", choices=["http", "grpc"], default=["http", "grpc"])
-    parser.add_argument("--connections", type=int, default=32, help="Concurrent requests.")
+    parser.add_argument("--connections", type=int, default=32,
+                        help="Concurrent requests (fewer for big requests: as many as rmserve's default queue holds).")
     parser.add_argument("--grpc-processes", type=int, default=2, help="gRPC load generator processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-padding-ratio 0.2'.")
@@ -336,8 +347,8 @@ def main() -> None:
     long_line = "" if args.skip_extras else long_prompt(bundle_dir, rows)
     print(long_line)
 
-    table = ["| protocol | responses / request | rmserve req/s (texts/s) | best bare req/s (variant) | rmserve ÷ bare, "
-             "each round | median |", "|---|---|---|---|---|---|"]
+    table = ["| protocol | responses / request | concurrent requests | rmserve req/s (texts/s) | best bare req/s (variant) "
+             "| rmserve ÷ bare, each round | median |", "|---|---|---|---|---|---|---|"]
     for protocol in args.protocols:
         for size in args.sizes:
             ratios, ours, best = [], [], []
@@ -348,7 +359,7 @@ def main() -> None:
                 best.append((bare[name], name))
                 ratios.append(ours[-1] / bare[name])
             mid = statistics.median(ours)
-            table.append(f"| {protocol} | {size} | {mid:.0f} ({mid * size:.0f}) | {statistics.median(b for b, _ in best):.0f} "
+            table.append(f"| {protocol} | {size} | {concurrency(args.connections, size)} | {mid:.0f} ({mid * size:.0f}) | {statistics.median(b for b, _ in best):.0f} "
                          f"({', '.join(sorted({n for _, n in best}))}) | {', '.join(f'{x:.2f}' for x in ratios)} | "
                          f"**{statistics.median(ratios):.2f}** |")
     text = "\n".join(table)
