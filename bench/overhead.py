@@ -146,7 +146,7 @@ def wait_grpc(port: int, timeout: float = 60.0) -> None:
 
 def wrk(port: int, bodies: Path, seconds: float, connections: int, latency: bool = False) -> dict:
     """Requests/s (and latency percentiles in ms with `latency`) from one wrk run; fails on any non-2xx."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(bodies.with_suffix(".lua")),
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "-s", str(bodies.with_suffix(".lua")),
            *(["--latency"] if latency else []), f"http://127.0.0.1:{port}/score"]
     out = subprocess.run(cmd, env={**os.environ, "BODIES": str(bodies)}, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
@@ -258,7 +258,7 @@ def latency_beside_big(servers: list[Server], bodies: dict, seconds: float) -> l
     single, big = bodies[1][0], bodies[64][0]
     for server in (s for s in servers if s.name in ("rmserve", "bare HTTP def", "bare HTTP async")):
         alone = wrk(server.port, single, seconds, 16, latency=True)
-        beside = subprocess.Popen(["wrk", "-t1", "-c2", f"-d{seconds + 2:g}s", "-s", str(big.with_suffix(".lua")),
+        beside = subprocess.Popen(["wrk", "-t1", "-c2", f"-d{seconds + 2:g}s", "--timeout", "60s", "-s", str(big.with_suffix(".lua")),
                                    f"http://127.0.0.1:{server.port}/score"], env={**os.environ, "BODIES": str(big)},
                                   stdout=subprocess.PIPE, text=True)
         time.sleep(1)  # not synchronization: the big requests' load is under way before the measured window
