@@ -308,7 +308,7 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", choices=["http", "grpc"], default=["http", "grpc"])
     parser.add_argument("--connections", type=int, default=32,
                         help="Concurrent requests (fewer for big requests: as many as rmserve's default queue holds).")
-    parser.add_argument("--grpc-processes", type=int, default=2, help="gRPC load generator processes.")
+    parser.add_argument("--grpc-processes", type=int, default=4, help="gRPC load generator processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-padding-ratio 0.2'.")
     parser.add_argument("--skip-extras", action="store_true", help="Skip the latency-beside-big and long-prompt runs.")
