@@ -298,6 +298,7 @@ def main() -> None:
     parser.add_argument("--infinity-bin", default=None,
                         help="Path of an `infinity_emb` executable (PyPI infinity-emb, installed in its own venv); "
                         "serves the same checkpoint through its /rerank endpoint as a peer row.")
+    parser.add_argument("--note", default="", help="A remark for the record, e.g. that the machine was shared.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
     args = parser.parse_args()
 
@@ -406,7 +407,7 @@ def main() -> None:
     if not args.no_write:
         bundle_id = json.loads((bundle_dir / "bundle.json").read_text())["bundle_id"]
         record_run("Serving", f"bundle `{bundle_id}`, {args.seconds:.0f} s per load point, texts: shipped HH dialogues "
-                   "(real length mix)", f"{text}\n\n{spread}\n- single-text engine latency p50: {single_ms:.1f} ms\n"
+                   "(real length mix)" + (f"; {args.note}" if args.note else ""), f"{text}\n\n{spread}\n- single-text engine latency p50: {single_ms:.1f} ms\n"
                    f"- overload: {overload_line}", args.device)
 
 
