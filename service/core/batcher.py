@@ -142,8 +142,13 @@ class Batcher:
         self._run, self._pad = run, pad
         self.policy = policy
         self.observer = observer or BatchObserver()
-        # One lock guards the queue and the prepared batch, so that topping up is atomic with taking.
-        self._cond = threading.Condition()
+        # One lock guards the queue and the prepared batch, so that topping up is atomic with taking. The
+        # collector waits on `_cond`, the inference thread on `_engine_cond`: new rows wake only the one
+        # that will act on them (an idle engine forms its batch itself; a busy one has the collector prepare).
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._engine_cond = threading.Condition(lock)
+        self._engine_idle = False
         self._waiting: list[WorkItem] = []
         self._prepared: tuple[list[WorkItem], Batch] | None = None
         self._arrivals = 0  # rows submitted so far; tells the collector that something new came
@@ -158,6 +163,10 @@ class Batcher:
         ]
         for thread in self._threads:
             thread.start()
+
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        self._engine_cond.notify_all()
 
     def queued(self) -> int:
         """Rows admitted and not yet taken by the engine: being tokenized, waiting, or prepared."""
@@ -205,7 +214,10 @@ class Batcher:
                 self._arrivals += 1
                 items.append(WorkItem(ids, job, index, now, seq=self._arrivals))
             self._waiting.extend(items)
-            self._cond.notify_all()
+            if self._engine_idle and self.policy.max_wait_ms <= 0:
+                self._engine_cond.notify()
+            else:
+                self._cond.notify()
 
     def withdraw(self, job: Job, error: ScoringError | None = None) -> None:
         """Let go of an admitted job whose rows will never be submitted (its caller left, its deadline
@@ -233,7 +245,7 @@ class Batcher:
             expired = job.deadline is not None and time.monotonic() >= job.deadline - 1e-3
             self.observer.dropped("expired" if expired else "cancelled", len(removed))
             self._release(len(removed))
-            self._cond.notify_all()
+            self._wake_all()
 
     def _collect_loop(self) -> None:
         """Keep one batch prepared for the engine; while the engine is busy, top it up with new rows."""
@@ -241,7 +253,7 @@ class Batcher:
         with self._cond:
             while True:
                 if self._stopping and not self._waiting and self._prepared is None:
-                    self._cond.notify_all()
+                    self._wake_all()
                     return
                 room = self._prepared is None or len(self._prepared[0]) < self.policy.max_batch_size
                 if self._waiting and room and (self._prepared is None or self._arrivals != formed_at):
@@ -255,7 +267,7 @@ class Batcher:
                         items = collate(self._waiting, self.policy)
                         self._prepared = (items, self._pad([item.ids for item in items]))
                         formed_at = self._arrivals
-                        self._cond.notify_all()
+                        self._engine_cond.notify_all()
                     continue
                 self._cond.wait()
 
@@ -306,14 +318,18 @@ class Batcher:
                     if self._waiting:
                         items = collate(self._waiting, self.policy)
                         self._release(len(items))
+                        if self._waiting:
+                            self._cond.notify()  # the rest is prepared while this batch runs
                         return items, self._pad([item.ids for item in items])
                     continue
                 if self._stopping and not self._waiting:
                     return None
-                self._cond.wait()
+                self._engine_idle = True
+                self._engine_cond.wait()
+                self._engine_idle = False
             taken, self._prepared = self._prepared, None
             self._release(len(taken[0]))
-            self._cond.notify_all()
+            self._cond.notify_all()  # the collector prepares the next one
             return taken
 
     def _inference_loop(self) -> None:
@@ -351,7 +367,7 @@ class Batcher:
         """Finish queued work, then stop both threads."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._wake_all()
         for thread in self._threads:
             thread.join(timeout)
 
