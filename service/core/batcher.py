@@ -1,21 +1,16 @@
 """Dynamic cross-request batching: one bounded queue, one inference thread, shared by every request.
 
-A request is a `Job`: its rows are admitted together, before any of them is tokenized (`admit`), enter
-the queue once tokenized (`submit`, from the tokenizer threads: service/core/tokenizing.py), and are
-answered together, through one future, when the last of them is scored. Admission counts every row from
-`admit` until the engine takes it (waiting for tokenization, tokenized and waiting, or prepared), is
-all-or-nothing per request and bounded by `max_queue_rows`: a full queue raises OVERLOADED at once, so a
-burst beyond capacity is refused before any tokenizing. Each finished batch wakes each waiting event loop
-once, with every request the batch completed, rather than once per row.
+A request is a `Job`, admitted whole before any of its rows is tokenized (`admit`: all or nothing, bounded
+by `max_queue_rows`, OVERLOADED at once when full), queued once tokenized (`submit`, from the tokenizer
+threads of service/core/tokenizing.py) and answered through one future when its last row is scored; a
+finished batch wakes each waiting event loop once. Admitted rows count until the engine takes them.
 
 Policy (after TEI's queue): a batch is formed as soon as the engine is free, from the waiting rows sorted
 by length, within `max_batch_tokens` (padded length x rows), `max_batch_size` and `max_padding_ratio`
-(padding costs compute, which on a CPU is all the cost); the batch always holds the oldest waiting row,
-so no row starves behind shorter ones. Optionally the collector waits up to
-`max_wait_ms` for a batch to fill. While the engine runs one batch, the next one is collected and padded
-(prefetch depth 1), and topped up with rows that arrive before the engine takes it, so preparing early
-never makes a batch smaller; an idle engine forms its batch itself. Rows whose request was cancelled or
-whose deadline passed are dropped before inference and counted.
+(padding costs compute, which on a CPU is all the cost); it always holds the oldest waiting row, so no
+row starves. Optionally the collector waits up to `max_wait_ms` for a batch to fill. While the engine
+runs one batch the next is collected, padded and topped up with newcomers (prefetch depth 1); an idle
+engine forms its batch itself. Rows of departed clients or past their deadline are dropped and counted.
 
 `collate` is a plain function over a list, tested without threads; `Batcher` owns the threads.
 """
