@@ -232,6 +232,9 @@ OTHER_PROGRAMS_FLAGS = {
 }
 
 
+BENCH_SCRIPTS = {path.name: path.read_text() for path in (ROOT / "bench").glob("*.py")}
+
+
 def test_every_flag_named_in_the_text_is_an_option():
     """`--rating-ties drop` in a sentence is an rmserve option too, and must stay one."""
     options = every_rmserve_option()
@@ -245,9 +248,8 @@ def test_every_flag_named_in_the_text_is_an_option():
         elif flag in OTHER_PROGRAMS_FLAGS:
             script = OTHER_PROGRAMS_FLAGS[flag]
             assert script is None or f'"{flag}"' in (ROOT / script).read_text(), f"{page}: {script} has no {flag}"
-        else:
-            if flag not in options:
-                raise AssertionError(f"{page}: `{flag}` is no option of any rmserve subcommand")
+        elif flag not in options and not any(f'"{flag}"' in text for text in BENCH_SCRIPTS.values()):
+            raise AssertionError(f"{page}: `{flag}` is no option of any rmserve subcommand or bench/ script")
 
 
 def test_the_pages_do_show_commands():
