@@ -21,8 +21,8 @@ Against shortcuts (training/step_shortcuts.py measures them): a bad step is word
 same templates, drawn independently of the label), its numbers are as new to the prompt as a good step's
 (every step's result is new in both), and chain lengths vary. Bad steps are always a suffix, so position
 is informative by nature; the error's position is drawn with P(e = k) ∝ error_decay^k, and the default
-(0.5, with one right and one wrong chain per problem) keeps the position baselines near 0.59 step AUC (docs/prm.md
-has the measured table; uniform positions would give about 0.65).
+(0.4, with one right and one wrong chain per problem) keeps the position baselines near 0.58 step AUC
+(docs/prm.md has the measured table; errors spread evenly would give 0.65-0.69).
 
 Problems are told apart by their arithmetic (start value and operations), and a problem's split is a hash
 of it: train, dev and test never share a problem, whatever the seed or the counts asked for.

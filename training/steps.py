@@ -33,11 +33,13 @@ The first row that is a JSON object decides the file's format; every other row m
                  1 as good): a neutral step contains no error, and the first error is what a PRM must find.
                  The solution follows the chosen completion of each step (a labeller's own step, written
                  when every candidate was wrong, counts as good). Every rated candidate that was not
-                 continued ends a chain of its own (the steps so far plus that candidate), so one row can
-                 give several chains; the followed solution is one more chain when it ran to its last step
-                 (`StepOptions.prm800k_alternatives=False` keeps only that solution, ended at a final
-                 step without a chosen completion by its first candidate). Rows whose labeller reported a
-                 bad problem (`finish_reason` "bad_problem") are left out and counted, not errors.
+                 continued ends a chain of its own (the steps so far plus that candidate), as in TRL's
+                 conversion, so one row can give several chains; where the labeller stopped at a step with
+                 no chosen completion (a found error), its rated candidates are those chains' last steps,
+                 and otherwise the followed solution is one more chain. `StepOptions.prm800k_alternatives=
+                 False` keeps one chain per row: the followed solution, ended at such a stopping step by its
+                 first rated candidate. Rows whose labeller reported a bad problem (`finish_reason`
+                 "bad_problem") are left out and counted in `StepFile.left_out`, not errors.
 
 Labels are kept as the data gives them; the rule "every step from the first wrong one on is bad" is the
 generator's (training/prm_generator.py), not imposed on real data.

@@ -116,7 +116,7 @@ def test_bad_math_shepherd_rows(tmp_path, row, field, message):
 def test_prm800k_follows_the_chosen_steps_and_maps_neutral(tmp_path):
     row = prm800k_row([step(1), step(0), step(1, -1, chosen=1)], finish="found_error")
     path = write_jsonl(tmp_path / "p.jsonl", [row])
-    # The last step has no... it has a chosen completion (a -1): the solution is followed to its end.
+    # Every step has a chosen completion (the last one rated -1): the solution is followed to its end.
     only = load_steps(path, options=StepOptions(prm800k_alternatives=False)).chains
     assert [c.labels for c in only] == [(True, True, False)]
     assert only[0].steps[-1] == "step rated -1 #1" and only[0].answer == "2"
@@ -185,3 +185,13 @@ def test_convert_steps_command(tmp_path, capsys):
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert rows == [{"prompt": "What is 1 + 1?", "completions": ["step rated 1 #0", "step rated 0 #0"],
                      "labels": [True, False], "answer": "2", "source": f"{path}:1"}]
+
+
+def test_a_saved_dataset_with_a_bad_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = [STEPWISE, {**STEPWISE, "labels": [True, True, False]}, {**STEPWISE, "problem": "p1"}]
+    datasets.Dataset.from_list([{**{"problem": None}, **row} for row in rows]).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(DataError, match=r"ds:row 1 field 'labels'"):
+        load_steps(tmp_path / "ds")
+    loaded = load_steps(tmp_path / "ds", skip_bad_rows=True)
+    assert [c.group for c in loaded.chains] == [None, "p1"] and loaded.chains[1].source.endswith("ds:row 2")
