@@ -36,8 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rmserve.training.steps import StepChain
-
 KINDS = ("add", "sub", "mul", "div")
 ERROR_KINDS = ("operation", "arithmetic", "copy")
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -270,9 +268,11 @@ def wrong_chain(problem: Problem, rng: np.random.Generator, config: GeneratorCon
 
 def chain_row(problem: Problem, problem_id: str, works: list[Work], rng: np.random.Generator,
               error: tuple[str, int] | None = None) -> dict:
-    """A stepwise row (the fields `load_steps` reads, plus `error`: {kind, step} or null)."""
+    """A stepwise row as training/steps.py reads it (prompt, completions, labels, problem, answer), plus
+    `error`: {kind, step}, or null for a right chain. (This module imports nothing of rmserve, so that
+    `rmserve data generate-steps --help` can show its defaults on every install.)"""
     steps = render_steps(problem, works, rng)
     first_bad = error[1] if error else len(steps)
-    chain = StepChain(problem.prompt(), steps, tuple(i < first_bad for i in range(len(steps))),
-                      group=problem_id, answer=str(problem.answer))
-    return {**chain.to_row(), "error": {"kind": error[0], "step": error[1]} if error else None}
+    return {"prompt": problem.prompt(), "completions": list(steps), "labels": [i < first_bad for i in range(len(steps))],
+            "problem": problem_id, "answer": str(problem.answer),
+            "error": {"kind": error[0], "step": error[1]} if error else None}
