@@ -50,6 +50,7 @@ from rmserve.service.core.errors import ErrorKind, ScoringError
 
 Reference = str | int | float | None
 TYPES = ("numeric", "string", "regex", "json_schema")
+FENCED = re.compile(r"\A```[\w-]*[ \t]*\n(.*?)\n?```\Z", re.DOTALL)
 
 
 class _FieldError(ValueError):
@@ -58,7 +59,6 @@ class _FieldError(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__(message)
         self.field = field
-FENCED = re.compile(r"\A```[\w-]*[ \t]*\n(.*?)\n?```\Z", re.DOTALL)
 
 
 def _jsonschema():
@@ -72,7 +72,7 @@ def _jsonschema():
 
 
 class _Verifier(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = ""
     weight: float = 1.0
@@ -116,7 +116,7 @@ class JsonSchemaCheck(_Verifier):
     type: Literal["json_schema"]
     json_schema: dict[str, Any] = Field(alias="schema")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     @field_validator("json_schema")
     @classmethod
@@ -137,7 +137,7 @@ NEEDS_REFERENCE = ("numeric", "string")
 class VerifierConfig(BaseModel):
     """How the server combines verifiers with the model's reward (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     mode: Literal["weighted_sum", "gate", "verifier"]
     verifiers: list[VerifierSpec] = Field(min_length=1)

@@ -205,6 +205,8 @@ def test_a_reference_that_is_no_number():
     ({"mode": "gate", "fail_reward": 0, "model_weight": 2, "verifiers": [{"type": "numeric"}]}, "model_weight",
      "only to weighted_sum"),
     ({"mode": "average", "verifiers": [{"type": "numeric"}]}, "mode", "'weighted_sum', 'gate' or 'verifier'"),
+    ({"mode": "gate", "fail_reward": float("nan"), "verifiers": [{"type": "numeric"}]}, "fail_reward", "finite"),
+    ({"mode": "verifier", "verifiers": [{"type": "numeric", "weight": float("inf")}]}, "verifiers.0.weight", "finite"),
     ('{"mode": "gate",', "", "Invalid JSON"),
 ])
 def test_configuration_errors_name_the_field(config, field, message):
