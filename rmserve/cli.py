@@ -229,6 +229,36 @@ def _cmd_data_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_generate_steps(args: argparse.Namespace) -> int:
+    from rmserve.training.prm_generator import GeneratorConfig, parse_error_kinds
+    from rmserve.training.prm_splits import write_splits
+
+    config = GeneratorConfig(min_steps=args.min_steps, max_steps=args.max_steps, max_value=args.max_value,
+                             max_operand=args.max_operand, error_decay=args.error_decay,
+                             error_kinds=parse_error_kinds(args.error_kinds))
+    manifest = write_splits(args.output, {"train": args.train, "dev": args.dev, "test": args.test},
+                            seed=args.seed, best_of=args.best_of, config=config)
+    for name, counts in manifest["files"].items():
+        print(f"{args.output}/{name}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float)
+                                                   else f"{k} {v}" for k, v in counts.items()))
+    for split, aucs in manifest["shortcut_baselines"].items():
+        print(f"shortcut step AUC on {split}: " + ", ".join(f"{k} {v:.3f}" for k, v in aucs.items() if v is not None))
+    return 0
+
+
+def _cmd_data_convert_steps(args: argparse.Namespace) -> int:
+    from rmserve.training.steps import StepOptions, load_steps, step_counts, write_steps
+
+    options = StepOptions(step_tag=args.step_tag, neutral=args.prm800k_neutral,
+                          prm800k_alternatives=args.prm800k_alternatives)
+    loaded = load_steps(args.input, skip_bad_rows=args.skip_bad_rows, options=options)
+    for bad in loaded.skipped:
+        print(f"skipped bad row: {bad}", file=sys.stderr)
+    write_steps(loaded.chains, args.output, source=loaded.path)
+    print(f"wrote {args.output}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in step_counts(loaded).items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rmserve", description="Train, export and serve reward models for RLHF.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -364,6 +394,59 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="Print the report as one JSON object.")
     _add_dataclass_options(inspect, TrainConfig, only=("ratings",))
     inspect.set_defaults(handler=_cmd_data_inspect)
+
+    generate = data_sub.add_parser(
+        "generate-steps", help="Write generated step-labelled arithmetic problems (train, dev, test, best-of-N).",
+        description="Write multi-step arithmetic word problems with step-labelled solution chains to DIR: "
+        "train/dev/test.jsonl (TRL stepwise rows, per problem one right chain and one with an injected error, "
+        "every step from the error on labelled bad), test-best-of-N.jsonl (N candidate chains per test problem), "
+        "train/dev-pairs.jsonl (outcome preference pairs of the same problems) and manifest.json. Splits never "
+        "share a problem. Prints the counts and the shortcut baselines' step AUC (step length, position, a "
+        "digit the prompt lacks). Formats and settings: docs/prm.md.")
+    generate.add_argument("--output", required=True, metavar="DIR", help="Directory to write the files to.")
+    generate.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
+    generate.add_argument("--train", type=int, default=2000, help="Training problems (default: 2000).")
+    generate.add_argument("--dev", type=int, default=200, help="Dev problems (default: 200).")
+    generate.add_argument("--test", type=int, default=500, help="Test problems (default: 500).")
+    generate.add_argument("--best-of", type=int, default=8, metavar="N",
+                          help="Candidate chains per test problem in test-best-of-N.jsonl; 0 writes none (default: 8).")
+    from rmserve.training.prm_generator import GeneratorConfig
+
+    defaults = GeneratorConfig()
+    generate.add_argument("--min-steps", type=int, default=defaults.min_steps,
+                          help=f"Fewest steps in a problem (default: {defaults.min_steps}).")
+    generate.add_argument("--max-steps", type=int, default=defaults.max_steps,
+                          help=f"Most steps in a problem (default: {defaults.max_steps}).")
+    generate.add_argument("--max-value", type=int, default=defaults.max_value,
+                          help=f"Largest value any chain may reach (default: {defaults.max_value}).")
+    generate.add_argument("--max-operand", type=int, default=defaults.max_operand,
+                          help=f"Largest number added or subtracted (default: {defaults.max_operand}).")
+    generate.add_argument("--error-decay", type=float, default=defaults.error_decay,
+                          help="Where errors fall: P(first error at step k) is proportional to DECAY**k; 1 spreads "
+                          "them evenly, which makes step position a stronger shortcut (default: "
+                          f"{defaults.error_decay}).")
+    generate.add_argument("--error-kinds", default=",".join(f"{k}={w}" for k, w in defaults.error_kinds),
+                          help="Weights of the injected error kinds: operation (the wrong operation for the step's "
+                          "verb), arithmetic (a wrong result), copy (a wrong number carried from the step before) "
+                          "(default: %(default)s).")
+    generate.set_defaults(handler=_cmd_data_generate_steps)
+
+    convert_steps = data_sub.add_parser(
+        "convert-steps", help="Write step-labelled data (stepwise, Math-Shepherd, PRM800K) as stepwise JSONL.",
+        description="Read IN in any accepted step format (TRL stepwise rows, Math-Shepherd tagged rows, PRM800K "
+        "labelled solutions; the first row decides) and write each chain as one {prompt, completions, labels, "
+        "source} line of OUT (.gz to compress), then print the counts. Formats: docs/prm.md.")
+    convert_steps.add_argument("input", metavar="IN", help="JSONL(.gz) data file or save_to_disk directory.")
+    convert_steps.add_argument("output", metavar="OUT", help="Stepwise JSONL file to write (.jsonl or .jsonl.gz).")
+    convert_steps.add_argument("--skip-bad-rows", action="store_true",
+                               help="Leave out rows that fail validation (each reported) instead of stopping at the first.")
+    convert_steps.add_argument("--step-tag", default="ки",
+                               help="Math-Shepherd: the tag that ends each step in `input` (default: %(default)s).")
+    convert_steps.add_argument("--prm800k-neutral", choices=["good", "bad"], default="good",
+                               help="PRM800K: what a step rated 0 (neutral) becomes (default: good; TRL's conversion uses bad).")
+    convert_steps.add_argument("--prm800k-alternatives", action=argparse.BooleanOptionalAction, default=True,
+                               help="PRM800K: also make a chain of every rated candidate step that was not continued.")
+    convert_steps.set_defaults(handler=_cmd_data_convert_steps)
     return parser
 
 
