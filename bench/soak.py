@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -259,7 +261,8 @@ def main() -> int:
     defaults = Settings()
     limits = {"responses": defaults.max_responses_per_request, "chars": defaults.max_text_chars}
     rows = hh_rows(400)
-    log = ROOT / "artifacts" / "soak-server.log"
+    # artifacts/ holds the shared bundle and checkpoint, read only: the log goes to the temporary directory.
+    log = Path(tempfile.gettempdir()) / f"rmserve-soak-server-{os.getpid()}.log"
     server = start_rmserve(args.bundle, ["--device", "cpu"], log_path=log)
     try:
         print(f"soaking {server.url} (gRPC {server.grpc_target}) for {args.duration:.0f} s: {args.http_clients} HTTP "

@@ -1,4 +1,4 @@
-"""rmserve.client.http from a training job: group scoring over HTTP, the same over gRPC, a long list split
+"""rmserve.client from a training job: group scoring over HTTP, the same over gRPC, a long list split
 into several requests, asyncio, and the TRL reward function called directly.
 
     python examples/rlhf_client.py [http://127.0.0.1:8000] [127.0.0.1:50051]

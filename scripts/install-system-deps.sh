@@ -3,6 +3,8 @@
 #   promtool (and prometheus)  <- package `prometheus`   (check rules/metrics, rule unit tests, a real scrape)
 #   kubectl                    <- package `kubernetes-client` (renders deploy/k8s with `kubectl kustomize`)
 #   openssl                    <- package `openssl`          (self-signed certificates for the TLS tests)
+#   wrk                        <- package `wrk`              (HTTP load for bench/overhead.py: a C load generator
+#                                                             that is not the bottleneck of a fast endpoint)
 # Idempotent: a tool already on PATH is left alone (another kubectl, e.g. a cloud SDK's, is kept:
 # Debian's package would collide with its /usr/bin/kubectl). Uses sudo only when not root.
 set -euo pipefail
@@ -11,6 +13,7 @@ missing=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(prometheus)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v wrk >/dev/null || missing+=(wrk)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -33,4 +36,5 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" apt-get update -qq
 # Without recommends: the prometheus package would also pull in node-exporter and its collectors.
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null && command -v openssl >/dev/null
+command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null && command -v openssl >/dev/null \
+    && command -v wrk >/dev/null

@@ -88,7 +88,8 @@ class Settings(BaseSettings):
         0.0, ge=0.0, description="How long a batch may wait to fill once rows are waiting; 0 runs at once."
     )
     max_queue_rows: int = Field(
-        1024, ge=1, description="Rows that may wait for inference; beyond this, requests get 429 at once."
+        1024, ge=1, description="Rows that may wait for inference, counted from admission (before tokenizing); "
+        "beyond this, requests get 429 at once.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
 

@@ -9,6 +9,9 @@ Encoders (BERT, MiniLM) are scored by their own classification head. Decoders (L
 the attention mask marks as real, with position ids counted from the mask, so that left and right
 padding, and a pad id equal to EOS, give every row the score it gets alone. Transformers' own pooling
 finds the last token by comparing ids with pad_token_id, which is wrong when pad equals EOS.
+
+A decoder whose tokenizer has a chat template is trained, exported and served on that template's
+rendering (the spec carries it); one without keeps the HH-prefix rendering with EOS appended.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import nn
 
+from rmserve.service.core.chat_template import ChatTemplate, TemplateError
 from rmserve.service.core.inputs import InputEncoder, InputSpec
 
 CHECKPOINT_META = "rmserve_checkpoint.json"
 TOKENIZER_FILE = "tokenizer.json"
-HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json")
+HF_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt", "vocab.json",
+                      "chat_template.jinja")
 
 
 def default_base_model() -> Path:
@@ -70,11 +75,17 @@ def is_decoder_model(hf_model: nn.Module) -> bool:
 
 
 class RewardModel(nn.Module):
-    """forward(input_ids, attention_mask) -> reward [batch], float32: what model.onnx computes."""
+    """forward(input_ids, attention_mask) -> reward [batch], float32: what model.onnx computes.
 
-    def __init__(self, hf_model: nn.Module):
+    `segment_separator`: for an imported encoder that reads token type ids (BERT: prompt 0, response 1),
+    the separator token after which the second segment starts; the type ids are then computed from the
+    ids in the graph, so that model.onnx keeps its two inputs. None (every model rmserve trains): all 0.
+    """
+
+    def __init__(self, hf_model: nn.Module, segment_separator: int | None = None):
         super().__init__()
         self.hf_model = hf_model
+        self.segment_separator = segment_separator
 
     @property
     def is_decoder(self) -> bool:
@@ -83,7 +94,12 @@ class RewardModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         parts = decoder_parts(self.hf_model)
         if parts is None:
-            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+            extra = {}
+            if self.segment_separator is not None:
+                separator = (input_ids == self.segment_separator).long()
+                after_first = (separator.cumsum(-1) - separator) > 0
+                extra["token_type_ids"] = after_first.long() * attention_mask.long()
+            logits = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
             return logits[:, 0].float()
         backbone, head = parts
         # Positions count real tokens only, so a left-padded row sees the positions it has alone.
@@ -103,14 +119,55 @@ def _first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int) -> InputSpec:
+def has_chat_template(model_dir: str | Path | None) -> bool:
+    """Whether a model directory's tokenizer files carry a chat template (read without transformers)."""
+    if not model_dir or not Path(model_dir).is_dir():
+        return False
+    directory = Path(model_dir)
+    config = directory / "tokenizer_config.json"
+    in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    return in_config or (directory / "chat_template.jinja").is_file()
+
+
+def template_for(model_dir: str | Path, tokenizer: Tokenizer) -> ChatTemplate:
+    """The directory's chat template, after checking that tokenizer.json gives transformers' ids on sample
+    texts and renderings (TokenizerMismatch names the first text that differs)."""
+    from rmserve.service.core.template_rows import TemplateRows
+    from rmserve.training.hf_tokenizer import chat_template_of, check_tokenizer_parity, load_auto_tokenizer
+
+    hf_tokenizer = load_auto_tokenizer(model_dir)
+    template = chat_template_of(hf_tokenizer)
+    assert template is not None, f"{model_dir} has no chat template"
+    rows = TemplateRows(tokenizer, template)
+    samples = []
+    for prompt, response in TEMPLATE_SAMPLES:
+        try:
+            samples.append(rows.render(prompt, response))
+        except TemplateError:  # e.g. Gemma's template refuses a system message
+            continue
+    check_tokenizer_parity(tokenizer, hf_tokenizer, samples)
+    return template
+
+
+# Conversations rendered through a template to check the tokenizer on the text it will really see.
+TEMPLATE_SAMPLES = [
+    ("Hello, how are you?", "I am fine, thanks."),
+    ([{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Café? 日本語 😀"}], "Sí, claro.\n"),
+]
+
+
+def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int,
+                   model_dir: str | Path | None = None) -> InputSpec:
     """The input spec a base model is trained with.
 
-    Encoders: the tokenizer's pair template and pad id, as before. Decoders: prompt and response as one
+    Encoders: the tokenizer's pair template and pad id, as before. Decoders with a chat template in their
+    model directory (`model_dir`, default: where the model was loaded from): the template renders every
+    row and the score is read at its last token. Decoders without one: prompt and response as one
     sequence ending with the EOS token (unless the tokenizer's template already ends rows with it), so the
-    score is read at a fixed token that has seen the whole response; the pad id is the tokenizer's, else
-    the config's, else EOS. A config without pad_token_id gets this pad id, so that the saved checkpoint
-    also works batched in other tools.
+    score is read at a fixed token that has seen the whole response. A decoder's pad id is the
+    tokenizer's, else the config's, else EOS. A config without pad_token_id gets this pad id, so that the
+    saved checkpoint also works batched in other tools.
     """
     if not is_decoder_model(hf_model):
         return InputSpec(max_length=max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
@@ -132,6 +189,10 @@ def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int) -
     embeddings = hf_model.get_input_embeddings()
     if isinstance(embeddings, nn.Embedding):
         embeddings.padding_idx = None
+    model_dir = model_dir if model_dir is not None else getattr(hf_model, "name_or_path", None)
+    if has_chat_template(model_dir):
+        template = template_for(model_dir, tokenizer)  # type: ignore[arg-type]
+        return InputSpec(max_length=max_length, join="concat", pad_id=pad_id, chat_template=template)
     if eos_id is not None:
         template_ids = tokenizer.post_process(Encoding.merge([]), None, add_special_tokens=True).ids
         if template_ids and template_ids[-1] == eos_id:
@@ -140,14 +201,15 @@ def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int) -
 
 
 def load_hf_model(model_dir: str | Path, attention: str = "eager") -> nn.Module:
-    """Load a sequence-classification model with one output. Training uses "sdpa" (about 25 % faster
-    here); export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel."""
+    """Load a sequence-classification model with one output, in fp32 whatever the checkpoint's dtype
+    (transformers 5 would keep a bf16 checkpoint in bf16). Training uses "sdpa" (about 25 % faster here);
+    export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected for a base model
     return AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=1, attn_implementation=attention
+        str(model_dir), num_labels=1, attn_implementation=attention, dtype=torch.float32, trust_remote_code=False
     )
 
 

@@ -2,8 +2,14 @@
 
 A variant is only written when it keeps the fp32 bundle's judgement: on the dev pairs, the share of
 pairs whose preferred response is the same under both must reach `min_agreement` (default 0.99), else
-the variant is refused with the figure. Normalization stats and the golden set are recomputed with the
-variant's own engine, so the variant bundle is as self-consistent as the fp32 one.
+the variant is refused with the figure; the report carries the largest reward difference. Normalization
+stats and the golden set are recomputed with the variant's own engine, so the variant bundle is as
+self-consistent as the fp32 one.
+
+fp16 keeps norms, softmax and the reward head in fp32 (training/onnx_graph.py). ONNX Runtime's CPU provider
+runs such a graph too (it computes the ops it has no fp16 kernel for in fp32), so the check can run here;
+`--device cuda` checks it where it will be served, in half precision. Variants of a bundle with external
+data get external data too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from rmserve.service.core.bundle import (
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.training.data import load_pairs, shipped_data
 from rmserve.training.evaluate import pair_metrics, score_pairs
+from rmserve.training.onnx_graph import convert_fp16, data_file_of, pack_onnx
 from rmserve.training.ratings import RatingOptions
 
 Precision = Literal["int8", "fp16"]
@@ -39,19 +46,12 @@ class VariantRefused(RuntimeError):
 def _quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    raw = target.with_name("quantized.onnx")
     quantize_dynamic(
-        str(source), str(target), weight_type=QuantType.QInt8,
+        str(source), str(raw), weight_type=QuantType.QInt8, use_external_data_format=data_file_of(source).exists(),
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
-
-
-def _convert_fp16(source: Path, target: Path) -> None:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(source))
-    # Inputs are int64 ids and the output stays float32, so clients see no change.
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    onnx.save(converted, str(target))
+    pack_onnx(raw, target)
 
 
 def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Precision,
@@ -69,7 +69,7 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
 
     with tempfile.TemporaryDirectory() as tmp:
         candidate_path = Path(tmp) / MODEL_FILE
-        (_quantize_int8 if precision == "int8" else _convert_fp16)(source.model_path, candidate_path)
+        (_quantize_int8 if precision == "int8" else convert_fp16)(source.model_path, candidate_path)
         candidate = OnnxRewardModel(str(candidate_path), device=device)  # type: ignore[arg-type]
         chosen, rejected = score_pairs(candidate, encoder, pairs)
         agreement = float(np.mean(np.sign(chosen - rejected) == np.sign(ref_chosen - ref_rejected)))
@@ -88,6 +88,10 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
             )
         output_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(candidate_path, output_dir / MODEL_FILE)
+        if data_file_of(candidate_path).exists():
+            shutil.copyfile(data_file_of(candidate_path), data_file_of(output_dir / MODEL_FILE))
+        elif data_file_of(output_dir / MODEL_FILE).exists():
+            data_file_of(output_dir / MODEL_FILE).unlink()
     shutil.copyfile(source.tokenizer_path, output_dir / TOKENIZER_FILE)
 
     rewards = np.concatenate([chosen, rejected])

@@ -4,6 +4,9 @@
   every call.
 - `GrpcRewardClient` / `AsyncGrpcRewardClient` (grpc.py): the same calls over gRPC.
 - `connect(url)` / `connect_async(url)`: the right one for `http(s)://...` or `grpc://host:port`.
+- Several replicas (endpoints.py): every client takes a list of endpoints or a `dns:///host:port` name and
+  spreads its calls over them (gRPC: `round_robin`; HTTP: the addresses in turn); a replica that refuses
+  the connection or answers 503 is left for the next at once.
 - `trl_reward_func(url)` (trl.py): a reward function for TRL's GRPOTrainer (`reward_funcs=[...]`).
 
 Every call has a deadline (`timeout`, seconds, across its chunks and retries); Overloaded (429 /

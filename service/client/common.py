@@ -1,8 +1,8 @@
 """What rmserve's clients share, whatever the protocol: typed results, errors, the retry policy, call
 deadlines, and merging the answers of a list that was split over several requests.
 
-Imported by `rmserve.client.http` (HTTP, and the public import path) and `rmserve.client.grpc`; needs neither
-torch nor the server's web stack.
+Imported by `rmserve.client.http` and `rmserve.client.grpc` (the public import path is `rmserve.client`);
+needs neither torch nor the server's web stack.
 """
 
 from __future__ import annotations
@@ -163,32 +163,51 @@ def retry_delay(policy: RetryPolicy, attempt: int, error: RmserveError, deadline
     return delay
 
 
-def call_with_retries(send: Callable[[float | None], T], policy: RetryPolicy, deadline: Deadline) -> tuple[T, int]:
-    """`send(seconds_left)` until it answers; returns the answer and how many requests it took."""
-    attempt = 0
+def _failover(error: RmserveError, policy: RetryPolicy, failed_in_a_row: int, replicas: int) -> bool:
+    """Whether to send again at once: the error may not recur on another replica, and some replica has
+    not been tried since the last wait (each send goes to the next replica in turn)."""
+    return error.retryable and policy.max_retries > 0 and failed_in_a_row < replicas
+
+
+def call_with_retries(send: Callable[[float | None], T], policy: RetryPolicy, deadline: Deadline,
+                      replicas: int = 1) -> tuple[T, int]:
+    """`send(seconds_left)` until it answers; returns the answer and how many requests it took. With
+    several `replicas`, a retryable failure is sent again at once (to the next replica) until each was
+    tried; only then does the policy's backoff apply."""
+    attempt, sent, failed_in_a_row = 0, 0, 0
     while True:
         try:
-            return send(deadline.remaining()), attempt + 1
+            sent += 1
+            return send(deadline.remaining()), sent
         except RmserveError as error:
+            failed_in_a_row += 1
+            if _failover(error, policy, failed_in_a_row, replicas):
+                continue
             delay = retry_delay(policy, attempt, error, deadline)
             if delay is None:
                 raise
             time.sleep(delay)
             attempt += 1
+            failed_in_a_row = 0
 
 
 async def acall_with_retries(send: Callable[[float | None], Awaitable[T]], policy: RetryPolicy,
-                             deadline: Deadline) -> tuple[T, int]:
-    attempt = 0
+                             deadline: Deadline, replicas: int = 1) -> tuple[T, int]:
+    attempt, sent, failed_in_a_row = 0, 0, 0
     while True:
         try:
-            return await send(deadline.remaining()), attempt + 1
+            sent += 1
+            return await send(deadline.remaining()), sent
         except RmserveError as error:
+            failed_in_a_row += 1
+            if _failover(error, policy, failed_in_a_row, replicas):
+                continue
             delay = retry_delay(policy, attempt, error, deadline)
             if delay is None:
                 raise
             await asyncio.sleep(delay)
             attempt += 1
+            failed_in_a_row = 0
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,9 +1,14 @@
-"""The gRPC half of rmserve's client library (import it from `rmserve.client.http`).
+"""The gRPC half of rmserve's client library (import it from `rmserve.client`).
 
 `GrpcRewardClient` (blocking) and `AsyncGrpcRewardClient` (grpc.aio) have the same calls, results,
-retries, deadlines and splitting as the HTTP clients. Each keeps one channel (one HTTP/2 connection,
-multiplexing concurrent calls); a call's remaining deadline travels with each RPC, so the server drops
-its queued rows once it has passed.
+retries, deadlines and splitting as the HTTP clients. Each keeps one channel (one HTTP/2 connection per
+server address, multiplexing concurrent calls); a call's remaining deadline travels with each RPC, so the
+server drops its queued rows once it has passed.
+
+The channel balances calls with gRPC's `round_robin` policy over every address of its target: a name
+that resolves to several addresses (`dns:///host:port`, e.g. a Kubernetes headless Service), or a list of
+host:port (endpoints.py). A call refused with UNAVAILABLE or RESOURCE_EXHAUSTED by one of several listed
+replicas is sent again at once, to the next.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from rmserve.client.common import (
     call_with_retries,
     parse_retry_after,
 )
+from rmserve.client.endpoints import grpc_target
 from rmserve.proto import reward_pb2 as pb
 from rmserve.proto import reward_pb2_grpc as pb_grpc
 
@@ -42,9 +48,16 @@ _ERRORS: dict[grpc.StatusCode, type[RmserveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest, grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded, grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    # This client never cancels its own calls (a deadline ends one with DEADLINE_EXCEEDED): a CANCELLED comes
+    # from a server going away (gRPC's shutdown cancels the calls it has not handed to a handler yet), and
+    # scoring has no side effects, so the call is sent again, to another replica when there is one.
+    grpc.StatusCode.CANCELLED: Unavailable,
 }
 # The server sends up to 8 MiB by default (--grpc-max-message-bytes); leave room for a larger setting.
-_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+# round_robin: one subchannel per address, calls spread over the ready ones (gRPC's default, pick_first,
+# would send everything to one replica).
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+                    ("grpc.lb_policy_name", "round_robin")]
 
 
 def _prompt(prompt: Prompt) -> pb.Prompt:
@@ -112,12 +125,14 @@ def _compare_request(prompt: Prompt, response_a: str, response_b: str) -> pb.Com
 
 
 class GrpcRewardClient(BlockingCalls):
-    """Blocking gRPC client on one channel; `credentials` (grpc.ssl_channel_credentials()) for TLS."""
+    """Blocking gRPC client on one channel; `credentials` (grpc.ssl_channel_credentials()) for TLS.
+    `target`: "host:port", "dns:///host:port", or several host:port (a list or commas)."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
-                 credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", *, api_key: str | None = None,
+                 timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 max_responses_per_request: int | None = None, credentials: grpc.ChannelCredentials | None = None):
         super().__init__(timeout, retry, max_responses_per_request)
+        target, self.replicas = grpc_target(target)
         self.target = target
         self.metadata = _metadata(api_key)
         self._channel = (grpc.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
@@ -142,7 +157,7 @@ class GrpcRewardClient(BlockingCalls):
             except grpc.RpcError as e:
                 raise _error(e) from None
 
-        return call_with_retries(send, self.retry, deadline)
+        return call_with_retries(send, self.retry, deadline, self.replicas)
 
     def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)[0])
@@ -157,10 +172,12 @@ class GrpcRewardClient(BlockingCalls):
 class AsyncGrpcRewardClient(AsyncCalls):
     """asyncio gRPC client (grpc.aio) on one channel; create it inside the event loop that uses it."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", *, api_key: str | None = None, timeout: float | None = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), max_responses_per_request: int | None = None,
-                 max_concurrent_chunks: int = 2, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", *, api_key: str | None = None,
+                 timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2,
+                 credentials: grpc.ChannelCredentials | None = None):
         super().__init__(timeout, retry, max_responses_per_request, max_concurrent_chunks)
+        target, self.replicas = grpc_target(target)
         self.target = target
         self.metadata = _metadata(api_key)
         self._channel = (grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
@@ -185,7 +202,7 @@ class AsyncGrpcRewardClient(AsyncCalls):
             except grpc.RpcError as e:
                 raise _error(e) from None
 
-        return await acall_with_retries(send, self.retry, deadline)
+        return await acall_with_retries(send, self.retry, deadline, self.replicas)
 
     async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline))[0])

@@ -1,6 +1,11 @@
 """The HTTP client (httpx): `RewardClient` and `AsyncRewardClient`, one connection pool per client, reused by
 every call. The calls, retries, deadlines and splitting they share with the gRPC client live in calls.py
-and common.py; this module only speaks HTTP."""
+and common.py; this module only speaks HTTP.
+
+A client takes one URL, several, or `dns:///host:port` (endpoints.py): each request goes to the next
+replica in turn, and one that refuses the connection, closes it before answering, or answers 503 or 429
+is followed at once by the same request to another replica (scoring has no side effects, so sending a
+request twice is safe)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from rmserve.client.common import (
     call_with_retries,
     parse_retry_after,
 )
+from rmserve.client.endpoints import HttpEndpoints
 
 _ERRORS: dict[int, type[RmserveError]] = {422: InvalidRequest, 401: Unauthenticated, 429: Overloaded,
                                           503: Unavailable, 504: DeadlineExceeded}
@@ -83,12 +89,21 @@ def _answer(response: httpx.Response) -> Any:
                retry_after=parse_retry_after(response.headers.get("retry-after")))
 
 
-def _transport_error(error: httpx.TransportError) -> RmserveError:
+def _transport_error(error: httpx.TransportError, url: str) -> RmserveError:
+    if isinstance(error, httpx.ConnectTimeout):
+        return Unavailable(f"cannot connect to {url} in time")
     if isinstance(error, httpx.TimeoutException):
         return DeadlineExceeded(f"the call's timeout passed ({type(error).__name__})")
-    if isinstance(error, httpx.ConnectError):  # nothing was sent: safe to retry
-        return Unavailable(f"cannot connect: {error}")
+    if isinstance(error, httpx.ConnectError):  # nothing was sent
+        return Unavailable(f"cannot connect to {url}: {error}")
+    if isinstance(error, (httpx.NetworkError, httpx.RemoteProtocolError)):  # e.g. a replica that went away
+        return Unavailable(f"{url} closed the connection before answering: {type(error).__name__}: {error}")
     return RmserveError(f"{type(error).__name__}: {error}")
+
+
+def _timeout(left: float | None, connect: float) -> httpx.Timeout:
+    # A replica that is gone (its address silent, not refusing) must not hold a call for its whole deadline.
+    return httpx.Timeout(left, connect=connect if left is None else min(left, connect))
 
 
 def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
@@ -101,9 +116,22 @@ def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
 class _HttpTransport:
     """One httpx request with retries, and the three calls the shared client logic needs."""
 
-    def _init_http(self, url: str, api_key: str | None) -> None:
-        self.url = url.rstrip("/")
+    def _init_http(self, url: str | Sequence[str], api_key: str | None, connect_timeout: float) -> None:
+        self.endpoints = HttpEndpoints(url)
+        self.url = repr(self.endpoints)
+        self.connect_timeout = connect_timeout
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def _sent(self, base: str, response: httpx.Response) -> Any:
+        if response.status_code == 503:
+            self.endpoints.failed(base)
+        return _answer(response)
+
+    def _lost(self, base: str, error: httpx.TransportError) -> RmserveError:
+        failure = _transport_error(error, base)
+        if isinstance(failure, Unavailable):
+            self.endpoints.failed(base)
+        return failure
 
     @staticmethod
     def _compare_body(prompt: Prompt, response_a: str, response_b: str) -> dict[str, Any]:
@@ -111,14 +139,15 @@ class _HttpTransport:
 
 
 class RewardClient(_HttpTransport, BlockingCalls):
-    """Blocking HTTP client. Thread-safe; one per process is enough (it keeps its connections)."""
+    """Blocking HTTP client. Thread-safe; one per process is enough (it keeps its connections).
+    `url`: "http(s)://host:port", several of them (a list or commas), or "dns:///host:port"."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+    def __init__(self, url: str | Sequence[str] = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
-                 max_responses_per_request: int | None = None):
+                 max_responses_per_request: int | None = None, connect_timeout: float = 5.0):
         ClientOptions.__init__(self, timeout, retry, max_responses_per_request)
-        self._init_http(url, api_key)
-        self._http = httpx.Client(base_url=self.url, headers=self.headers)
+        self._init_http(url, api_key, connect_timeout)
+        self._http = httpx.Client(headers=self.headers)
 
     def __enter__(self) -> RewardClient:
         return self
@@ -131,12 +160,14 @@ class RewardClient(_HttpTransport, BlockingCalls):
 
     def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
         def send(left: float | None) -> Any:
+            base = self.endpoints.pick()
             try:
-                return _answer(self._http.request(method, path, json=body, timeout=left))
+                response = self._http.request(method, base + path, json=body, timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
-                raise _transport_error(e) from None
+                raise self._lost(base, e) from None
+            return self._sent(base, response)
 
-        return call_with_retries(send, self.retry, deadline)
+        return call_with_retries(send, self.retry, deadline, max(1, len(self.endpoints)))
 
     def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info(self._request("GET", "/v1/model", deadline)[0])
@@ -152,12 +183,13 @@ class RewardClient(_HttpTransport, BlockingCalls):
 class AsyncRewardClient(_HttpTransport, AsyncCalls):
     """asyncio HTTP client; the chunks of a long list are sent `max_concurrent_chunks` at a time."""
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, api_key: str | None = None,
+    def __init__(self, url: str | Sequence[str] = "http://127.0.0.1:8000", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
-                 max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2):
+                 max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2,
+                 connect_timeout: float = 5.0):
         ClientOptions.__init__(self, timeout, retry, max_responses_per_request, max_concurrent_chunks)
-        self._init_http(url, api_key)
-        self._http = httpx.AsyncClient(base_url=self.url, headers=self.headers)
+        self._init_http(url, api_key, connect_timeout)
+        self._http = httpx.AsyncClient(headers=self.headers)
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self
@@ -170,12 +202,15 @@ class AsyncRewardClient(_HttpTransport, AsyncCalls):
 
     async def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
         async def send(left: float | None) -> Any:
+            base = await self.endpoints.apick()
             try:
-                return _answer(await self._http.request(method, path, json=body, timeout=left))
+                response = await self._http.request(method, base + path, json=body,
+                                                    timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
-                raise _transport_error(e) from None
+                raise self._lost(base, e) from None
+            return self._sent(base, response)
 
-        return await acall_with_retries(send, self.retry, deadline)
+        return await acall_with_retries(send, self.retry, deadline, max(1, len(self.endpoints)))
 
     async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info((await self._request("GET", "/v1/model", deadline))[0])

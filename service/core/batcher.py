@@ -1,14 +1,16 @@
 """Dynamic cross-request batching: one bounded queue, one inference thread, shared by every request.
 
+A request is a `Job`, admitted whole before any of its rows is tokenized (`admit`: all or nothing, bounded
+by `max_queue_rows`, OVERLOADED at once when full), queued once tokenized (`submit`, from the tokenizer
+threads of service/core/tokenizing.py) and answered through one future when its last row is scored; a
+finished batch wakes each waiting event loop once. Admitted rows count until the engine takes them.
+
 Policy (after TEI's queue): a batch is formed as soon as the engine is free, from the waiting rows sorted
 by length, within `max_batch_tokens` (padded length x rows), `max_batch_size` and `max_padding_ratio`
-(padding costs compute, which on a CPU is all the cost); the batch always holds the oldest waiting row,
-so no row starves behind shorter ones. Optionally the collector waits up to
-`max_wait_ms` for a batch to fill. While the engine runs one batch, the next one is collected and padded
-(prefetch depth 1), and topped up with rows that arrive before the engine takes it, so preparing early
-never makes a batch smaller; an idle engine forms its batch itself. Rows whose request was cancelled or whose deadline passed are dropped before
-inference and counted. Admission is all-or-nothing per request and bounded by `max_queue_rows`: a full
-queue raises OVERLOADED at once.
+(padding costs compute, which on a CPU is all the cost); it always holds the oldest waiting row, so no
+row starves. Optionally the collector waits up to `max_wait_ms` for a batch to fill. While the engine
+runs one batch the next is collected, padded and topped up with newcomers (prefetch depth 1); an idle
+engine forms its batch itself. Rows of departed clients or past their deadline are dropped and counted.
 
 `collate` is a plain function over a list, tested without threads; `Batcher` owns the threads.
 """
@@ -30,34 +32,51 @@ from rmserve.service.core.inputs import Batch
 log = logging.getLogger("rmserve.batcher")
 
 
-@dataclass
-class RequestTiming:
-    """Where one request's time went, filled in by the inference thread before its rows resolve:
-    `queue_seconds` is the longest wait of its rows before their batch started, `inference_seconds`
-    the engine time of the batches its rows ran in (each batch counted once)."""
+@dataclass(eq=False)
+class Job:
+    """The rows of one request, answered together through `future` (on the event loop that admitted
+    them) with their rewards in row order. The timings are filled in before the future resolves:
+    `queue_seconds` is the longest wait of its rows before their batch started, `inference_seconds` the
+    engine time of the batches its rows ran in (each batch counted once), `tokenize_seconds` the time of
+    the tokenizer calls that held its rows."""
 
+    rows: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    deadline: float | None = None  # time.monotonic() after which its rows are dropped
+    rewards: np.ndarray = field(init=False)
+    remaining: int = field(init=False)
+    cancelled: bool = False  # the caller stopped waiting (set on its event loop)
+    settled: bool = False  # an answer is on its way to the event loop
     queue_seconds: float = 0.0
     inference_seconds: float = 0.0
+    tokenize_seconds: float = 0.0
+    encoded: list = field(default_factory=list)  # the tokenizer's EncodedInput of each row
+
+    def __post_init__(self) -> None:
+        self.rewards = np.zeros(self.rows, dtype=np.float32)
+        self.remaining = self.rows
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now > self.deadline
 
 
 @dataclass(eq=False)
 class WorkItem:
-    """One row waiting for a reward; resolved through `future` on the submitting event loop."""
+    """One tokenized row waiting for a reward: row `index` of `job`."""
 
     ids: Sequence[int]
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    deadline: float | None = None  # time.monotonic() after which the row is dropped
+    job: Job
+    index: int = 0
     enqueued: float = field(default_factory=time.monotonic)
     seq: int = 0
-    timing: RequestTiming | None = None
 
     @property
     def length(self) -> int:
         return len(self.ids)
 
     def abandoned(self) -> bool:
-        return self.future.done()  # cancelled by a departed client, or already failed
+        return self.job.cancelled or self.job.settled  # a departed client, or a request already answered
 
 
 @dataclass(frozen=True)
@@ -115,16 +134,24 @@ class Batcher:
 
     def __init__(self, run: Callable[[Batch], np.ndarray], pad: Callable[[list[Sequence[int]]], Batch],
                  policy: BatchPolicy, observer: BatchObserver | None = None):
-        self._run = run
-        self._pad = pad
+        self._run, self._pad = run, pad
         self.policy = policy
         self.observer = observer or BatchObserver()
-        # One lock guards the queue and the prepared batch, so that topping up is atomic with taking.
-        self._cond = threading.Condition()
+        # One lock guards the queue and the prepared batch, so that topping up is atomic with taking. The
+        # collector waits on `_cond`, the inference thread on `_engine_cond`: new rows wake only the one
+        # that will act on them (an idle engine forms its batch itself; a busy one has the collector prepare).
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._engine_cond = threading.Condition(lock)
+        self._engine_idle = False
         self._waiting: list[WorkItem] = []
         self._prepared: tuple[list[WorkItem], Batch] | None = None
         self._arrivals = 0  # rows submitted so far; tells the collector that something new came
         self._stopping = False
+        # Rows admitted and not yet taken by the engine (or dropped). A lock of its own: admission runs on
+        # the event loop and must not wait while the collector sorts the queue under `_cond`.
+        self._admitted = 0
+        self._count_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._collect_loop, name="rmserve-collector", daemon=True),
             threading.Thread(target=self._inference_loop, name="rmserve-inference", daemon=True),
@@ -132,72 +159,88 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def _queued(self) -> int:
-        """Rows admitted and not yet taken by the engine. Exact under the lock, a hint without it."""
-        prepared = self._prepared  # read once: the collector may replace it meanwhile
-        return len(self._waiting) + (len(prepared[0]) if prepared else 0)
+    def _wake_all(self) -> None:
+        self._cond.notify_all()
+        self._engine_cond.notify_all()
+
+    def queued(self) -> int:
+        """Rows admitted and not yet taken by the engine: being tokenized, waiting, or prepared."""
+        return self._admitted
 
     def is_full(self) -> bool:
-        """No room for even one more row (unlocked: a hint for shedding load early)."""
-        return self._queued() >= self.policy.max_queue_rows
+        """No room for even one more row (a hint for shedding load early, before a body is read)."""
+        return self._admitted >= self.policy.max_queue_rows
 
-    def check_room(self, count: int) -> None:
-        """Refuse at once, before any work is spent on them, `count` rows that could not be queued now.
-        `submit` checks again under the lock; this is the cheap early answer for an overloaded service."""
-        queued = self._queued()
-        if count > self.policy.max_queue_rows - queued:
-            self.observer.rejected(count)
-            raise ScoringError(ErrorKind.OVERLOADED, f"queue full: {queued} rows waiting, request has {count}")
-
-    def submit(self, rows: Sequence[Sequence[int]], deadline: float | None = None,
-               timing: RequestTiming | None = None) -> list[asyncio.Future]:
-        """Queue rows of one request; all or none. Must be called on the event loop that awaits them.
-        `timing`, if given, is filled in with the request's queue and inference time."""
+    def admit(self, rows: int, deadline: float | None = None) -> Job:
+        """Admit a request of `rows` rows, all or none, before any of them is tokenized; OVERLOADED at once
+        when the queue has no room for all of them. Must be called on the event loop that awaits the job."""
+        if self._stopping:
+            raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
+        with self._count_lock:
+            queued = self._admitted
+            if rows > self.policy.max_queue_rows - queued:
+                room = max(self.policy.max_queue_rows - queued, 0)
+                self.observer.rejected(rows)
+                raise ScoringError(ErrorKind.OVERLOADED,
+                                   f"queue full: {queued} rows waiting, room for {room}, request has {rows}")
+            self._admitted = queued + rows
+        self.observer.queue_depth(queued + rows)
         loop = asyncio.get_running_loop()
-        with self._cond:
-            if self._stopping:
-                raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
-            queued = self._queued()
-            room = self.policy.max_queue_rows - queued
-            if len(rows) > room:
-                self.observer.rejected(len(rows))
-                raise ScoringError(
-                    ErrorKind.OVERLOADED,
-                    f"queue full: {queued} rows waiting, room for {max(room, 0)}, request has {len(rows)}",
-                )
-            items = []
-            for ids in rows:
-                self._arrivals += 1
-                items.append(WorkItem(ids, loop.create_future(), loop, deadline, seq=self._arrivals, timing=timing))
-            self._waiting.extend(items)
-            self.observer.queue_depth(queued + len(items))
-            self._cond.notify_all()
-        return [item.future for item in items]
+        return Job(rows, loop, loop.create_future(), deadline)
 
-    def discard(self, futures: Sequence[asyncio.Future]) -> None:
-        """Take the rows of a request that will not wait for them (client gone, deadline passed) out of
-        the queue now, so that their slots are free for the next request rather than at the next batch.
-        Rows already taken by the engine are left to it."""
-        doomed = {id(f) for f in futures}
+    def _release(self, rows: int) -> None:
+        with self._count_lock:
+            self._admitted -= rows
+            depth = self._admitted
+        self.observer.queue_depth(depth)
+
+    def submit(self, job: Job, rows: Sequence[Sequence[int]]) -> None:
+        """Queue the token rows of an admitted job (any thread). A job its caller left is let go here."""
+        assert len(rows) == job.rows, f"job of {job.rows} rows submitted with {len(rows)}"
+        now = time.monotonic()
         with self._cond:
-            removed = [item for item in self._waiting if id(item.future) in doomed]
-            if self._prepared is not None and any(id(item.future) in doomed for item in self._prepared[0]):
-                removed += [item for item in self._prepared[0] if id(item.future) in doomed]
+            if job.cancelled or job.settled:
+                if job.cancelled:
+                    self.observer.dropped("cancelled", job.rows)
+                self._release(job.rows)
+                return
+            items = []
+            for index, ids in enumerate(rows):
+                self._arrivals += 1
+                items.append(WorkItem(ids, job, index, now, seq=self._arrivals))
+            self._waiting.extend(items)
+            if self._engine_idle and self.policy.max_wait_ms <= 0:
+                self._engine_cond.notify()
+            else:
+                self._cond.notify()
+
+    def withdraw(self, job: Job, error: ScoringError | None = None) -> None:
+        """Let go of an admitted job whose rows will never be submitted (its caller left, its deadline
+        passed or tokenizing failed): its slots are free, and `error`, if given, is its answer."""
+        self._release(job.rows)
+        if error is not None:
+            _settle([(job, error)])
+
+    def abandon(self, job: Job) -> None:
+        """The caller stops waiting for `job` (client gone, deadline passed): its queued rows leave the
+        queue now, so that their slots are free for the next request rather than at the next batch; rows
+        not yet submitted are let go when they are. Rows already taken by the engine are left to it.
+        Called on the job's event loop."""
+        job.cancelled = True
+        with self._cond:
+            removed = [item for item in self._waiting if item.job is job]
+            if self._prepared is not None and any(item.job is job for item in self._prepared[0]):
+                removed += [item for item in self._prepared[0] if item.job is job]
                 # The prepared batch is formed again from what remains, as when newcomers arrive.
-                self._waiting.extend(item for item in self._prepared[0] if id(item.future) not in doomed)
+                self._waiting.extend(item for item in self._prepared[0] if item.job is not job)
                 self._prepared = None
             if not removed:
                 return
-            gone = {id(item) for item in removed}
-            self._waiting[:] = [item for item in self._waiting if id(item) not in gone]
-            now = time.monotonic()
-            expired = sum(1 for item in removed if item.deadline is not None and now >= item.deadline - 1e-3)
-            if expired:
-                self.observer.dropped("expired", expired)
-            if len(removed) > expired:
-                self.observer.dropped("cancelled", len(removed) - expired)
-            self.observer.queue_depth(self._queued())
-            self._cond.notify_all()
+            self._waiting[:] = [item for item in self._waiting if item.job is not job]
+            expired = job.deadline is not None and time.monotonic() >= job.deadline - 1e-3
+            self.observer.dropped("expired" if expired else "cancelled", len(removed))
+            self._release(len(removed))
+            self._wake_all()
 
     def _collect_loop(self) -> None:
         """Keep one batch prepared for the engine; while the engine is busy, top it up with new rows."""
@@ -205,7 +248,7 @@ class Batcher:
         with self._cond:
             while True:
                 if self._stopping and not self._waiting and self._prepared is None:
-                    self._cond.notify_all()
+                    self._wake_all()
                     return
                 room = self._prepared is None or len(self._prepared[0]) < self.policy.max_batch_size
                 if self._waiting and room and (self._prepared is None or self._arrivals != formed_at):
@@ -219,7 +262,7 @@ class Batcher:
                         items = collate(self._waiting, self.policy)
                         self._prepared = (items, self._pad([item.ids for item in items]))
                         formed_at = self._arrivals
-                        self._cond.notify_all()
+                        self._engine_cond.notify_all()
                     continue
                 self._cond.wait()
 
@@ -234,40 +277,54 @@ class Batcher:
             self._cond.wait(remaining)
 
     def _drop_dead_locked(self) -> None:
-        self._waiting[:] = self._without_dead(self._waiting)
+        self._waiting[:] = self._without_dead(self._waiting, queued=True)
 
-    def _without_dead(self, items: list[WorkItem]) -> list[WorkItem]:
-        """Items still worth scoring; the others are counted and, if someone still waits, answered."""
+    def _without_dead(self, items: list[WorkItem], queued: bool) -> list[WorkItem]:
+        """Items still worth scoring; the others are counted, their slots freed (when still `queued`)
+        and, if someone still waits, their request answered."""
         now = time.monotonic()
-        alive = []
+        alive, failed, dead = [], [], 0
         for item in items:
-            if item.deadline is not None and now > item.deadline:  # checked first: a deadline also cancels
+            job = item.job
+            if job.expired(now):  # checked first: a deadline also cancels
                 self.observer.dropped("expired")
-                _resolve(item, error=ScoringError(ErrorKind.TIMEOUT, "deadline passed before the row was scored"))
+                if not job.settled and not job.cancelled:
+                    job.settled = True
+                    failed.append((job, ScoringError(ErrorKind.TIMEOUT, "deadline passed before the row was scored")))
+                dead += 1
             elif item.abandoned():
                 self.observer.dropped("cancelled")
+                dead += 1
             else:
                 alive.append(item)
+        if dead and queued:
+            self._release(dead)
+        _settle(failed)
         return alive
 
     def _take_prepared(self) -> tuple[list[WorkItem], Batch] | None:
         """The next batch for the engine: the prepared one, or, when the engine finds rows waiting and
-        nothing prepared, one it forms itself (saving a thread hop on an idle service)."""
+        nothing prepared, one it forms itself (saving a thread hop on an idle service). Its rows leave
+        the admission count."""
         with self._cond:
             while self._prepared is None:
                 if self._waiting and self.policy.max_wait_ms <= 0:
                     self._drop_dead_locked()
                     if self._waiting:
                         items = collate(self._waiting, self.policy)
-                        self.observer.queue_depth(len(self._waiting))
+                        self._release(len(items))
+                        if self._waiting:
+                            self._cond.notify()  # the rest is prepared while this batch runs
                         return items, self._pad([item.ids for item in items])
                     continue
                 if self._stopping and not self._waiting:
                     return None
-                self._cond.wait()
+                self._engine_idle = True
+                self._engine_cond.wait()
+                self._engine_idle = False
             taken, self._prepared = self._prepared, None
-            self.observer.queue_depth(len(self._waiting))
-            self._cond.notify_all()
+            self._release(len(taken[0]))
+            self._cond.notify_all()  # the collector prepares the next one
             return taken
 
     def _inference_loop(self) -> None:
@@ -276,7 +333,7 @@ class Batcher:
             if taken is None:
                 return
             items, batch = taken
-            alive = self._without_dead(items)  # a client may have left while its row was prepared
+            alive = self._without_dead(items, queued=False)  # a client may have left while its row was prepared
             if not alive:
                 continue
             if len(alive) < len(items):
@@ -288,59 +345,76 @@ class Batcher:
             try:
                 rewards = self._run(batch)
                 assert len(rewards) == len(items), f"batch size mismatch: {len(items)} rows, {len(rewards)} rewards"
-            except Exception as e:  # the engine failed: every row of the batch gets the error, none is lost
+            except Exception as e:  # the engine failed: every request in the batch gets the error, none is lost
                 log.exception("inference failed for a batch of %d rows", len(items))
-                for item in items:
-                    _resolve(item, error=ScoringError(ErrorKind.INTERNAL, f"inference failed: {e}"))
+                error = ScoringError(ErrorKind.INTERNAL, f"inference failed: {e}")
+                failed = {id(item.job): item.job for item in items if not item.job.settled}
+                for job in failed.values():
+                    job.settled = True
+                _settle([(job, error) for job in failed.values()])
                 continue
             seconds = time.perf_counter() - began
             self.observer.batch(batch, seconds, waited)
-            _record_timings(items, waited, seconds)
-            for item, reward in zip(items, rewards.tolist(), strict=True):
-                _resolve(item, result=reward)
+            self.observer.scored(batch, rewards)
+            _settle(_record(items, rewards, waited, seconds))
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish queued work, then stop both threads."""
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._wake_all()
         for thread in self._threads:
             thread.join(timeout)
 
 
-def _record_timings(items: list[WorkItem], waited: list[float], seconds: float) -> None:
-    """Add one batch to the timings of the requests it served; written before the rows resolve, so
-    a request reads complete figures once all its rows are answered."""
+def _record(items: list[WorkItem], rewards: np.ndarray, waited: list[float],
+            seconds: float) -> list[tuple[Job, None]]:
+    """Write one batch's rewards and timings into the jobs it served; returns the jobs it completed."""
     counted: set[int] = set()
-    for item, wait in zip(items, waited, strict=True):
-        timing = item.timing
-        if timing is None:
+    done = []
+    for item, reward, wait in zip(items, rewards.tolist(), waited, strict=True):
+        job = item.job
+        job.rewards[item.index] = reward
+        job.queue_seconds = max(job.queue_seconds, wait)
+        if id(job) not in counted:
+            counted.add(id(job))
+            job.inference_seconds += seconds
+        job.remaining -= 1
+        if job.remaining == 0 and not job.settled:
+            job.settled = True
+            done.append((job, None))
+    return done
+
+
+def _settle(answers: Sequence[tuple[Job, ScoringError | None]]) -> None:
+    """Answer jobs on their event loops: one wake-up per loop for all of them."""
+    by_loop: dict[int, list[tuple[Job, ScoringError | None]]] = {}
+    for answer in answers:
+        by_loop.setdefault(id(answer[0].loop), []).append(answer)
+    for group in by_loop.values():
+        try:
+            group[0][0].loop.call_soon_threadsafe(_resolve_all, group)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _resolve_all(answers: list[tuple[Job, ScoringError | None]]) -> None:
+    for job, error in answers:
+        if job.future.done():
             continue
-        timing.queue_seconds = max(timing.queue_seconds, wait)
-        if id(timing) not in counted:
-            counted.add(id(timing))
-            timing.inference_seconds += seconds
-
-
-def _resolve(item: WorkItem, result: float | None = None, error: Exception | None = None) -> None:
-    def settle() -> None:
-        if item.future.done():
-            return
         if error is not None:
-            item.future.set_exception(error)
+            job.future.set_exception(error)
         else:
-            item.future.set_result(result)
-
-    try:
-        item.loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
+            job.future.set_result(job.rewards)
 
 
 class BatchObserver:
     """Hooks for metrics; the default does nothing (tests and benchmarks may count with it)."""
 
     def batch(self, batch: Batch, seconds: float, queue_seconds: list[float]) -> None: ...
+
+    def scored(self, batch: Batch, rewards: np.ndarray) -> None:
+        """The rewards of a batch that ran, before its requests are answered."""
 
     def dropped(self, reason: str, count: int = 1) -> None: ...
 

@@ -1,11 +1,19 @@
 """The bundle: the one contract between training and serving.
 
 A bundle is a directory with `model.onnx` (inputs `input_ids`, `attention_mask`, int64 [batch, seq];
-output `reward`, float32 [batch]), `tokenizer.json` and `bundle.json`, the manifest defined here. The
-manifest carries everything scoring needs to reproduce training exactly (the `InputSpec`), the
-normalization and calibration constants, sha256 of every file, provenance and a golden set of inputs with
-their expected scores. `training/` writes bundles with `write_manifest`; `service/` reads them with
-`load_bundle`, which verifies them and raises one `BundleError` per kind of failure.
+output `reward`, float32 [batch]), `tokenizer.json` and `bundle.json`, the manifest defined here, plus the
+external-data file(s) model.onnx names when its weights do not fit in one protobuf (over 2 GB). The
+manifest carries everything scoring needs to reproduce training exactly (the `InputSpec`, with the model's
+chat template when it has one), the normalization and calibration constants, sha256 of every file,
+provenance and a golden set of inputs with their expected scores. `training/` writes bundles with
+`write_manifest`; `service/` reads them with `load_bundle`, which verifies them and raises one
+`BundleError` per kind of failure: among them a file whose hash changed, named, and an external-data
+location outside the bundle directory.
+
+Format versions: 1 is every bundle without a chat template or external data (all bundles written before
+those existed, and the default MiniLM bundle still); a bundle that has either is written as version 2, so
+that an older rmserve, which would ignore the template or leave the external data unverified, refuses it
+with its version message. This rmserve reads both.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tokenizers import Tokenizer
 
 from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
+from rmserve.service.core.onnx_files import OnnxFileError, external_locations
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -115,14 +125,40 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def external_data_files(directory: Path) -> list[str]:
+    """The external-data files model.onnx names, each checked to lie inside `directory`."""
+    directory = Path(directory)
+    try:
+        located = external_locations(directory / MODEL_FILE)
+    except OnnxFileError as e:
+        raise BundleError(str(e)) from e
+    root = directory.resolve()
+    names: list[str] = []
+    for tensor, location in located:
+        target = (directory / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(root):
+            raise BundleError(
+                f"external data outside the bundle: {MODEL_FILE} stores tensor {tensor!r} in {location!r}, "
+                f"which resolves to {target}, outside {root}; a bundle's files must all be inside it"
+            )
+        if location not in names:
+            names.append(location)
+    return names
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
-    """Hash the bundle's files, then write bundle.json; returns the manifest as written."""
+    """Hash the bundle's files (external data included), then write bundle.json; returns the manifest as written."""
     directory = Path(directory)
     for name in (MODEL_FILE, TOKENIZER_FILE):
         if not (directory / name).is_file():
             raise BundleError(f"cannot write bundle {directory}: {name} is missing")
-    files = {name: sha256_file(directory / name) for name in (MODEL_FILE, TOKENIZER_FILE)}
-    manifest = manifest.model_copy(update={"files": files})
+    external = external_data_files(directory)
+    for name in external:
+        if not (directory / name).is_file():
+            raise BundleError(f"cannot write bundle {directory}: {MODEL_FILE} names external data {name}, which is missing")
+    files = {name: sha256_file(directory / name) for name in (MODEL_FILE, TOKENIZER_FILE, *external)}
+    version = 2 if external or manifest.input.chat_template is not None else 1
+    manifest = manifest.model_copy(update={"files": files, "format_version": version})
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
@@ -142,10 +178,10 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     if not isinstance(raw, dict):
         raise BundleError(f"{manifest_path} must hold a JSON object")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
             f"wrong format version: {manifest_path} has format_version {version!r}, "
-            f"this rmserve reads version {FORMAT_VERSION}; re-export the bundle with this version"
+            f"this rmserve reads versions {', '.join(map(str, READABLE_VERSIONS))}; re-export the bundle with this version"
         )
     try:
         manifest = Manifest.model_validate(raw)
@@ -154,8 +190,10 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         field = ".".join(str(p) for p in first["loc"])
         raise BundleError(f"invalid manifest {manifest_path}: field '{field}': {first['msg']}") from e
 
-    for name in (MODEL_FILE, TOKENIZER_FILE):
+    def verify(name: str) -> None:
         file_path = directory / name
+        if not file_path.resolve().is_relative_to(directory.resolve()):
+            raise BundleError(f"manifest {manifest_path} lists {name!r}, a file outside the bundle directory")
         if not file_path.is_file():
             raise BundleError(f"missing file: {file_path}")
         expected = manifest.files.get(name)
@@ -168,6 +206,13 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                     f"bad hash: {file_path} has sha256 {actual[:16]}…, manifest expects {expected[:16]}… "
                     "(file changed after export)"
                 )
+
+    # model.onnx first: a changed graph is reported as such before its external-data locations are read.
+    verify(MODEL_FILE)
+    verify(TOKENIZER_FILE)
+    for name in dict.fromkeys([*external_data_files(directory), *manifest.files]):
+        if name not in (MODEL_FILE, TOKENIZER_FILE):
+            verify(name)
 
     try:
         tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
@@ -186,4 +231,8 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                 f"tokenizer/model mismatch: {name} {token_id} is outside the model's "
                 f"{manifest.model.vocab_size}-token vocabulary"
             )
+    try:  # the spec must work with this tokenizer: special tokens found, chat template compiles
+        InputEncoder(tokenizer, manifest.input)
+    except ValueError as e:
+        raise BundleError(f"invalid input spec in {manifest_path}: {e}") from e
     return Bundle(path=directory, manifest=manifest)

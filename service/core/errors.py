@@ -1,6 +1,7 @@
 """The one error type of the scoring core, and its kinds.
 
-Transports map `ErrorKind` to their own status codes with one table each (HTTP in `service/transports/http/app.py`).
+Transports map `ErrorKind` to their own status codes with one table each (HTTP: `HTTP_STATUS` in
+service/transports/http/common.py; gRPC: `GRPC_STATUS` in service/transports/grpc/app.py).
 """
 
 from __future__ import annotations

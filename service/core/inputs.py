@@ -4,28 +4,59 @@ This module is the single implementation of rendering, tokenization, truncation 
 imports it to build its batches and the service imports it to build its batches; every parameter it
 uses is an `InputSpec`, which the bundle manifest carries, so the two halves cannot drift apart.
 
-Rendering: a prompt is plain text or a list of chat messages; messages are rendered with the spec's
-role prefixes and followed by `response_prefix` (the HH-RLHF convention: "\\n\\nHuman: ..." turns and a
-trailing "\\n\\nAssistant:"). Prompt and response are tokenized separately, then joined either by the
-tokenizer's own pair template (`join="pair"`, e.g. `[CLS] prompt [SEP] response [SEP]` for BERT-style
-encoders) or as one sequence (`join="concat"`, for decoders that score the last token). A spec with an
-`eos_id` ends every row with that token, after any template tokens, so a decoder reads its score at the
-same token whatever the response; truncation keeps room for it.
+Rendering, two ways:
+- A spec with a `chat_template` (service/core/chat_template.py) renders the conversation with the model's
+  own Jinja template: the prompt's messages (a plain-text prompt is one user message) followed by the
+  response as the final assistant turn. The rendering is tokenized as transformers' `apply_chat_template`
+  tokenizes it (template tokens only, unless the template's `add_special_tokens` says otherwise; never a
+  second BOS), and the score is read at its last token, whatever the template ends with: nothing is
+  appended.
+- Without a template, messages are rendered with the spec's role prefixes and followed by
+  `response_prefix` (the HH-RLHF convention: "\\n\\nHuman: ..." turns and a trailing "\\n\\nAssistant:").
+  Prompt and response are tokenized separately, then joined either by the tokenizer's own pair template
+  (`join="pair"`, e.g. `[CLS] prompt [SEP] response [SEP]` for BERT-style encoders) or as one sequence
+  (`join="concat"`, for decoders that score the last token). A spec with an `eos_id` ends every row with
+  that token, after any template tokens, so a decoder reads its score at the same token whatever the
+  response; truncation keeps room for it.
+
+Already formatted text: a row whose prompt is `PREFORMATTED` carries, as its response, a whole formatted
+conversation (what vLLM's /classify and /pooling receive as `input`). It is tokenized as is, with the
+bundle's special-token rules (a template spec's `add_special_tokens`; otherwise the tokenizer's
+single-sequence template and `eos_id`), truncated from the left like a prompt (a leading BOS is kept), and
+never rendered again.
 
 Truncation keeps what the score depends on: the end of the response. When prompt + response exceed
-`max_length`, the prompt is cut from the left first; the response is cut (also from the left) only when
-it alone does not fit.
+`max_length`, prompt tokens are cut from the left first (with a template: after rendering, keeping a
+leading BOS); the response is cut (also from the left) only when it alone does not fit.
+
+A request's shared prompt is rendered and tokenized once per `encode` call, however many responses share
+it. With a template, each row's full rendering must start with the prompt's rendering (with
+`add_generation_prompt`); the row's tokens are then the prompt's tokens up to its last special token
+(a boundary no pre-tokenizer or normalizer works across) followed by the tokens of the rest of the
+row's text from that special token on. A row whose rendering does not extend the prompt's, or whose
+prompt rendering has no special token (Mistral v0.1's [INST] is plain text), is tokenized whole: exact,
+only slower. Either way the ids are those of the whole rendering (tests/unit/test_template_parity.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
-from tokenizers import Encoding, Tokenizer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+from tokenizers import Tokenizer
+
+from rmserve.service.core.chat_template import ChatTemplate, TemplateError
+from rmserve.service.core.template_rows import TemplateRows, prompt_key
 
 
 class ChatMessage(BaseModel):
@@ -39,6 +70,24 @@ class ChatMessage(BaseModel):
 Prompt = str | Sequence[ChatMessage]
 
 
+class Preformatted(str):
+    """The type of `PREFORMATTED`: an empty string (so limits and schemas treat it as an empty prompt)
+    that marks its row's response as a whole conversation, already formatted."""
+
+    __slots__ = ()
+
+
+PREFORMATTED = Preformatted()
+
+
+class RowError(ValueError):
+    """A row that cannot be formatted (its conversation was refused by the chat template); `row` is its index."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+
 class InputSpec(BaseModel):
     """Everything needed to turn (prompt, response) into token ids; stored in the bundle manifest."""
 
@@ -49,10 +98,11 @@ class InputSpec(BaseModel):
     )
     role_prefixes: dict[str, str] = Field(
         default_factory=lambda: {"system": "", "user": "\n\nHuman: ", "assistant": "\n\nAssistant: "},
-        description="Text put before each chat message's content, by role.",
+        description="Text put before each chat message's content, by role (without a chat template).",
     )
     response_prefix: str = Field(
-        "\n\nAssistant:", description="Text appended to a rendered chat prompt, introducing the response."
+        "\n\nAssistant:", description="Text appended to a rendered chat prompt, introducing the response "
+        "(without a chat template).",
     )
     truncation: Literal["prompt_left_then_response_left"] = Field(
         "prompt_left_then_response_left",
@@ -64,18 +114,28 @@ class InputSpec(BaseModel):
         None, ge=0, description="Token id appended to every row, after the response and any template tokens "
         "(decoders: the token the score is read at). None: nothing appended.",
     )
+    chat_template: ChatTemplate | None = Field(
+        None, description="The model's own chat template; when set, it renders every conversation.",
+    )
+
+    @model_validator(mode="after")
+    def _template_rows_are_one_sequence(self) -> InputSpec:
+        if self.chat_template is not None and (self.join != "concat" or self.eos_id is not None):
+            raise ValueError("a chat template writes the whole row: it needs join 'concat' and no eos_id")
+        return self
 
     @model_serializer(mode="wrap")
-    def _omit_unset_eos(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # Specs without eos_id (every encoder bundle) serialize exactly as before the field existed.
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # Specs without these fields (every bundle written before they existed) serialize exactly as before.
         data = handler(self)
-        if data.get("eos_id", 0) is None:
-            del data["eos_id"]
+        for name in ("eos_id", "chat_template"):
+            if data.get(name, 0) is None:
+                del data[name]
         return data
 
 
 def render_prompt(prompt: Prompt, spec: InputSpec) -> str:
-    """Prompt text as the model sees it: plain text unchanged, chat messages through the role prefixes."""
+    """Prompt text without a chat template: plain text unchanged, chat messages through the role prefixes."""
     if isinstance(prompt, str):
         return prompt
     parts = []
@@ -111,6 +171,54 @@ class Batch:
         return float(1.0 - self.attention_mask.mean()) if self.attention_mask.size else 0.0
 
 
+@dataclass(frozen=True)
+class Frame:
+    """The special tokens a tokenizer's post-processor puts around one sequence (head, tail) or two
+    (head, middle, tail); found once by probing, so a row is joined by list operations."""
+
+    head: list[int]
+    middle: list[int]
+    tail: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.middle) + len(self.tail)
+
+
+def probe_frame(tokenizer: Tokenizer, pair: bool) -> Frame:
+    texts = ["a", "hello", "0", "x", "."] + [tokenizer.decode([i]) for i in range(min(50, tokenizer.get_vocab_size()))]
+    encodings = (tokenizer.encode(t, add_special_tokens=False) for t in texts if t)
+    probe = next((e for e in encodings if e.ids and not any(e.special_tokens_mask)), None)
+    if probe is None:
+        raise ValueError("cannot find out the tokenizer's special tokens: no probe text gives a plain token")
+    out = tokenizer.post_process(probe, probe if pair else None, add_special_tokens=True)
+    ids, n = out.ids, len(probe.ids)
+    # The mask, not sequence_ids: tokenizers leaves the first sequence unmarked in some pair templates.
+    content = [i for i, special in enumerate(out.special_tokens_mask) if not special]
+    first, second = content[:n], content[n:]
+    expected = [probe.ids, probe.ids] if pair else [probe.ids]
+    parts = [part for part in (first, second) if part]
+    if [[ids[i] for i in part] for part in parts] != expected or any(
+            part != list(range(part[0], part[-1] + 1)) for part in parts):
+        raise ValueError("the tokenizer's post-processor changes the sequence itself; rmserve cannot frame it")
+    if not pair:
+        return Frame(head=ids[: first[0]], middle=[], tail=ids[first[-1] + 1 :])
+    return Frame(head=ids[: first[0]], middle=ids[first[-1] + 1 : second[0]], tail=ids[second[-1] + 1 :])
+
+
+def cut_left(prompt: list[int], response: list[int], budget: int) -> tuple[list[int], list[int], int, int]:
+    """Fit prompt + response into `budget` tokens: the prompt loses its start first, the response only when
+    it alone is too long. Returns (prompt, response, prompt tokens cut, response tokens cut)."""
+    response_cut = max(0, len(response) - budget)
+    if response_cut:
+        response = response[response_cut:]
+    room = budget - len(response)
+    prompt_cut = max(0, len(prompt) - room)
+    if prompt_cut:
+        prompt = prompt[prompt_cut:]
+    return prompt, response, prompt_cut, response_cut
+
+
 class InputEncoder:
     """Renders, tokenizes, truncates and pads (prompt, response) rows for one tokenizer and spec."""
 
@@ -120,9 +228,13 @@ class InputEncoder:
         # Truncation and padding are ours; a tokenizer.json may carry its own settings.
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        is_pair = spec.join == "pair"
-        self.special_tokens = tokenizer.num_special_tokens_to_add(is_pair=is_pair)
-        self.budget = spec.max_length - self.special_tokens - (spec.eos_id is not None)
+        self.single = probe_frame(tokenizer, pair=False)
+        self.frame = probe_frame(tokenizer, pair=True) if spec.join == "pair" else self.single
+        self.eos = [] if spec.eos_id is None else [spec.eos_id]
+        self.template = TemplateRows(tokenizer, spec.chat_template) if spec.chat_template else None
+        framed = self.single.size if self.template is None or spec.chat_template.add_special_tokens else 0
+        self.special_tokens = self.frame.size if self.template is None else framed
+        self.budget = spec.max_length - self.special_tokens - len(self.eos)
         if self.budget < 2:
             raise ValueError(f"max_length {spec.max_length} leaves no room beside {self.special_tokens} special tokens")
 
@@ -131,32 +243,67 @@ class InputEncoder:
         return cls(Tokenizer.from_file(str(tokenizer_path)), spec)
 
     def encode(self, rows: Sequence[tuple[Prompt, str]]) -> list[EncodedInput]:
-        """Token ids for each (prompt, response); uses the fast tokenizer's batch call."""
-        if not rows:
-            return []
-        prompts = [render_prompt(prompt, self.spec) for prompt, _ in rows]
-        responses = [response for _, response in rows]
-        encodings = self.tokenizer.encode_batch(prompts + responses, add_special_tokens=False)
-        n = len(rows)
-        return [self._join(encodings[i], encodings[n + i]) for i in range(n)]
+        """Token ids for each (prompt, response): each distinct prompt is rendered and tokenized once, the
+        rest with the fast tokenizer's batch call. A conversation the chat template refuses raises RowError."""
+        out: list[EncodedInput | None] = [None] * len(rows)
+        formatted = [i for i, (prompt, _) in enumerate(rows) if isinstance(prompt, Preformatted)]
+        if formatted:
+            texts = [rows[i][1] for i in formatted]
+            for i, encoding in zip(formatted, self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+                out[i] = self._finish([], encoding.ids, whole=True)
+        chat = [i for i, (prompt, _) in enumerate(rows) if not isinstance(prompt, Preformatted)]
+        if chat:
+            pieces = self._template_pieces(rows, chat) if self.template else self._plain_pieces(rows, chat)
+            for i, (prompt_ids, response_ids) in zip(chat, pieces):
+                out[i] = self._finish(prompt_ids, response_ids, whole=False)
+        return out  # type: ignore[return-value]
 
-    def _join(self, prompt: Encoding, response: Encoding) -> EncodedInput:
-        response_cut = max(0, len(response) - self.budget)
-        if response_cut:
-            response.truncate(self.budget, direction="left")
-        prompt_room = self.budget - len(response)
-        prompt_cut = max(0, len(prompt) - prompt_room)
-        if prompt_cut:
-            if prompt_room == 0:
-                prompt = Encoding.merge([])
-            else:
-                prompt.truncate(prompt_room, direction="left")
-        if self.spec.join == "pair":
-            joined = self.tokenizer.post_process(prompt, response, add_special_tokens=True)
-        else:
-            merged = Encoding.merge([prompt, response], growing_offsets=True)
-            joined = self.tokenizer.post_process(merged, None, add_special_tokens=True)
-        ids = joined.ids if self.spec.eos_id is None else [*joined.ids, self.spec.eos_id]
+    def _plain_pieces(self, rows: Sequence[tuple[Prompt, str]], chosen: list[int]) -> list[tuple[list[int], list[int]]]:
+        keys: dict[Any, int] = {}
+        prompt_of = [keys.setdefault(prompt_key(rows[i][0]), len(keys)) for i in chosen]
+        texts: list[str] = [""] * len(keys)
+        for i, slot in zip(chosen, prompt_of):
+            if not texts[slot]:
+                texts[slot] = render_prompt(rows[i][0], self.spec)
+        encodings = self.tokenizer.encode_batch(texts + [rows[i][1] for i in chosen], add_special_tokens=False)
+        prompt_ids = [e.ids for e in encodings[: len(keys)]]
+        return [(prompt_ids[slot], e.ids) for slot, e in zip(prompt_of, encodings[len(keys) :])]
+
+    def _template_pieces(self, rows: Sequence[tuple[Prompt, str]], chosen: list[int]) -> list[tuple[list[int], list[int]]]:
+        assert self.template is not None
+        try:
+            return self.template.pieces([rows[i] for i in chosen])
+        except TemplateError as e:
+            raise RowError(str(e), chosen[getattr(e, "row", 0)]) from e
+
+    def _finish(self, prompt: list[int], response: list[int], whole: bool) -> EncodedInput:
+        """Truncate and add the special tokens. `whole`: `response` is a preformatted row (cut like a prompt)."""
+        if self.template is not None:
+            return self._finish_templated(prompt, response, whole)
+        if whole:  # one sequence, framed as a single one; cutting it is cutting a prompt
+            text, _, cut, _ = cut_left(response, [], self.spec.max_length - self.single.size - len(self.eos))
+            ids = self.single.head + text + self.single.tail + self.eos
+            return EncodedInput(ids=ids, prompt_tokens_cut=cut, response_tokens_cut=0)
+        prompt, response, prompt_cut, response_cut = cut_left(prompt, response, self.budget)
+        f = self.frame
+        ids = f.head + prompt + f.middle + response + f.tail + self.eos
+        assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
+        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
+
+    def _finish_templated(self, prompt: list[int], response: list[int], whole: bool) -> EncodedInput:
+        assert self.template is not None
+        if whole:
+            prompt, response = response, []
+        first = prompt[:1] if prompt else response[:1]
+        head, tail = [], []
+        if self.spec.chat_template.add_special_tokens:  # type: ignore[union-attr]
+            head, tail = list(self.single.head), list(self.single.tail)
+            if first and head and first[0] == self.template.bos_id and head[0] == self.template.bos_id:
+                head = head[1:]  # the template wrote BOS already: never a second one
+        keep = 1 if prompt and first and first[0] == self.template.bos_id else 0  # a leading BOS survives truncation
+        budget = self.spec.max_length - len(head) - len(tail) - keep
+        body, response, prompt_cut, response_cut = cut_left(prompt[keep:], response, budget)
+        ids = head + prompt[:keep] + body + response + tail
         assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
         return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
 
@@ -178,3 +325,4 @@ class InputEncoder:
     def encode_and_pad(self, rows: Sequence[tuple[Prompt, str]]) -> tuple[Batch, list[EncodedInput]]:
         encoded = self.encode(rows)
         return self.pad(encoded), encoded
+

@@ -34,7 +34,7 @@ def invalid(message: str, field: str | None) -> ScoringError:
     return ScoringError(ErrorKind.VALIDATION, message, field)
 
 
-def _prompt_field(response_field: str) -> str:
+def prompt_field(response_field: str) -> str:
     """Where a row's prompt sits in the request, from where its response sits."""
     if response_field.startswith("items."):
         return response_field.rsplit(".", 1)[0] + ".prompt"
@@ -62,7 +62,7 @@ def check_rows(rows: Sequence[_Row], settings: Settings) -> None:
         if id(row.prompt) in seen:
             continue
         seen.add(id(row.prompt))
-        field = _prompt_field(row.field)
+        field = prompt_field(row.field)
         if isinstance(row.prompt, str):
             _check_text(row.prompt, field, chars)
             continue

@@ -11,6 +11,7 @@ deploy/prometheus and deploy/grafana use exactly these names (tests/integration/
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -147,10 +148,21 @@ class Metrics:
 
 
 class MetricsObserver(BatchObserver):
-    """Feeds the batcher's events into the Prometheus metrics."""
+    """Feeds the batcher's events into the Prometheus metrics: reward metrics once per batch, on the
+    inference thread, rather than once per request on the event loop; `normalize` maps raw rewards to
+    normalized ones (the bundle's reference stats)."""
 
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, normalize: Callable[[np.ndarray], np.ndarray] = lambda raw: raw):
         self.metrics = metrics
+        self.normalize = normalize
+
+    def scored(self, batch: Batch, rewards: np.ndarray) -> None:
+        m = self.metrics
+        lengths = batch.attention_mask.sum(axis=1)
+        m.scored.inc(len(rewards))
+        m.input_tokens.inc(int(lengths.sum()))
+        raw = np.asarray(rewards, dtype=np.float64)
+        m.observe_rewards(raw, self.normalize(raw), lengths)
 
     def batch(self, batch: Batch, seconds: float, queue_seconds: list[float]) -> None:
         m = self.metrics

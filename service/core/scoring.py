@@ -1,8 +1,9 @@
 """The scoring core: the one place where requests become rewards, whatever the transport.
 
-Validates rows, then renders and tokenizes them off the event loop (the fast tokenizer's batch call) and
-submits them to the one batcher that every request shares; turns raw rewards into normalized rewards and
-preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
+Validates rows, admits them to the one batcher that every request shares (refused at once when the queue
+is full, before any tokenizing), has them rendered and tokenized off the event loop by the tokenizer
+threads (service/core/tokenizing.py) and waits for their rewards; turns raw rewards into normalized rewards
+and preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
 """
 
 from __future__ import annotations
@@ -10,31 +11,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from rmserve.group_stats import ValueKind
-from rmserve.service.core.batcher import Batcher, BatchPolicy, RequestTiming
+from rmserve.service.core.batcher import Batcher, BatchPolicy, Job
 from rmserve.service.core.bundle import Bundle, load_bundle
 from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.groups import RewardSummary, summarize
 from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
-from rmserve.service.core.limits import check_rows, effective_deadline
+from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field
 from rmserve.service.core.metrics import Metrics, MetricsObserver
+from rmserve.service.core.tokenizing import Tokenizing
 from rmserve.service.settings import Settings
 
 log = logging.getLogger("rmserve.scoring")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: built for every response of every request, so it must be cheap
     prompt: Prompt
     response: str
     field: str  # names the response in the request, for error messages
@@ -60,6 +61,12 @@ def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, settings: Set
     engine(Batch(input_ids=ids, attention_mask=np.ones_like(ids)))
 
 
+def tokenizer_threads() -> int:
+    """Threads that tokenize: one per core this process may run on, at most 4 (the fast tokenizer's batch
+    call releases the GIL, so they run beside the event loop; past a few, they only add hand-overs)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def default_padding_ratio(provider: str) -> float:
     """On CPU a padded token costs as much as a real one and batching gains nothing, so batches stay
     nearly pad-free; on a GPU rows run in parallel and a fuller batch is worth some padding."""
@@ -75,8 +82,6 @@ class Scorer:
         self.settings = settings
         self.metrics = metrics
         self.active_calls = 0  # score() calls under way: a retiring scorer (reload, shutdown) waits for 0
-        # Tokenizing is CPU work too: keep it off the event loop, on its own thread.
-        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmserve-tokenize")
         self.batcher = Batcher(
             run=engine,
             pad=self.encoder.pad,
@@ -87,8 +92,10 @@ class Scorer:
                 max_queue_rows=settings.max_queue_rows,
                 max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
             ),
-            observer=MetricsObserver(metrics),
+            observer=MetricsObserver(metrics, self.normalize),
         )
+        # Tokenizing is CPU work too: keep it off the event loop, on threads of its own.
+        self.tokenizing = Tokenizing(self.encoder.encode, self.batcher, tokenizer_threads(), self._tokenized)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
@@ -112,8 +119,8 @@ class Scorer:
 
     def close(self) -> None:
         """Score what is queued, then stop the threads."""
+        self.tokenizing.close()
         self.batcher.close()
-        self._tokenize_pool.shutdown(wait=True)
 
     def validate(self, rows: Sequence[Row]) -> None:
         limit = self.settings.max_responses_per_request
@@ -139,31 +146,29 @@ class Scorer:
         if deadline is not None and time.monotonic() >= deadline:
             self.batcher.observer.dropped("expired", len(rows))
             raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
-        self.batcher.check_room(len(rows))  # an overloaded service answers before tokenizing
-        loop = asyncio.get_running_loop()
-        began = time.perf_counter()
-        encoded = await loop.run_in_executor(
-            self._tokenize_pool, self.encoder.encode, [(row.prompt, row.response) for row in rows]
-        )
-        tokenize_seconds = time.perf_counter() - began
-        self.metrics.tokenize_duration.observe(tokenize_seconds)
-        timing = RequestTiming()
-        futures = self.batcher.submit([e.ids for e in encoded], deadline, timing)
+        job = self.batcher.admit(len(rows), deadline)  # an overloaded service answers before tokenizing
+        # A row the model's chat template refuses answers its request with a validation error naming its prompt.
+        self.tokenizing.submit(job, [(row.prompt, row.response) for row in rows],
+                               lambda i: prompt_field(rows[i].field))
         try:
-            raw = np.array(await _until(deadline, asyncio.gather(*futures)), dtype=np.float32)
+            raw = await _until(deadline, job.future)
         except BaseException:
-            for future in futures:  # a departed client's rows are dropped before inference
-                future.cancel()
-            self.batcher.discard(futures)  # and their queue slots are free at once
+            # A departed client's rows are dropped before inference (untokenized if they still wait for
+            # it), and their queue slots are free at once.
+            job.cancelled = True
+            if not self.tokenizing.cancel(job):
+                self.batcher.abandon(job)
             raise
-        truncated = [e.truncated for e in encoded]
-        self.metrics.scored.inc(len(rows))
-        self.metrics.input_tokens.inc(sum(len(e.ids) for e in encoded))
-        self.metrics.truncations.inc(sum(truncated))
-        if self.metrics.observe_rewards(raw, self.normalize(raw), np.array([len(e.ids) for e in encoded])):
+        # Reward metrics were recorded per batch (MetricsObserver.scored); a non-finite reward fails the request.
+        if not np.isfinite(raw).all():
             raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
-        return Scores(raw=raw, truncated=truncated, tokenize_seconds=tokenize_seconds,
-                      queue_seconds=timing.queue_seconds, inference_seconds=timing.inference_seconds)
+        return Scores(raw=raw, truncated=[e.truncated for e in job.encoded], tokenize_seconds=job.tokenize_seconds,
+                      queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds)
+
+    def _tokenized(self, job: Job) -> None:
+        """Tokenizer-thread metrics of one request."""
+        self.metrics.tokenize_duration.observe(job.tokenize_seconds)
+        self.metrics.truncations.inc(sum(e.truncated for e in job.encoded))
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         stats = self.manifest.normalization

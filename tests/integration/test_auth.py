@@ -66,7 +66,14 @@ HTTP_ENDPOINTS = [
     ("post", "/compare", {"prompt": "hello there", "response_a": "i am fine thanks", "response_b": "no"}),
     ("post", "/get_reward", {"query": ["\n\nHuman: hello there\n\nAssistant: i am fine thanks"]}),
     ("get", "/v1/model", None),
+    # vLLM's pooling API (service/transports/http/vllm.py), which refuses in vLLM's error shape.
+    ("post", "/classify", {"input": "\n\nHuman: hello there\n\nAssistant: i am fine thanks"}),
+    ("post", "/v1/classify", {"input": "\n\nHuman: hello there\n\nAssistant: i am fine thanks"}),
+    ("post", "/pooling", {"messages": [{"role": "user", "content": "hello there"},
+                                       {"role": "assistant", "content": "i am fine thanks"}]}),
+    ("get", "/v1/models", None),
 ]
+VLLM_PATHS = {"/classify", "/v1/classify", "/pooling", "/v1/models"}
 
 
 @pytest.mark.parametrize("method, path, body", HTTP_ENDPOINTS, ids=[e[1] for e in HTTP_ENDPOINTS])
@@ -74,8 +81,12 @@ def test_every_http_scoring_endpoint_needs_a_key(server, method, path, body):
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "key-one"}):
         response = httpx.request(method, server.url + path, json=body, headers=headers)
         assert response.status_code == 401, (path, headers)
-        assert response.json()["error"] == {"kind": "unauthenticated", "field": "authorization",
-                                            "message": response.json()["error"]["message"]}
+        error = response.json()["error"]
+        if path in VLLM_PATHS:
+            assert error == {"type": "AuthenticationError", "param": "authorization", "code": 401,
+                             "message": error["message"]}
+        else:
+            assert error == {"kind": "unauthenticated", "field": "authorization", "message": error["message"]}
     ok = httpx.request(method, server.url + path, json=body, headers={"authorization": "Bearer key-from-file"},
                        timeout=30)
     assert ok.status_code == 200, ok.text

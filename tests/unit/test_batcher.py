@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy, WorkItem, collate
+from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy, Job, WorkItem, collate
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import Batch
 from tests.waiting import wait_until
@@ -47,7 +47,19 @@ class Recorder(BatchObserver):
 
 
 def item(length, seq):
-    return WorkItem(ids=[1] * length, future=None, loop=None, seq=seq)  # type: ignore[arg-type]
+    return WorkItem(ids=[1] * length, job=None, seq=seq)  # type: ignore[arg-type]
+
+
+def submit(batcher: Batcher, rows, deadline=None) -> Job:
+    """Admit a request's token rows and queue them at once (as the tokenizer threads do once they are
+    tokenized); on the event loop."""
+    job = batcher.admit(len(rows), deadline)
+    batcher.submit(job, rows)
+    return job
+
+
+async def rewards(job: Job) -> list[float]:
+    return (await job.future).tolist()
 
 
 POLICY = BatchPolicy(max_batch_tokens=40, max_batch_size=4)
@@ -121,7 +133,7 @@ def test_every_row_gets_its_own_score_across_concurrent_requests():
     requests = [[[rng.randint(1, 9) for _ in range(rng.randint(1, 12))] for _ in range(rng.randint(1, 5))] for _ in range(60)]
 
     async def one(rows):
-        return await asyncio.gather(*batcher.submit(rows))
+        return await rewards(submit(batcher, rows))
 
     async def main():
         return await asyncio.gather(*(one(rows) for rows in requests))
@@ -145,15 +157,15 @@ def test_full_queue_refuses_at_once_and_admitted_rows_still_finish():
     batcher = Batcher(slow_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1, max_queue_rows=3), recorder)
 
     async def main():
-        admitted = [batcher.submit([[1, 2]]) for _ in range(3)]
+        admitted = [submit(batcher, [[1, 2]]) for _ in range(3)]
         await until_held(slow_engine)  # the engine took one row out of the queue, freeing room for one
         more = []
         with pytest.raises(ScoringError) as info:
             for _ in range(10):
-                more.append(batcher.submit([[3]]))
+                more.append(submit(batcher, [[3]]))
         assert info.value.kind is ErrorKind.OVERLOADED and "queue full" in info.value.message
         gate.set()
-        return await asyncio.gather(*(f for fs in admitted + more for f in fs))
+        return [r for job in admitted + more for r in await rewards(job)]
 
     try:
         results = run_async(main())
@@ -168,7 +180,7 @@ def test_request_larger_than_the_queue_is_refused_whole():
 
     async def main():
         with pytest.raises(ScoringError, match="request has 3"):
-            batcher.submit([[1], [2], [3]])
+            batcher.admit(3)
 
     try:
         run_async(main())
@@ -184,18 +196,18 @@ def test_cancelled_and_expired_rows_are_dropped_before_inference():
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1), recorder)
 
     async def main():
-        first = batcher.submit([[1]])  # occupies the engine
+        first = submit(batcher, [[1]])  # occupies the engine
         await until_held(engine)
-        prefetched = batcher.submit([[2]])  # collected while the engine is busy
+        prefetched = submit(batcher, [[2]])  # collected while the engine is busy
         await asyncio.to_thread(wait_until, lambda: batcher._prepared is not None, "the collector to prepare row 2")
-        cancelled = batcher.submit([[3]])
-        expired = batcher.submit([[4]], deadline=0.0)
-        kept = batcher.submit([[5]])
-        cancelled[0].cancel()
+        cancelled = submit(batcher, [[3]])
+        expired = submit(batcher, [[4]], deadline=0.0)
+        kept = submit(batcher, [[5]])
+        cancelled.cancelled = True  # the caller left without taking its row out (as abandon would)
         gate.set()
-        assert await first[0] == 1.0 and await prefetched[0] == 2.0 and await kept[0] == 5.0
+        assert await rewards(first) == [1.0] and await rewards(prefetched) == [2.0] and await rewards(kept) == [5.0]
         with pytest.raises(ScoringError) as info:
-            await expired[0]
+            await expired.future
         assert info.value.kind is ErrorKind.TIMEOUT
 
     try:
@@ -220,11 +232,10 @@ def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, 
     batcher = Batcher(flaky, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=8))
 
     async def main():
-        failing = batcher.submit([[1], [2]])
-        for future in failing:
-            with pytest.raises(ScoringError, match=message):
-                await future
-        return await asyncio.gather(*batcher.submit([[7]]))
+        failing = submit(batcher, [[1], [2]])
+        with pytest.raises(ScoringError, match=message):
+            await failing.future
+        return await rewards(submit(batcher, [[7]]))
 
     try:
         assert run_async(main()) == [7.0]
@@ -240,14 +251,14 @@ def test_prepared_batch_is_topped_up_with_rows_that_arrive_while_the_engine_is_b
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=1000, max_batch_size=8), recorder)
 
     async def main():
-        futures = batcher.submit([[1]])
+        jobs = [submit(batcher, [[1]])]
         await until_held(engine)
         for value in (2, 3, 4):  # arrive one by one while the first batch runs; each is prepared before the next
-            futures += batcher.submit([[value]])
+            jobs.append(submit(batcher, [[value]]))
             await asyncio.to_thread(wait_until, lambda v=value: batcher._prepared is not None and
                                     len(batcher._prepared[0]) == v - 1, f"row {value} to join the prepared batch")
         gate.set()
-        return await asyncio.gather(*futures)
+        return [r for job in jobs for r in await rewards(job)]
 
     try:
         assert run_async(main()) == [1.0, 2.0, 3.0, 4.0]
@@ -260,11 +271,11 @@ def test_close_finishes_queued_work():
     batcher = Batcher(fake_engine, fake_pad, BatchPolicy(max_batch_tokens=8, max_batch_size=1))
 
     async def main():
-        futures = batcher.submit([[1], [2], [3]])
+        job = submit(batcher, [[1], [2], [3]])
         await asyncio.to_thread(batcher.close)
         with pytest.raises(ScoringError, match="shutting down"):
-            batcher.submit([[4]])
-        return await asyncio.gather(*futures)
+            batcher.admit(1)
+        return await rewards(job)
 
     assert run_async(main()) == [1.0, 2.0, 3.0]
 
@@ -290,22 +301,21 @@ def test_discarded_rows_free_their_queue_slots_at_once():
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=64, max_batch_size=4, max_queue_rows=4), recorder)
 
     async def main():
-        busy = batcher.submit([[1]])  # the engine holds this row
+        busy = submit(batcher, [[1]])  # the engine holds this row
         await until_held(engine)
-        leaving = batcher.submit([[2], [3], [4]])  # prepared while the engine is busy
+        leaving = submit(batcher, [[2], [3], [4]])  # prepared while the engine is busy
         deadline = time.monotonic() + 0.5
-        late = batcher.submit([[5]], deadline=deadline)
+        late = submit(batcher, [[5]], deadline=deadline)
         await asyncio.to_thread(wait_until, lambda: batcher._prepared is not None and len(batcher._prepared[0]) == 4,
                                 "rows 2-5 to be prepared behind the busy engine")
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))  # not synchronization: lets the deadline pass
         with pytest.raises(ScoringError, match="queue full"):
-            batcher.submit([[6]])
-        for future in leaving + late:
-            future.cancel()
-        batcher.discard(leaving + late)
-        admitted = batcher.submit([[7], [8], [9], [10]])  # room again before any batch ran
+            batcher.admit(1)
+        batcher.abandon(leaving)
+        batcher.abandon(late)
+        admitted = submit(batcher, [[7], [8], [9], [10]])  # room again before any batch ran
         gate.set()
-        return await asyncio.gather(*busy, *admitted)
+        return await rewards(busy) + await rewards(admitted)
 
     try:
         results = run_async(main())

@@ -50,7 +50,7 @@ def test_bad_hash(tiny_bundle):
 
 def test_wrong_format_version(tiny_bundle):
     edit_manifest(tiny_bundle, format_version=99)
-    with pytest.raises(BundleError, match="wrong format version: .* 99, this rmserve reads version 1"):
+    with pytest.raises(BundleError, match="wrong format version: .* 99, this rmserve reads versions 1, 2"):
         load_bundle(tiny_bundle)
 
 

@@ -267,17 +267,3 @@ def test_dataset_dict_and_plain_directories_are_explained(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a dataset written by datasets' save_to_disk"):
         load_preferences(tmp_path / "empty")
-
-
-def test_the_readme_examples_load(tmp_path):
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("### Data formats"):]
-    start = section.index("```json\n") + len("```json\n")
-    block = section[start:section.index("\n```", start)]
-    path = tmp_path / "readme.jsonl"
-    path.write_text(block + "\n")
-    loaded = load_preferences(path)
-    assert len(loaded.groups) == len(block.splitlines()) == 7
-    assert len(loaded.pairs) == 5 + 3 + 3 and sorted({p.label for p in loaded.pairs}) == [0.5, 0.8, 1.0]

@@ -156,16 +156,54 @@ def test_compose_wires_rmserve_prometheus_and_grafana():
 
 @pytest.fixture(scope="module")
 def k8s() -> dict[str, dict]:
+    """The rendered objects by kind; an object not named rmserve (the headless Service) by kind/name."""
     rendered = run(require("kubectl"), "kustomize", "deploy/k8s").stdout
     docs = [doc for doc in yaml.safe_load_all(rendered) if doc]
-    by_kind = {doc["kind"]: doc for doc in docs}
-    assert len(by_kind) == len(docs), "one object of each kind expected"
+    by_kind = {doc["kind"] if doc["metadata"]["name"] == "rmserve" else f"{doc['kind']}/{doc['metadata']['name']}": doc
+               for doc in docs}
+    assert len(by_kind) == len(docs), "one object of each kind expected, and the headless Service"
     return by_kind
 
 
 def test_kustomize_renders_every_resource(k8s):
-    assert set(k8s) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor"}
-    assert {doc["metadata"]["name"] for doc in k8s.values()} == {"rmserve"}
+    assert set(k8s) == {"Deployment", "Service", "Service/rmserve-headless", "HorizontalPodAutoscaler",
+                        "PodDisruptionBudget", "ServiceMonitor"}
+    assert {doc["metadata"]["name"] for doc in k8s.values()} == {"rmserve", "rmserve-headless"}
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and In/NotIn/Exists/DoesNotExist expressions) on `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for rule in selector.get("matchExpressions", []):
+        value, present = labels.get(rule["key"]), rule["key"] in labels
+        ok = {"In": present and value in rule.get("values", []), "NotIn": not present or value not in rule.get("values", []),
+              "Exists": present, "DoesNotExist": not present}[rule["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def test_headless_service_lists_every_ready_pod_for_client_side_balancing(k8s):
+    from rmserve.client.endpoints import HttpEndpoints, grpc_target
+
+    service, headless = k8s["Service"], k8s["Service/rmserve-headless"]["spec"]
+    assert headless["clusterIP"] == "None" and headless.get("publishNotReadyAddresses", False) is False
+    assert headless["selector"] == service["spec"]["selector"] and headless["ports"] == service["spec"]["ports"]
+    pod_labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert headless["selector"].items() <= pod_labels.items()
+    # The ServiceMonitor scrapes the pods through one Service only (twice would double every counter).
+    monitor = k8s["ServiceMonitor"]["spec"]["selector"]
+    assert selects(monitor, service["metadata"]["labels"])
+    assert not selects(monitor, k8s["Service/rmserve-headless"]["metadata"]["labels"])
+    # The names the manifest and deploy/README.md give clients are ones the client library takes.
+    ports = {p["name"]: p["port"] for p in headless["ports"]}
+    name = "rmserve-headless.default.svc.cluster.local"
+    assert grpc_target(f"dns:///{name}:{ports['grpc']}") == (f"dns:///{name}:{ports['grpc']}", 1)
+    assert repr(HttpEndpoints(f"dns:///{name}:{ports['http']}")) == f"dns:///{name}:{ports['http']}"
+    text = (DEPLOY / "k8s" / "service-headless.yaml").read_text() + (DEPLOY / "README.md").read_text()
+    for protocol in ("grpc", "http"):
+        assert f"dns:///rmserve-headless.<namespace>.svc.cluster.local:{ports[protocol]}" in text, protocol
 
 
 def test_deployment_ports_probes_gpu_and_drain_match_the_service(k8s):

@@ -10,7 +10,7 @@ from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import ChatMessage
 from rmserve.service.core.limits import check_rows, effective_deadline, request_deadline
 from rmserve.service.settings import Settings
-from rmserve.service.transports.http.body import check_json, parse_timeout
+from rmserve.service.transports.http.body import parse_json, parse_timeout
 
 SETTINGS = Settings(max_text_chars=10, max_messages=2)
 
@@ -58,14 +58,14 @@ def test_check_rows_accepts_texts_at_the_limits():
     (b'{"a": [{"b": [{"c": [{"d": [{"e": 1}]}]}]}]}', "limit of 8 levels"),
     (b'[' * 5000 + b']' * 5000, "max_json_depth"),
 ])
-def test_check_json_refuses(body, message):
-    error = refusal(lambda: check_json(body, 8))
+def test_parse_json_refuses(body, message):
+    error = refusal(lambda: parse_json(body, 8))
     assert error.field == "body" and message in error.message
 
 
-def test_check_json_accepts_nesting_at_the_limit_and_long_flat_lists():
-    check_json(b'[[[[[[[["x"]]]]]]]]', 8)
-    check_json(b'{"responses": [' + b",".join([b'"r"'] * 10000) + b"]}", 8)
+def test_parse_json_accepts_nesting_at_the_limit_and_long_flat_lists():
+    assert parse_json(b'[[[[[[[["x"]]]]]]]]', 8) == [[[[[[[["x"]]]]]]]]
+    assert parse_json(b'{"responses": [' + b",".join([b'"r"'] * 10000) + b"]}", 8) == {"responses": ["r"] * 10000}
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "nan", "inf", "-inf", "", "1e999"])

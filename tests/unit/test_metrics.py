@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy, RequestTiming
+from rmserve.service.core.batcher import Batcher, BatchObserver, BatchPolicy
 from rmserve.service.core.metrics import Metrics, RewardWindow
 from tests.unit.test_batcher import fake_engine, fake_pad
 
@@ -96,16 +96,20 @@ def test_request_timing_is_what_the_batcher_measured_for_that_request():
     # Two rows per batch: the three-row request spans two batches.
     batcher = Batcher(engine, fake_pad, BatchPolicy(max_batch_tokens=100, max_batch_size=2), log)
     requests = {"a": [[1]], "b": [[2], [3], [4]], "c": [[5]]}
-    timings = {name: RequestTiming() for name in requests}
+    timings = {}
+
+    def submit(name):
+        timings[name] = job = batcher.admit(len(requests[name]))
+        batcher.submit(job, requests[name])
 
     async def main():
-        futures = batcher.submit(requests["a"], timing=timings["a"])
+        submit("a")
         assert await asyncio.to_thread(entered.wait, 30)  # a holds the engine at the gate
-        futures += batcher.submit(requests["b"], timing=timings["b"])
-        futures += batcher.submit(requests["c"], timing=timings["c"])
+        submit("b")
+        submit("c")
         await asyncio.sleep(0.05)  # not synchronization: b and c wait at least this long (a lower bound below)
         gate.set()
-        return await asyncio.gather(*futures)
+        return [r for name in requests for r in (await timings[name].future).tolist()]
 
     try:
         assert asyncio.run(main()) == [1.0, 2.0, 3.0, 4.0, 5.0]

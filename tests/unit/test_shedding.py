@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from rmserve.service.core.batcher import BatchObserver
 from rmserve.service.core.metrics import Metrics
 from rmserve.service.transports.auth import ApiKeys
-from rmserve.service.transports.http.app import ObserveAndShed
+from rmserve.service.transports.http.app import ScoringFront
 
 
 def call(middleware, path, headers=()):
@@ -34,7 +34,7 @@ def make(full: bool, keys=()):
 
     batcher = SimpleNamespace(is_full=lambda: full, observer=BatchObserver())
     state = SimpleNamespace(metrics=Metrics(), scorer=SimpleNamespace(batcher=batcher), api_keys=ApiKeys(list(keys)))
-    return ObserveAndShed(app, state), reached, state
+    return ScoringFront(app, state, front_routes={}), reached, state
 
 
 def test_full_queue_is_refused_before_the_body_is_read():

@@ -95,6 +95,14 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     def __init__(self, state: ServiceState):
         self.state = state
+        self._children: dict[tuple, Any] = {}  # metric children by label values: labels() costs per call
+
+    def _metric(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     async def _score(self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
         scorer = self.state.require_scorer()
@@ -145,28 +153,29 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def _call(self, method: str, context: grpc.aio.ServicerContext, work):  # type: ignore[no-untyped-def]
         metrics = self.state.metrics
         began = time.perf_counter()
-        in_flight = metrics.in_flight.labels("grpc")
+        in_flight = self._metric(metrics.in_flight, "grpc")
         in_flight.inc()
         try:
-            metadata = dict(context.invocation_metadata() or ())
-            self.state.api_keys.check(metadata.get("authorization"))
+            if self.state.api_keys.enabled:
+                metadata = dict(context.invocation_metadata() or ())
+                self.state.api_keys.check(metadata.get("authorization"))
             result = await work
         except ScoringError as e:
             if hasattr(work, "close"):
                 work.close()  # never awaited when authentication failed
-            metrics.requests.labels(method, "grpc", e.kind.value).inc()
+            self._metric(metrics.requests, method, "grpc", e.kind.value).inc()
             detail = f"{e.field}: {e.message}" if e.field else e.message
             await context.abort(GRPC_STATUS[e.kind], detail)
         except asyncio.CancelledError:  # the client left or its deadline passed
-            metrics.requests.labels(method, "grpc", "client_gone").inc()
+            self._metric(metrics.requests, method, "grpc", "client_gone").inc()
             raise
         except Exception:  # grpc answers UNKNOWN
-            metrics.requests.labels(method, "grpc", ErrorKind.INTERNAL.value).inc()
+            self._metric(metrics.requests, method, "grpc", ErrorKind.INTERNAL.value).inc()
             raise
         finally:
             in_flight.dec()
-            metrics.request_duration.labels(method, "grpc").observe(time.perf_counter() - began)
-        metrics.requests.labels(method, "grpc", "ok").inc()
+            self._metric(metrics.request_duration, method, "grpc").observe(time.perf_counter() - began)
+        self._metric(metrics.requests, method, "grpc", "ok").inc()
         return result
 
 

@@ -1,7 +1,10 @@
 """What the HTTP transport checks of a request's bytes before any route sees them: strict UTF-8 JSON
 (no NaN or Infinity), nesting within `max_json_depth`, and the `X-Request-Timeout` header. Every refusal is
 a VALIDATION `ScoringError` naming the field and the limit, where the JSON parser would otherwise fail with
-an error of its own (a 500)."""
+an error of its own (a 500).
+
+A JSON body is parsed once, by `parse_json`; the request guard keeps the result in the ASGI scope under
+`PARSED_JSON`, where the routes read it (common.ParsedBodyRoute) instead of parsing the bytes again."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 from rmserve.service.core.limits import invalid
 
 TIMEOUT_HEADER = "X-Request-Timeout"
+PARSED_JSON = "rmserve.parsed_json"  # ASGI scope key of the request's JSON body, parsed once
 
 
 def parse_timeout(value: str) -> float:
@@ -49,8 +53,8 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def check_json(body: bytes, max_depth: int) -> None:
-    """Refuse a JSON body that is not strict UTF-8 JSON within `max_depth` levels of nesting."""
+def parse_json(body: bytes, max_depth: int) -> Any:
+    """The value of a JSON body; refused unless strict UTF-8 JSON within `max_depth` levels of nesting."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -65,3 +69,4 @@ def check_json(body: bytes, max_depth: int) -> None:
         raise invalid(f"JSON nested deeper than the limit of {max_depth} levels (max_json_depth)", "body") from None
     if _depth(parsed, max_depth) > max_depth:
         raise invalid(f"JSON nested deeper than the limit of {max_depth} levels (max_json_depth)", "body")
+    return parsed

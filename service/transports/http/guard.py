@@ -4,7 +4,8 @@ A plain ASGI middleware that
 - refuses a body larger than `max_request_bytes` with 413, from its Content-Length before reading any of
   it, or while it streams in (chunked) as soon as the count passes the limit;
 - refuses a JSON body that is not strict UTF-8 JSON (NaN/Infinity, nesting past `max_json_depth`) with
-  422, where the JSON parser would otherwise fail with an error of its own (a 500);
+  422, where the JSON parser would otherwise fail with an error of its own (a 500); the body is parsed
+  here, once, and the parsed value travels to the route in the ASGI scope (body.PARSED_JSON);
 - reads `X-Request-Timeout` into the request's deadline (`rmserve.service.core.limits.request_deadline`);
 - with `protect_health_and_metrics`, asks for an API key on /healthz, /readyz and /metrics.
 Every refusal has the service's error body, naming the field and the limit.
@@ -18,27 +19,28 @@ from typing import Any
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.limits import invalid, request_deadline
-from rmserve.service.transports.http.body import TIMEOUT_HEADER, check_json, parse_timeout
+from rmserve.service.transports.http.body import PARSED_JSON, TIMEOUT_HEADER, parse_json, parse_timeout
 
 OPS_PATHS = ("/healthz", "/readyz", "/metrics")
 _TIMEOUT_HEADER = TIMEOUT_HEADER.lower().encode()
 
 
-def _header(scope: dict, name: bytes) -> str | None:
+def header(scope: dict, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
     return None
 
 
-def _is_json(scope: dict) -> bool:
-    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+def is_json(scope: dict) -> bool:
+    content_type = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
     return content_type == "application/json" or (content_type.startswith("application/") and
                                                   content_type.endswith("+json"))
 
 
 class RequestGuard:
     def __init__(self, app: Any, state: Any, counted_paths: tuple[str, ...] = ()):
+        """`app`: the ASGI app the requests go on to (None for a guard used only through `admit`)."""
         self.app = app
         self.state = state  # rmserve.service.process.runtime.ServiceState (not imported: the runtime imports the transports)
         self.counted_paths = counted_paths  # refusals on these count in rmserve_requests_total
@@ -47,31 +49,41 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        admitted = await self.admit(scope, receive, send)
+        if admitted is None:
+            return
+        body, deadline = admitted
+        token = request_deadline.set(deadline)
+        try:
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            request_deadline.reset(token)
+
+    async def admit(self, scope: dict, receive: Any, send: Any) -> tuple[bytes, float | None] | None:
+        """Run the checks on one HTTP request: its body (a JSON one parsed, into scope[PARSED_JSON]) and its
+        deadline; None when it was refused (the refusal is sent). The scoring front calls this directly
+        for the requests it serves without FastAPI (service/transports/http/app.py)."""
         settings = self.state.settings
         path = scope.get("path", "")
         try:
             if path in OPS_PATHS and settings.protect_health_and_metrics:
-                self.state.api_keys.check(_header(scope, b"authorization"))
-            timeout = _header(scope, _TIMEOUT_HEADER)
+                self.state.api_keys.check(header(scope, b"authorization"))
+            timeout = header(scope, _TIMEOUT_HEADER)
             deadline = time.monotonic() + parse_timeout(timeout) if timeout is not None else None
             body = await self._read_body(scope, receive, settings.max_request_bytes)
-            if body and _is_json(scope):
-                check_json(body, settings.max_json_depth)
+            if body and is_json(scope):
+                scope[PARSED_JSON] = parse_json(body, settings.max_json_depth)
         except _TooLarge as e:
             await self._refuse(scope, send, 413, e.error)
-            return
+            return None
         except ScoringError as e:
             await self._refuse(scope, send, 401 if e.kind == ErrorKind.UNAUTHENTICATED else 422, e)
-            return
-        token = request_deadline.set(deadline)
-        try:
-            await self.app(scope, _replay(body, receive), send)
-        finally:
-            request_deadline.reset(token)
+            return None
+        return body, deadline
 
     async def _read_body(self, scope: dict, receive: Any, limit: int) -> bytes:
         """The whole body, refused once it passes `limit` bytes (declared or received)."""
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _TooLarge(int(declared), limit)
         chunks, size = [], 0
@@ -106,7 +118,7 @@ class _TooLarge(Exception):
                              "body")
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def replay(body: bytes, receive: Any) -> Any:
     """A receive() that hands the already-read body to the app once, then waits on the client again
     (so that a disconnect is still seen by the route)."""
     sent = False

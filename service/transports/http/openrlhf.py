@@ -5,27 +5,30 @@ OpenRLHF posts {"query": [full prompt+response texts], "prompts": [...], "labels
 {"rewards": [...], "scores": [...], "extra_logs": {name: [one float per query]}}. A query is split into the
 prompt and the response the bundle scores: by its `prompts` entry when given (the query must start with
 it), else after the last occurrence of the bundle's `response_prefix` (e.g. "\\n\\nAssistant:"); a query that
-cannot be split is refused with 422 naming it (`query.3`). Labels are accepted and ignored (a reward model
-does not read references); other fields that OpenRLHF forks add are ignored too.
+cannot be split is refused with 422 naming it (`query.3`). A bundle with its own chat template scores each
+query whole, as the formatted conversation the policy produced (the template is not applied again).
+Labels are accepted and ignored (a reward model does not read references); other fields that OpenRLHF
+forks add are ignored too.
 
 `rewards` are raw rewards, or bundle-normalized ones with `?values=normalized` in the URL; `scores` are
 always raw (OpenRLHF logs them and filters on them); `extra_logs` carries the normalized rewards and the
 truncation flags. Any number of queries is accepted: they are scored in chunks of
-max_responses_per_request, one after the other, on the shared batcher.
+max_responses_per_request, one after the other, on the shared batcher (splitting and chunking live in
+fulltext.py, shared with the vLLM protocol).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
-from rmserve.service.core.inputs import InputSpec
-from rmserve.service.core.scoring import Row, Scores
-from rmserve.service.transports.http.common import ScorerDep, authorized, timing_headers, unless_client_leaves
+from rmserve.service.core.inputs import PREFORMATTED, InputSpec
+from rmserve.service.core.scoring import Row
+from rmserve.service.transports.http.common import ScorerDep, authorized, timing_headers
+from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks, split_at_response_prefix
 
 router = APIRouter(tags=["trainers"], dependencies=[Depends(authorized)])
 
@@ -46,7 +49,9 @@ class GetRewardResponse(BaseModel):
 
 
 def split_queries(queries: list[str], prompts: list[str] | None, spec: InputSpec) -> list[Row]:
-    """One scoring row per query, its field named `query.i` for error messages."""
+    """One scoring row per query, its field named `query.i` for error messages. A bundle with a chat
+    template scores each query as the formatted conversation it is (rendering it again would wrap the
+    whole text in a user turn); other bundles score the prompt and the response apart, as /score does."""
     rows = []
     if prompts is not None:
         if len(prompts) != len(queries):
@@ -55,17 +60,13 @@ def split_queries(queries: list[str], prompts: list[str] | None, spec: InputSpec
             if not query.startswith(prompt):
                 raise ScoringError(ErrorKind.VALIDATION, f"the query does not start with prompts.{i}, so it "
                                    "cannot be split into prompt and response", f"query.{i}")
-            rows.append(Row(prompt, query[len(prompt):], f"query.{i}"))
+            rows.append(Row(PREFORMATTED, query, f"query.{i}") if spec.chat_template is not None
+                        else Row(prompt, query[len(prompt):], f"query.{i}"))
         return rows
-    marker = spec.response_prefix
-    for i, query in enumerate(queries):
-        cut = query.rfind(marker) if marker else -1
-        if cut < 0:
-            raise ScoringError(ErrorKind.VALIDATION, f"cannot split the query into prompt and response: it has no "
-                               f"{marker!r} (the bundle's response_prefix); send 'prompts'", f"query.{i}")
-        end = cut + len(marker)
-        rows.append(Row(query[:end], query[end:], f"query.{i}"))
-    return rows
+    if spec.chat_template is not None:
+        return [formatted_row(query, spec, f"query.{i}", "") for i, query in enumerate(queries)]
+    advice = "send 'prompts'"
+    return [split_at_response_prefix(query, spec, f"query.{i}", advice) for i, query in enumerate(queries)]
 
 
 @router.post("/get_reward", response_model=GetRewardResponse)
@@ -74,14 +75,7 @@ async def get_reward(body: GetRewardRequest, scorer: ScorerDep, request: Request
     if values not in ("raw", "normalized"):
         raise ScoringError(ErrorKind.VALIDATION, f"values must be 'raw' or 'normalized', not {values!r}", "values")
     rows = split_queries(body.query, body.prompts, scorer.manifest.input)
-    limit = scorer.settings.max_responses_per_request
-    parts: list[Scores] = []
-    for start in range(0, len(rows), limit):
-        parts.append(await unless_client_leaves(request, scorer.score(rows[start:start + limit])))
-    scores = Scores(raw=np.concatenate([p.raw for p in parts]), truncated=[t for p in parts for t in p.truncated],
-                    tokenize_seconds=sum(p.tokenize_seconds for p in parts),
-                    queue_seconds=max(p.queue_seconds for p in parts),
-                    inference_seconds=sum(p.inference_seconds for p in parts))
+    scores = await score_in_chunks(scorer, rows, request)
     timing_headers(response, scores)
     summary = scorer.summarize(scores, values)  # type: ignore[arg-type]
     return GetRewardResponse(

@@ -13,10 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rmserve.service.core.scoring import Row
 from rmserve.service.transports.http.common import (
     MetricsDep,
+    ParsedBodyRoute,
     ScorerDep,
     authorized,
     get_state,
-    timing_headers,
+    model_response,
+    timings,
     unless_client_leaves,
 )
 from rmserve.service.transports.schemas import (
@@ -28,37 +30,36 @@ from rmserve.service.transports.schemas import (
     ScoreResponse,
 )
 
-scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)])
+# The JSON body is the one the request guard parsed; the answer is serialized once (model_response).
+scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)], route_class=ParsedBodyRoute)
 
 
 @scoring_router.post("/score", response_model=ScoreResponse)
-async def score(body: ScoreRequest, scorer: ScorerDep, request: Request, response: Response) -> ScoreResponse:
+async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> Response:
     rows = [Row(prompt, text, field) for prompt, text, field in body.rows()]
     scores = await unless_client_leaves(request, scorer.score(rows))
-    timing_headers(response, scores)
     summary = scorer.summarize(scores, body.values, body.grouped)
-    return ScoreResponse(
+    return model_response(ScoreResponse.model_construct(
         model=ModelRef.of(scorer.manifest),
         rewards=summary.raw.tolist(),
         normalized_rewards=summary.normalized.tolist(),
         truncated=scores.truncated,
         values=summary.values.tolist(),
         group=GroupSummary.of(summary.group),
-    )
+    ), timings(scores))
 
 
 @scoring_router.post("/compare", response_model=CompareResponse)
-async def compare(body: CompareRequest, scorer: ScorerDep, request: Request, response: Response) -> CompareResponse:
+async def compare(body: CompareRequest, scorer: ScorerDep, request: Request) -> Response:
     rows = [Row(body.prompt, body.response_a, "response_a"), Row(body.prompt, body.response_b, "response_b")]
     scores = await unless_client_leaves(request, scorer.score(rows))
-    timing_headers(response, scores)
     reward_a, reward_b = (float(x) for x in scores.raw)
     normalized = scorer.normalize(scores.raw)
-    return CompareResponse(
+    return model_response(CompareResponse.model_construct(
         model=ModelRef.of(scorer.manifest), reward_a=reward_a, reward_b=reward_b,
         normalized_reward_a=float(normalized[0]), normalized_reward_b=float(normalized[1]),
         probability_a=scorer.probability_a(reward_a, reward_b),
-    )
+    ), timings(scores))
 
 
 ops_router = APIRouter(tags=["operations"])

@@ -1,0 +1,129 @@
+"""How a client spreads calls over replicas (service/client/endpoints.py, common.call_with_retries): the
+addresses in turn, a failed one left out for a while, dns:/// names resolved and resolved again (with a
+stand-in resolver: the integration test runs two real servers), gRPC targets for lists, and a retryable
+failure sent again at once to the next replica before any backoff."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from rmserve.client import InvalidRequest, RetryPolicy, Unavailable, connect
+from rmserve.client.common import Deadline, call_with_retries
+from rmserve.client.endpoints import HttpEndpoints, grpc_target, split_endpoints
+
+
+def test_endpoints_come_as_a_list_or_with_commas():
+    assert split_endpoints("http://a:1, http://b:2") == split_endpoints(["http://a:1", "http://b:2"]) == \
+        ["http://a:1", "http://b:2"]
+    with pytest.raises(ValueError, match="no endpoint"):
+        split_endpoints(" , ")
+    with pytest.raises(ValueError, match="expected http"):
+        HttpEndpoints("a:1")
+
+
+def test_addresses_are_taken_in_turn_and_a_failed_one_sits_out():
+    endpoints = HttpEndpoints(["http://a:1/", "http://b:2", "http://c:3"], cooldown_seconds=3600)
+    assert [endpoints.pick() for _ in range(6)] == ["http://a:1", "http://b:2", "http://c:3"] * 2
+    endpoints.failed("http://b:2")
+    assert {endpoints.pick() for _ in range(6)} == {"http://a:1", "http://c:3"}
+    endpoints.failed("http://a:1")
+    endpoints.failed("http://c:3")
+    assert {endpoints.pick() for _ in range(6)} == {"http://a:1", "http://b:2", "http://c:3"}  # all out: all tried
+
+
+def fake_resolver(monkeypatch, answers: dict):
+    """getaddrinfo answering from `answers` (host -> addresses, or an OSError); counts its lookups."""
+    lookups = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        lookups.append(host)
+        answer = answers[host]
+        if isinstance(answer, OSError):
+            raise answer
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answer]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return lookups
+
+
+def test_a_dns_name_spreads_over_its_addresses_and_is_resolved_again(monkeypatch):
+    answers = {"rm-headless": ["10.0.0.2", "10.0.0.1"]}
+    lookups = fake_resolver(monkeypatch, answers)
+    endpoints = HttpEndpoints("dns:///rm-headless:8000", refresh_seconds=3600)
+    assert len(endpoints) == 0  # resolved on first use
+    assert {endpoints.pick() for _ in range(4)} == {"http://10.0.0.1:8000", "http://10.0.0.2:8000"}
+    assert lookups == ["rm-headless"]
+    answers["rm-headless"] = ["10.0.0.1", "10.0.0.3", "fd00::7"]  # scaled out
+    endpoints.failed("http://10.0.0.2:8000")  # a failure looks the name up again
+    assert {endpoints.pick() for _ in range(6)} == {"http://10.0.0.1:8000", "http://10.0.0.3:8000", "http://[fd00::7]:8000"}
+    answers["rm-headless"] = socket.gaierror("temporary failure")
+    endpoints.failed("http://10.0.0.3:8000")
+    assert endpoints.pick()  # a failed lookup keeps the addresses known
+    assert len(lookups) == 3
+
+
+def test_a_name_with_no_address_is_unavailable(monkeypatch):
+    fake_resolver(monkeypatch, {"gone": socket.gaierror("Name or service not known")})
+    with pytest.raises(Unavailable, match="gone:8000 resolved to no address"):
+        HttpEndpoints("dns:///gone:8000").pick()
+    with pytest.raises(ValueError, match="host:port"):
+        HttpEndpoints("dns:///no-port")
+
+
+def test_grpc_targets_for_one_name_or_a_list(monkeypatch):
+    fake_resolver(monkeypatch, {"rm-0": ["10.1.0.5"]})
+    assert grpc_target("dns:///rm-headless:50051") == ("dns:///rm-headless:50051", 1)
+    assert grpc_target("127.0.0.1:50051") == ("127.0.0.1:50051", 1)
+    assert grpc_target(["127.0.0.1:1", "rm-0:2"]) == ("ipv4:127.0.0.1:1,10.1.0.5:2", 2)
+    assert grpc_target("[::1]:1,[::2]:2") == ("ipv6:[::1]:1,[::2]:2", 2)
+    with pytest.raises(ValueError, match="IPv4 and IPv6"):
+        grpc_target(["127.0.0.1:1", "[::1]:2"])
+
+
+def test_connect_picks_the_protocol_for_lists_too():
+    with connect(["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"]) as client:
+        assert client.target == "ipv4:127.0.0.1:1,127.0.0.1:2" and client.replicas == 2
+    with connect("http://127.0.0.1:1,http://127.0.0.1:2") as client:
+        assert client.url == "http://127.0.0.1:1,http://127.0.0.1:2" and len(client.endpoints) == 2
+    with pytest.raises(ValueError, match="mixes"):
+        connect(["grpc://127.0.0.1:1", "http://127.0.0.1:2"])
+
+
+def flaky(*failures):
+    """A send that raises `failures` in order, then answers; records each call."""
+    calls = []
+
+    def send(left):
+        calls.append(left)
+        if len(calls) <= len(failures):
+            raise failures[len(calls) - 1]
+        return "scores"
+
+    return send, calls
+
+
+def test_a_retryable_failure_goes_to_the_next_replica_at_once():
+    waits = []
+    policy = RetryPolicy(on_retry=lambda attempt, delay, error: waits.append(delay))
+    send, calls = flaky(Unavailable("refused"))
+    assert call_with_retries(send, policy, Deadline(None), replicas=2) == ("scores", 2)
+    assert waits == []  # no backoff: another replica was there to try
+    send, calls = flaky(Unavailable("refused"), Unavailable("503"), Unavailable("503"))
+    assert call_with_retries(send, policy, Deadline(None), replicas=2) == ("scores", 4)
+    assert len(waits) == 1  # both replicas failed once: one backoff, then the next round
+    send, calls = flaky(Unavailable("refused"))
+    assert call_with_retries(send, RetryPolicy(initial_backoff=0.0, on_retry=lambda *a: waits.append(a)),
+                             Deadline(None)) == ("scores", 2)  # one replica: the usual backoff
+
+
+def test_final_errors_and_no_retries_do_not_move_to_another_replica():
+    send, calls = flaky(InvalidRequest("bad", field="responses.0"))
+    with pytest.raises(InvalidRequest):
+        call_with_retries(send, RetryPolicy(), Deadline(None), replicas=3)
+    assert len(calls) == 1
+    send, calls = flaky(Unavailable("refused"))
+    with pytest.raises(Unavailable):
+        call_with_retries(send, RetryPolicy(max_retries=0), Deadline(None), replicas=3)
+    assert len(calls) == 1
