@@ -8,6 +8,8 @@ accuracy and log-loss at T = 1). The dev split is never read: it stays for the o
 Runs go fold by fold (every candidate on fold 0, then fold 1, ...), so a run stopped early still compares
 every candidate on the same folds; each finished run is appended to `runs.jsonl` in the work directory,
 keyed by everything that decides its result, and a rerun with the same arguments skips what is done.
+Several tune processes may share a work directory (each candidate as its own process's base recipe, say):
+a later command over all candidates then finds every run done and prints the whole table.
 A candidate's accuracy is reported as its mean and sample sd over the folds, and beside it the paired
 difference from the first candidate (the base) fold by fold: same pairs, so the fold-to-fold spread of the
 data cancels out of the difference.
@@ -19,6 +21,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import shutil
 import statistics
 import typing
@@ -109,6 +112,14 @@ def candidate_list(vary: list[str], explicit: list[str]) -> list[Candidate]:
     return out
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Replace `path` in one step: another tune process sharing the work directory, reading its fold
+    files as its run starts, sees the whole old file or the whole new one, never a half-written one."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def write_folds(train_data: Path, folds: int, seed: int, work_dir: Path, limit: int | None = None) -> list[tuple[Path, Path]]:
     """(train file, held-out file) per fold, written as JSONL of the source's own rows (its first `limit`)."""
     rows = dataset_rows(train_data) if train_data.is_dir() else jsonl_rows(train_data)
@@ -118,8 +129,8 @@ def write_folds(train_data: Path, folds: int, seed: int, work_dir: Path, limit: 
     paths = []
     for k in range(folds):
         train_path, held_path = directory / f"fold-{k}-train.jsonl", directory / f"fold-{k}-held-out.jsonl"
-        train_path.write_text("".join(json.dumps(r) + "\n" for j, part in enumerate(dealt) if j != k for r in part))
-        held_path.write_text("".join(json.dumps(r) + "\n" for r in dealt[k]))
+        _write_whole(train_path, "".join(json.dumps(r) + "\n" for j, part in enumerate(dealt) if j != k for r in part))
+        _write_whole(held_path, "".join(json.dumps(r) + "\n" for r in dealt[k]))
         paths.append((train_path, held_path))
     return paths
 
@@ -179,7 +190,9 @@ def tune(base: TrainConfig, candidates: list[Candidate], folds: int = 5, seed: i
                 say(f"tune: {candidate.name}, fold {fold}: accuracy {result['accuracy']:.4f}, loss "
                     f"{result['loss']:.4f} on {result['held_out_pairs']} held-out pairs "
                     f"({result['train_seconds']:.0f} s of training)")
-            records.append(done[key])
+            # Named as this command names it: the key is the recipe, so a run finished under another name (the
+            # same recipe as another command's base, say, when candidates run in parallel processes) is reused.
+            records.append({**done[key], "candidate": candidate.name, "overrides": candidate.overrides})
             bar.update(1)
     bar.close()
     return records

@@ -3,6 +3,7 @@ by hand-checkable arithmetic, and a real cross-validation of a tiny model that r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -101,6 +102,10 @@ def test_tune_cross_validates_a_tiny_model_and_resumes(tiny_base, tmp_path, monk
     assert len((tmp_path / "work" / RUNS_FILE).read_text().splitlines()) == 4
     with pytest.raises(AssertionError, match="trained again"):  # a new recipe is a new run
         tune(base, candidate_list(["learning_rate=1e-4"], []), folds=2, seed=0, work_dir=tmp_path / "work")
+    # the same recipe as another command's base (a candidate run as its own process) is done, and named as asked
+    as_base = tune(dataclasses.replace(base, learning_rate=0.0), candidate_list([], []), folds=2, seed=0,
+                   work_dir=tmp_path / "work")
+    assert [(r["candidate"], r["accuracy"]) for r in as_base] == [("base", f["accuracy"]) for f in frozen]
 
 
 def test_cli_names_a_bad_candidate_and_exits_2():
