@@ -22,6 +22,8 @@ for both trainers: paired) and each trainer's seeds. Prints the tables and appen
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -153,9 +155,14 @@ def paired_difference(a: list[dict], b: list[dict], keep: np.ndarray, prompts: n
 # ---------------------------------------------------------------- parent
 
 
+def run_name(name: str, seed: int) -> str:
+    trainer, sampler, on_trl_pairs = TRAINERS[name]
+    return f"{trainer}{'-trl-pairs' if on_trl_pairs else ''}{'-' + sampler if sampler else ''}-seed{seed}"
+
+
 def run_one(name: str, seed: int, args: argparse.Namespace, trl_pairs_file: Path) -> dict:
     trainer, sampler, on_trl_pairs = TRAINERS[name]
-    run = f"{trainer}{'-trl-pairs' if on_trl_pairs else ''}{'-' + sampler if sampler else ''}-seed{seed}"
+    run = run_name(name, seed)
     result = Path(args.work_dir) / f"{run}.json"
     cmd = [sys.executable, str(ROOT / "bench" / "train_runs.py"), trainer, "--name", run, "--result", str(result),
            "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(seed), "--work-dir", args.work_dir]
@@ -167,6 +174,13 @@ def run_one(name: str, seed: int, args: argparse.Namespace, trl_pairs_file: Path
     print(f"--- {name}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
     return {"trainer": name, "seed": seed, **json.loads(result.read_text())}
+
+
+def recipe_key(recipe: TrainConfig, args: argparse.Namespace) -> str:
+    """What decides a run's result besides trainer and seed: the recipe, steps, threads and data limits."""
+    text = json.dumps({"recipe": dataclasses.asdict(recipe), "steps": args.steps, "threads": args.threads,
+                       "limit_train": args.limit_train, "limit_dev": args.limit_dev}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def tables(runs: dict[str, list[dict]], fits: np.ndarray, prompts: np.ndarray) -> str:
@@ -231,8 +245,15 @@ def main() -> None:
     runs: dict[str, list[dict]] = {}
     for seed in args.seeds:  # seed-outer: a run stopped early still has every trainer on the same seeds
         for name in args.trainers:
-            result = run_one(name, seed, args, trl_pairs_file)
-            result["credit"] = dev_credit(result, dev, recipe.max_length)
+            # A scored run is kept under its recipe's name, so the same command again (after a stop) resumes.
+            scored = Path(args.work_dir) / f"{run_name(name, seed)}-{recipe_key(recipe, args)}.scored.json"
+            if scored.is_file():
+                result = json.loads(scored.read_text())
+                print(f"--- {name}, seed {seed}: done before ({scored})", flush=True)
+            else:
+                result = run_one(name, seed, args, trl_pairs_file)
+                result["credit"] = dev_credit(result, dev, recipe.max_length)
+                scored.write_text(json.dumps(result))
             runs.setdefault(name, []).append(result)
             if not args.keep_models:
                 shutil.rmtree(result["model_dir"], ignore_errors=True)

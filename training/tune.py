@@ -169,8 +169,9 @@ def read_runs(path: Path) -> dict[str, dict[str, Any]]:
 
 def tune(base: TrainConfig, candidates: list[Candidate], folds: int = 5, seed: int = 0,
          work_dir: str | Path = "artifacts/tune", keep_checkpoints: bool = False,
-         say=print) -> list[dict[str, Any]]:
-    """Cross-validate every candidate on the same folds of the training file; returns one record per run."""
+         say=print, train_missing: bool = True) -> list[dict[str, Any]]:
+    """Cross-validate every candidate on the same folds of the training file; returns one record per run
+    (`train_missing` False: only the runs already in the work directory, training nothing)."""
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     source = Path(base.train_data) if base.train_data else shipped_data("train")
@@ -181,6 +182,8 @@ def tune(base: TrainConfig, candidates: list[Candidate], folds: int = 5, seed: i
     for fold in range(folds):
         for candidate in candidates:
             key = run_key(base, candidate, fold, folds, seed, str(source))
+            if key not in done and not train_missing:
+                continue
             if key not in done:
                 result = run_fold(base, candidate, fold, paths[fold], work, keep_checkpoints)
                 done[key] = {"key": key, "candidate": candidate.name, "overrides": candidate.overrides,
@@ -196,6 +199,15 @@ def tune(base: TrainConfig, candidates: list[Candidate], folds: int = 5, seed: i
             bar.update(1)
     bar.close()
     return records
+
+
+def complete_folds(records: list[dict[str, Any]], candidates: list[Candidate]) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of the folds every candidate has a run on (so that every mean is over the same folds),
+    and the folds left out."""
+    names = {c.name for c in candidates}
+    folds = sorted({r["fold"] for r in records})
+    kept = [f for f in folds if {r["candidate"] for r in records if r["fold"] == f} >= names]
+    return [r for r in records if r["fold"] in kept], [f for f in folds if f not in kept]
 
 
 def _sd(values: list[float]) -> float:

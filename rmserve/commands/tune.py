@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import typing
 
 from rmserve.commands.options import add_dataclass_options
@@ -13,12 +14,20 @@ from rmserve.commands.options import add_dataclass_options
 
 def _cmd_tune(args: argparse.Namespace) -> int:
     from rmserve.training.config import TrainConfig
-    from rmserve.training.tune import best, candidate_list, format_table, summarize, tune
+    from rmserve.training.tune import best, candidate_list, complete_folds, format_table, summarize, tune
 
     candidates = candidate_list(args.vary or [], args.candidate or [])
     base = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                           if hasattr(args, f.name)})
-    records = tune(base, candidates, args.folds, args.fold_seed, args.work_dir, args.keep_checkpoints)
+    records = tune(base, candidates, args.folds, args.fold_seed, args.work_dir, args.keep_checkpoints,
+                   train_missing=not args.no_train)
+    if args.no_train:
+        records, left_out = complete_folds(records, candidates)
+        if not records:
+            print(f"rmserve tune: no fold of {args.work_dir} has a finished run of every candidate", file=sys.stderr)
+            return 1
+        if left_out:
+            print(f"folds left out (not run for every candidate yet): {', '.join(map(str, left_out))}")
     summary = summarize(records)
     chosen = best(summary)
     if args.json:
@@ -26,7 +35,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             json.dump({"folds": args.folds, "fold_seed": args.fold_seed, "runs": records, "summary": summary,
                        "best": chosen["candidate"]}, f, indent=2)
     print(format_table(summary))
-    print(f"highest mean accuracy over {args.folds} folds: {chosen['candidate']} ({chosen['mean']:.4f}; "
+    print(f"highest mean accuracy over {len(summary[0]['folds'])} of {args.folds} folds: {chosen['candidate']} ({chosen['mean']:.4f}; "
           f"{chosen['difference']:+.4f} ± {chosen['difference_sd']:.4f} vs base, fold by fold)")
     return 0
 
@@ -53,6 +62,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                       help="Fold files, runs.jsonl and (while a run trains) its checkpoint. Default: artifacts/tune.")
     tune.add_argument("--keep-checkpoints", action="store_true", help="Keep each run's checkpoint (about 90 MB each).")
     tune.add_argument("--json", metavar="FILE", default=None, help="Also write every run and the summary as JSON.")
+    tune.add_argument("--no-train", action="store_true",
+                      help="Train nothing: summarize the runs already in WORK_DIR, on the folds that have a run of "
+                      "every candidate (e.g. while a long tune is still going, or after it was stopped).")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):  # the data options that make sense here, with train's help
         if f.name in ("base_model", "train_data", "limit_train", "skip_bad_rows"):

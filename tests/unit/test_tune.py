@@ -14,6 +14,7 @@ from rmserve.training.tune import (
     Candidate,
     best,
     candidate_list,
+    complete_folds,
     format_table,
     parse_candidate,
     summarize,
@@ -100,6 +101,10 @@ def test_tune_cross_validates_a_tiny_model_and_resumes(tiny_base, tmp_path, monk
     monkeypatch.setattr("rmserve.training.tune.run_fold", no_training)
     assert tune(base, candidates, folds=2, seed=0, work_dir=tmp_path / "work", say=said.append) == records
     assert len((tmp_path / "work" / RUNS_FILE).read_text().splitlines()) == 4
+    # without training, a new recipe's runs are simply missing and the finished ones are summarized
+    partial = tune(base, candidate_list(["learning_rate=1e-4"], []), folds=2, seed=0, work_dir=tmp_path / "work",
+                   train_missing=False)
+    assert partial == records[0::2]
     with pytest.raises(AssertionError, match="trained again"):  # a new recipe is a new run
         tune(base, candidate_list(["learning_rate=1e-4"], []), folds=2, seed=0, work_dir=tmp_path / "work")
     # the same recipe as another command's base (a candidate run as its own process) is done, and named as asked
@@ -116,3 +121,14 @@ def test_cli_names_a_bad_candidate_and_exits_2():
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "rmserve tune: 'learning_rat' is not a training option" in done.stderr
+
+
+def test_no_train_summaries_keep_only_the_folds_every_candidate_has():
+    candidates = candidate_list(["learning_rate=6e-5"], [])
+    records = [{"candidate": "base", "fold": 0}, {"candidate": "learning_rate=6e-05", "fold": 0},
+               {"candidate": "base", "fold": 1}, {"candidate": "base", "fold": 2},
+               {"candidate": "learning_rate=6e-05", "fold": 2}]
+    kept, left_out = complete_folds(records, candidates)
+    assert [(r["candidate"], r["fold"]) for r in kept] == [("base", 0), ("learning_rate=6e-05", 0), ("base", 2),
+                                                           ("learning_rate=6e-05", 2)]
+    assert left_out == [1]
