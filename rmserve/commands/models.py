@@ -16,22 +16,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rmserve.training.train import TrainConfig, train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if config.task == "prm":
+        from rmserve.training.train_steps import train_prm as train  # type: ignore[assignment]
     try:
         train(config)
     except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError: names file, line and field
         print(f"rmserve train: {e}", file=sys.stderr)
         return 2
     if args.export_to and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 exports
-        from rmserve.training.export import export_bundle
-
-        export_bundle(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
+        _export(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _export(checkpoint: str, output: str, dev_data: str | None, limit_dev: int | None) -> None:
+    """An outcome or a process reward model checkpoint to its bundle."""
+    from pathlib import Path
+
+    from rmserve.training.step_model import PRM_KIND, checkpoint_kind
+
+    if checkpoint_kind(checkpoint) == PRM_KIND:
+        from rmserve.training.export_steps import export_step_bundle
+
+        export_step_bundle(Path(checkpoint), Path(output), dev_data=dev_data, limit_dev=limit_dev)
+        return
     from rmserve.training.export import export_bundle
 
-    export_bundle(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
+    export_bundle(checkpoint, output, dev_data=dev_data, limit_dev=limit_dev)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _export(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
     return 0
 
 
