@@ -1,10 +1,12 @@
 """A tiny process reward model bundle for tests, built in milliseconds without torch: a real ONNX graph whose
 score at each position is the running sum of a weight per token (so every step's score depends on the
 steps before it), the tiny word-level tokenizer with the step separator added, and a manifest written by
-rmserve.service.core.bundle with golden step scores from the real engine."""
+rmserve.service.core.bundle with golden step scores from the real engine. Also what tests train a real PRM
+from: a tiny random BERT base (torch, imported only there) and a step file it learns in seconds."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -79,3 +81,35 @@ def make_tiny_prm_bundle(directory: Path, max_length: int = 32, aggregate: str =
                                     step_scores=scores.tolist()))
     write_manifest(directory, manifest.model_copy(update={"golden": golden}))
     return directory
+
+
+def tiny_encoder_base(directory: Path) -> Path:
+    """A tiny randomly initialised BERT with the tiny word-level tokenizer, saved as a base model directory."""
+    import torch
+    import transformers
+
+    tokenizer = build_tiny_tokenizer()
+    config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
+                                     num_labels=1, pad_token_id=0)
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(directory))
+    tokenizer.save(str(directory / "tokenizer.json"))
+    return directory
+
+
+def step_file(path: Path, n: int = 48) -> Path:
+    """Chains whose bad steps say "no": learnable by a tiny model in a few steps; every step from the
+    first bad one on is bad, as in the generator."""
+    words = ["one two", "three four", "five six seven", "eight nine", "ten"]
+    rows = []
+    for i in range(n):
+        steps = [words[(i + k) % len(words)] for k in range(2 + i % 4)]
+        labels = [True] * len(steps)
+        if i % 2:
+            first = (i // 2) % len(steps)
+            steps[first] = "no " + steps[first]
+            labels = [k < first for k in range(len(steps))]
+        rows.append({"prompt": f"hello there {i % 7}", "completions": steps, "labels": labels, "problem": f"p{i // 2}"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -20,38 +20,10 @@ from rmserve.training.config import TrainConfig  # noqa: E402
 from rmserve.training.log import read_log  # noqa: E402
 from rmserve.training.step_model import load_step_checkpoint  # noqa: E402
 from rmserve.training.train_steps import train_prm  # noqa: E402
-from tests.conftest import build_tiny_tokenizer  # noqa: E402
+from tests.prm_bundles import step_file, tiny_encoder_base  # noqa: E402
 from tests.tiny_decoders import make_tiny_decoder  # noqa: E402
 
 SEP = "<step>"
-
-
-def tiny_encoder_base(directory):
-    tokenizer = build_tiny_tokenizer()
-    config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=16, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=128,
-                                     num_labels=1, pad_token_id=0)
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(str(directory))
-    tokenizer.save(str(directory / "tokenizer.json"))
-    return directory
-
-
-def step_file(path, n=48):
-    """Chains whose bad steps say "no": learnable by a tiny model in a few steps; every step from the
-    first bad one on is bad, as in the generator."""
-    words = ["one two", "three four", "five six seven", "eight nine", "ten"]
-    rows = []
-    for i in range(n):
-        steps = [words[(i + k) % len(words)] for k in range(2 + i % 4)]
-        labels = [True] * len(steps)
-        if i % 2:
-            first = (i // 2) % len(steps)
-            steps[first] = "no " + steps[first]
-            labels = [k < first for k in range(len(steps))]
-        rows.append({"prompt": f"hello there {i % 7}", "completions": steps, "labels": labels, "problem": f"p{i // 2}"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(params=["encoder", "llama", "qwen2"])
