@@ -150,7 +150,7 @@ def train_prm(config: TrainConfig) -> dict:
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{base} has no {TOKENIZER_FILE}; rmserve needs a fast tokenizer file")
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    hf_model = load_token_model(base, attention="sdpa")
+    hf_model = load_token_model(base, attention="sdpa", causal=config.step_causal, layers=config.base_layers)
     if not config.dropout:
         disable_dropout(hf_model)
     separator_id = add_separator(tokenizer, hf_model, config.step_separator)
@@ -170,7 +170,9 @@ def train_prm(config: TrainConfig) -> dict:
                                   fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, config.lr_schedule))
-    say(f"training a process reward model from {base.name} on {len(train)} chains "
+    shape = "".join([f", first {config.base_layers} layers" if config.base_layers else "",
+                     ", causal attention" if config.step_causal else ""])
+    say(f"training a process reward model from {base.name}{shape} on {len(train)} chains "
         f"({sum(len(c.labels) for c in train)} steps) from {train_path.name}: separator {config.step_separator!r} "
         f"(id {separator_id}), max_length {spec.max_length}, {steps_cut} steps cut by truncation, "
         f"{total_steps} steps of {config.batch_size} chains on {device.type}")

@@ -93,3 +93,28 @@ def test_eval_on_a_prm_bundle_reports_step_figures(tmp_path, capsys):
     assert metrics["best_of"]["problems"] == 24
     page = report.read_text()
     assert "first-error localisation" in page and "best-of-2 selection" in page
+
+
+def test_a_causal_encoder_scores_a_step_from_the_text_up_to_it(tmp_path):
+    base = tiny_encoder_base(tmp_path / "base")
+    data = step_file(tmp_path / "steps.jsonl")
+    config = TrainConfig(task="prm", base_model=str(base), train_data=str(data), dev_data=str(data),
+                         output_dir=str(tmp_path / "ckpt"), batch_size=8, epochs=1, learning_rate=3e-3,
+                         max_length=48, progress=False, tensorboard=False, step_causal=True, base_layers=1)
+    train_prm(config)
+    model, _, _ = load_step_checkpoint(tmp_path / "ckpt")
+    assert model.hf_model.config.is_decoder and model.hf_model.config.num_hidden_layers == 1
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--output", str(tmp_path / "bundle")]) == 0
+    bundle = load_bundle(tmp_path / "bundle")
+    engine, encoder = OnnxRewardModel.for_bundle(bundle, device="cpu"), bundle.encoder()
+    chains = [["one two", "three four"], ["one two", "no five six seven", "eight"], ["one two", "ten"]]
+    batch = encoder.pad(encoder.encode([("hello there 1", join_steps(c, SEP)) for c in chains]))
+    served = engine(batch)
+    with torch.no_grad():
+        scores = model(torch.from_numpy(batch.input_ids), torch.from_numpy(batch.attention_mask)).numpy()
+    in_torch = read_step_scores(batch.input_ids, batch.attention_mask, scores, encoder.step_id)
+    for rows in (served, in_torch):  # the first step's score does not see what follows it
+        np.testing.assert_allclose([r[0] for r in rows], [rows[0][0]] * len(chains), rtol=0, atol=1e-5)
+        assert abs(rows[0][1] - rows[1][1]) > 1e-4  # while a later step's score does depend on its own text
+    with pytest.raises(ValueError, match="has 2 layers"):
+        train_prm(TrainConfig(**{**config.__dict__, "base_layers": 3, "output_dir": str(tmp_path / "other")}))
