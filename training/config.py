@@ -88,8 +88,8 @@ class TrainConfig:
         "it, so that a step's score reads the prompt and the steps up to it, as its label means (a decoder does so "
         "already). Kept in the checkpoint's config, so export and serving compute the same.", "process rewards")
     base_layers: int = _opt(
-        0, "With --task prm: keep only the first N transformer layers of the base model (0: all of them): a smaller, "
-        "faster model.", "process rewards")
+        0, "Keep only the first N transformer layers of the base model (0: all of them): a smaller, faster model "
+        "(the rest of the weights are not read).", "performance")
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu or cuda.", "performance", ("auto", "cpu", "cuda"))
     bf16: bool = _opt(False, "Run forward and backward under bfloat16 autocast (weights and optimizer stay fp32).", "performance")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (slower).", "performance")

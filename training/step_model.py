@@ -31,6 +31,7 @@ from rmserve.training.model import (
     TOKENIZER_FILE,
     CheckpointMeta,
     decoder_parts,
+    first_layers,
     input_spec_for,
 )
 
@@ -62,18 +63,13 @@ def load_token_model(model_dir: str | Path, attention: str = "eager", causal: bo
     """A token-classification model with one output per position, in fp32 (see model.load_hf_model).
     `causal`: an encoder attends only to earlier positions (its config's is_decoder); `layers`: keep only
     the first N layers. Both are written into the model's config, so a saved checkpoint loads the same."""
-    from transformers import AutoConfig, AutoModelForTokenClassification
+    from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" report is expected for a base model
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = first_layers(model_dir, layers)
     if causal:
         overrides["is_decoder"] = True
-    if layers:
-        available = AutoConfig.from_pretrained(str(model_dir)).num_hidden_layers
-        if not 0 < layers <= available:
-            raise ValueError(f"--base-layers {layers}: {model_dir} has {available} layers")
-        overrides["num_hidden_layers"] = layers
     return AutoModelForTokenClassification.from_pretrained(
         str(model_dir), num_labels=1, attn_implementation=attention, dtype=torch.float32, trust_remote_code=False,
         **overrides)
