@@ -1,0 +1,51 @@
+"""`rmserve serve`: the settings as flags, validated at start-up, then the serving process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from rmserve.commands.options import add_settings_options
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from rmserve.service.core.bundle import load_bundle
+    from rmserve.service.process.runtime import serve
+    from rmserve.service.settings import Settings
+
+    given: dict[str, Any] = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
+    try:
+        settings = Settings(**given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
+                return 2
+        else:
+            return uvloop.run(serve(settings))
+    return asyncio.run(serve(settings))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="Serve a bundle over HTTP.",
+                           description="Serve POST /score and /compare (plus /healthz, /readyz, /metrics, "
+                           "/v1/model). Each option can also be set by its RMSERVE_* environment variable.")
+    add_settings_options(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
