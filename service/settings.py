@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         "beyond this, requests get 429 at once.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="The event loop HTTP and gRPC run on. auto: uvloop when installed (it comes with "
+        "uvicorn[standard]; less CPU per request, docs/performance-notes.md), else asyncio's own.",
+    )
 
     @model_validator(mode="after")
     def _tls_needs_both_files(self) -> Settings:
