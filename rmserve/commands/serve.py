@@ -32,6 +32,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
     load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
+                return 2
+        else:
+            return uvloop.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

@@ -31,10 +31,10 @@ from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import PREFORMATTED, InputSpec
 from rmserve.service.core.scoring import Row
 from rmserve.service.core.verifiers import CombinedReward
-from rmserve.service.transports.http.common import ScorerDep, authorized, timing_headers
+from rmserve.service.transports.http.common import ParsedBodyRoute, ScorerDep, authorized, timing_headers
 from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks, split_at_response_prefix
 
-router = APIRouter(tags=["trainers"], dependencies=[Depends(authorized)])
+router = APIRouter(tags=["trainers"], dependencies=[Depends(authorized)], route_class=ParsedBodyRoute)
 
 
 class GetRewardRequest(BaseModel):
