@@ -16,6 +16,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rmserve.training.train import TrainConfig, train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if config.step_causal and config.task != "prm":  # an outcome model pools one position: it needs every token
+        print("rmserve train: --step-causal is for --task prm", file=sys.stderr)
+        return 2
     if config.task == "prm":
         from rmserve.training.train_steps import train_prm as train  # type: ignore[assignment]
     try:

@@ -118,3 +118,9 @@ def test_a_causal_encoder_scores_a_step_from_the_text_up_to_it(tmp_path):
         assert abs(rows[0][1] - rows[1][1]) > 1e-4  # while a later step's score does depend on its own text
     with pytest.raises(ValueError, match="has 2 layers"):
         train_prm(TrainConfig(**{**config.__dict__, "base_layers": 3, "output_dir": str(tmp_path / "other")}))
+
+
+def test_step_causal_is_refused_for_an_outcome_model(tmp_path, capsys):
+    assert main(["train", "--step-causal", "--output-dir", str(tmp_path / "ckpt")]) == 2
+    assert "--step-causal is for --task prm" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt").exists()
