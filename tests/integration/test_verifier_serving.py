@@ -151,3 +151,18 @@ def test_get_reward_refuses_labels_that_do_not_line_up(served):
     with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as info:
         pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=pb.Prompt(text=PROMPT), responses=["3"]))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reference" in info.value.details()
+
+
+def test_a_process_reward_models_aggregate_is_the_model_component(tmp_path):
+    from tests.prm_bundles import make_tiny_prm_bundle
+
+    config = tmp_path / "gate.json"
+    config.write_text(json.dumps(MODES["gate"]))
+    chains = [["one two", "the answer is 3/4"], ["three four", "the answer is 5"]]
+    with running_server(make_tiny_prm_bundle(tmp_path / "bundle"), verifiers_config=str(config)) as server:
+        answer = httpx.post(server.url + "/score", json={"prompt": PROMPT, "response_steps": chains,
+                                                         "aggregate": "mean", "reference": REFERENCE}).json()
+    means = [float(np.mean(r)) for r in answer["step_rewards"]]
+    assert [v["model"] for v in answer["verification"]] == pytest.approx(means, abs=1e-9)
+    assert [v["verifiers"]["answer"]["passed"] for v in answer["verification"]] == [True, False]  # steps joined
+    assert answer["values"] == pytest.approx([means[0], -10.0], abs=1e-9)
