@@ -1,8 +1,8 @@
 """Verifiers configured on a real server (setting verifiers_config), composed with the model's reward in each
 mode (weighted sum, gate, verifier alone), over HTTP /score, gRPC Score and OpenRLHF's /get_reward (labels are
 the references, extra_logs carry every component): the combined value is computed from the components the
-answer reports, the model's component is the reward the bundle gives without verifiers, and bad references or
-verifier names are refused naming the field without the server going down."""
+answer reports, the model's component is the reward the bundle gives without verifiers (a PRM's: the aggregate), and bad
+references or verifier names are refused naming the field without the server going down."""
 
 from __future__ import annotations
 
