@@ -92,6 +92,21 @@ class Settings(BaseSettings):
         "beyond this, requests get 429 at once.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="The event loop HTTP and gRPC run on. auto: uvloop when installed (it comes with "
+        "uvicorn[standard]; less CPU per request, docs/performance-notes.md), else asyncio's own.",
+    )
+
+    verifiers_config: Path | None = Field(
+        None, description="JSON file of rule-based verifiers and how their results combine with the model's reward "
+        "(docs/prm.md); read with the bundle, at start-up and at every reload. Unset: no verifiers.",
+    )
+
+    @model_validator(mode="after")
+    def _verifiers_file_exists(self) -> Settings:
+        if self.verifiers_config is not None and not self.verifiers_config.is_file():
+            raise ValueError(f"verifiers_config {self.verifiers_config} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _tls_needs_both_files(self) -> Settings:

@@ -78,6 +78,25 @@ class TrainConfig:
     dropout: bool = _opt(
         False, "Keep the base model's dropout. Off by default: reward models are usually trained without it, "
         "and here it costs about a third of the training time.", "loss")
+    task: str = _opt(
+        "reward", "reward: an outcome reward model on preference data. prm: a process reward model on step-labelled "
+        "chains (TRL stepwise, Math-Shepherd or PRM800K rows, training/steps.py), scored at every step's end with "
+        "binary cross-entropy per step; --train-data and --dev-data are then step files.", "process rewards",
+        ("reward", "prm"))
+    step_separator: str = _opt(
+        "<step>", "With --task prm: the text that ends every step, one token (added to the tokenizer as a special "
+        "token when it is not one already); the bundle records it and its id.", "process rewards")
+    step_aggregate: str = _opt(
+        "min", "With --task prm: the bundle's default aggregate of a response's step rewards (a request may choose "
+        "another): min, last, mean or prod (the product of the step probabilities).", "process rewards",
+        ("min", "last", "mean", "prod"))
+    step_causal: bool = _opt(
+        False, "With --task prm and an encoder base (BERT, MiniLM): let each position attend only to those before "
+        "it, so that a step's score reads the prompt and the steps up to it, as its label means (a decoder does so "
+        "already). Kept in the checkpoint's config, so export and serving compute the same.", "process rewards")
+    base_layers: int = _opt(
+        0, "Keep only the first N transformer layers of the base model (0: all of them): a smaller, faster model "
+        "(the rest of the weights are not read).", "performance")
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu or cuda.", "performance", ("auto", "cpu", "cuda"))
     bf16: bool = _opt(False, "Run forward and backward under bfloat16 autocast (weights and optimizer stay fp32).", "performance")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (slower).", "performance")

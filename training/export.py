@@ -35,6 +35,7 @@ from rmserve.service.core.bundle import (
 )
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import Batch, InputEncoder
+from rmserve.service.core.step_scores import StepRewards, activate, aggregate
 from rmserve.training.data import load_pairs, shipped_data
 from rmserve.training.evaluate import (
     bundle_calibration,
@@ -47,6 +48,7 @@ from rmserve.training.model import load_checkpoint
 from rmserve.training.onnx_graph import MAX_IR_VERSION, OPSET, data_file_of, export_onnx  # noqa: F401 (re-exported)
 from rmserve.training.ratings import RatingOptions
 from rmserve.training.records import PreferencePair
+from rmserve.training.step_model import PRM_KIND, checkpoint_kind
 
 PARITY_TOLERANCE = 1e-4
 GOLDEN_SIZE = 6
@@ -108,6 +110,17 @@ class BundleContents:
     dev_name: str = ""
     dev_digest: str = ""
     training: dict[str, Any] | None = None  # the checkpoint's training options: where its calibration split is
+    steps: StepRewards | None = None  # a process reward model: golden rows record their step scores
+
+
+def golden_example(engine: OnnxRewardModel, encoder: InputEncoder, row: tuple, steps: StepRewards | None) -> GoldenExample:
+    """A golden row with what the engine scores it: its reward, or a PRM's step scores and their aggregate."""
+    prompt, response = row
+    (out,) = engine(encoder.pad(encoder.encode([row])))
+    if steps is None:
+        return GoldenExample(prompt=prompt, response=response, score=float(out))
+    return GoldenExample(prompt=prompt, response=response, score=aggregate(activate(out), steps.aggregate),
+                         step_scores=[float(x) for x in out])
 
 
 def _stats(engine: OnnxRewardModel, contents: BundleContents) -> tuple[Normalization, Calibration, dict | None]:
@@ -134,12 +147,10 @@ def assemble_bundle(staged_model: Path, output_dir: Path, contents: BundleConten
     data) into `output_dir`, write tokenizer and manifest, and prove the result loads and reproduces its
     golden set. One ONNX Runtime session at a time: a large model's weights are in memory once. Returns
     the bundle and the dev metrics (None without dev pairs)."""
-    engine = OnnxRewardModel(str(staged_model), device="cpu")
     encoder = contents.encoder
+    engine = OnnxRewardModel(str(staged_model), device="cpu", step_separator_id=encoder.spec.step_separator_id)
     normalization, calibration, metrics = _stats(engine, contents)
-    golden = [GoldenExample(prompt=prompt, response=response,
-                            score=float(engine(encoder.pad(encoder.encode([(prompt, response)])))[0]))
-              for prompt, response in contents.golden_rows]
+    golden = [golden_example(engine, encoder, row, contents.steps) for row in contents.golden_rows]
     del engine
     output_dir.mkdir(parents=True, exist_ok=True)
     staged_data, data = data_file_of(staged_model), data_file_of(output_dir / MODEL_FILE)
@@ -153,11 +164,11 @@ def assemble_bundle(staged_model: Path, output_dir: Path, contents: BundleConten
     if metrics is not None:
         provenance["dev_metrics_onnx"] = metrics
     manifest = Manifest(bundle_id="pending", input=encoder.spec, model=contents.model, normalization=normalization,
-                        calibration=calibration, provenance=provenance, golden=golden)
+                        calibration=calibration, provenance=provenance, golden=golden, steps=contents.steps)
     manifest = write_manifest(output_dir, manifest)
     write_manifest(output_dir, manifest.model_copy(update={"bundle_id": f"rm-{manifest.model_sha256[:12]}"}))
     bundle = load_bundle(output_dir)
-    check_golden(bundle, OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder())
+    check_golden(bundle, OnnxRewardModel.for_bundle(bundle, device="cpu"), bundle.encoder())
     return bundle, metrics
 
 
@@ -170,6 +181,9 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
     """Checkpoint -> verified bundle directory. Returns the loaded bundle. `external_data`: weights in
     model.onnx.data (None: when they are large)."""
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if checkpoint_kind(checkpoint) == PRM_KIND:
+        raise ValueError(f"{checkpoint} is a process reward model checkpoint: export it with "
+                         "rmserve.training.export_steps.export_step_bundle (`rmserve export` chooses by itself)")
     model, encoder, meta = load_checkpoint(checkpoint)
     dev_path = Path(dev_data) if dev_data else Path(meta.training.get("dev_data") or shipped_data("dev"))
     # A ratings dev file becomes pairs with the rating options training used, as training's own dev set did.

@@ -195,7 +195,7 @@ def _train(config: TrainConfig, world: World) -> dict:
     tokenizer_path = base / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{base} has no {TOKENIZER_FILE}; rmserve needs a fast tokenizer file")
-    hf_model = load_hf_model(base, attention="sdpa")
+    hf_model = load_hf_model(base, attention="sdpa", layers=config.base_layers)
     if not config.dropout:
         disable_dropout(hf_model)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))

@@ -16,6 +16,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from rmserve.service.core.bundle import load_bundle
+    from rmserve.service.core.verification import load_verifiers
     from rmserve.service.process.runtime import serve
     from rmserve.service.settings import Settings
 
@@ -30,6 +31,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
+    load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
+                return 2
+        else:
+            return uvloop.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

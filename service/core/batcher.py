@@ -44,6 +44,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     deadline: float | None = None  # time.monotonic() after which its rows are dropped
+    dtype: type = np.float32  # of one row's result: object when the engine returns an array per row
     rewards: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     cancelled: bool = False  # the caller stopped waiting (set on its event loop)
@@ -54,7 +55,7 @@ class Job:
     encoded: list = field(default_factory=list)  # the tokenizer's EncodedInput of each row
 
     def __post_init__(self) -> None:
-        self.rewards = np.zeros(self.rows, dtype=np.float32)
+        self.rewards = np.zeros(self.rows, dtype=self.dtype)
         self.remaining = self.rows
 
     def expired(self, now: float) -> bool:
@@ -133,8 +134,8 @@ class Batcher:
     """Bounded queue + collector thread + inference thread around a `run(Batch) -> rewards` engine."""
 
     def __init__(self, run: Callable[[Batch], np.ndarray], pad: Callable[[list[Sequence[int]]], Batch],
-                 policy: BatchPolicy, observer: BatchObserver | None = None):
-        self._run, self._pad = run, pad
+                 policy: BatchPolicy, observer: BatchObserver | None = None, row_dtype: type = np.float32):
+        self._run, self._pad, self.row_dtype = run, pad, row_dtype  # row_dtype: object when run returns arrays
         self.policy = policy
         self.observer = observer or BatchObserver()
         # One lock guards the queue and the prepared batch, so that topping up is atomic with taking. The
@@ -186,7 +187,7 @@ class Batcher:
             self._admitted = queued + rows
         self.observer.queue_depth(queued + rows)
         loop = asyncio.get_running_loop()
-        return Job(rows, loop, loop.create_future(), deadline)
+        return Job(rows, loop, loop.create_future(), deadline, self.row_dtype)
 
     def _release(self, rows: int) -> None:
         with self._count_lock:

@@ -152,3 +152,15 @@ def test_readme_client_examples_run(server, script):
                          capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(root), "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert "rewards:" in out.stdout
+
+
+def test_http_and_grpc_serve_on_asyncio_own_event_loop_too(trained):
+    # The default runs on uvloop when it is installed (every other test here); asyncio's loop is the fallback.
+    _, bundle, _, _ = trained
+    with running_server(bundle.path, event_loop="asyncio") as running:
+        with grpc.insecure_channel(running.grpc_target) as channel:
+            reply = pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES),
+                                                          timeout=30)
+        http = httpx.post(running.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}).json()
+    np.testing.assert_allclose(reply.rewards, http["rewards"], atol=1e-5, rtol=0)
+    assert len(reply.rewards) == len(RESPONSES)

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from rmserve.proto import reward_pb2, reward_pb2_grpc
 from rmserve.service.core.errors import ErrorKind, ScoringError
-from rmserve.service.core.scoring import Row, Scorer
+from rmserve.service.core.groups import RewardSummary
+from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.grpc.guard import add_guarded_servicer, server_interceptors
 from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
@@ -44,6 +45,8 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
 
 _VALUES = {reward_pb2.REWARD_VALUES_RAW: "raw", reward_pb2.REWARD_VALUES_NORMALIZED: "normalized",
            reward_pb2.REWARD_VALUES_GROUP: "group"}
+_AGGREGATES = {reward_pb2.STEP_AGGREGATE_MIN: "min", reward_pb2.STEP_AGGREGATE_LAST: "last",
+               reward_pb2.STEP_AGGREGATE_MEAN: "mean", reward_pb2.STEP_AGGREGATE_PROD: "prod"}
 
 
 def _prompt(message: reward_pb2.Prompt) -> Any:
@@ -55,6 +58,19 @@ def _prompt(message: reward_pb2.Prompt) -> Any:
     return None
 
 
+def _item(item: reward_pb2.ScoreItem) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt": _prompt(item.prompt)}
+    if item.HasField("steps"):
+        out["steps"] = list(item.steps.steps)
+        if item.response:
+            out["response"] = item.response  # both given: refused by validation, as over HTTP
+    else:
+        out["response"] = item.response
+    if item.reference:
+        out["reference"] = item.reference
+    return out
+
+
 def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
     body: dict[str, Any] = {}
     if request.HasField("prompt"):
@@ -62,9 +78,17 @@ def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
     if request.responses:
         body["responses"] = list(request.responses)
     if request.items:
-        body["items"] = [{"prompt": _prompt(item.prompt), "response": item.response} for item in request.items]
+        body["items"] = [_item(item) for item in request.items]
     if request.values:
         body["values"] = _VALUES.get(request.values, request.values)  # an unknown number fails validation
+    if request.response_steps:
+        body["response_steps"] = [list(s.steps) for s in request.response_steps]
+    if request.aggregate:
+        body["aggregate"] = _AGGREGATES.get(request.aggregate, request.aggregate)
+    if request.reference:
+        body["reference"] = request.reference
+    if request.verifiers:
+        body["verifiers"] = list(request.verifiers)
     try:
         return ScoreRequest.model_validate(body)
     except ValidationError as e:
@@ -87,6 +111,33 @@ def _model_ref(scorer: Scorer) -> reward_pb2.ModelRef:
                                calibration_temperature=m.calibration.temperature)
 
 
+def _step_and_verifier_fields(scores: Scores, summary: RewardSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if scores.step_rewards is not None:
+        out["step_rewards"] = [reward_pb2.StepRewards(rewards=r.tolist(), steps_cut=cut)
+                               for r, cut in zip(scores.step_rewards, scores.steps_cut or [])]
+        out["aggregate"] = scores.aggregate
+    if summary.verification is not None:
+        out["verification"] = [reward_pb2.Verification(
+            mode=v.mode, model=v.model, combined=v.combined,
+            verifiers={r.name: reward_pb2.VerifierOutcome(type=r.type, passed=r.passed, value=r.value, detail=r.detail)
+                       for r in v.verifiers}) for v in summary.verification]
+    return out
+
+
+class _ModelRefs:
+    """The ModelRef of the scorer answering, built once per scorer (a reload brings a new one)."""
+
+    def __init__(self) -> None:
+        self._scorer: Scorer | None = None
+        self._ref = reward_pb2.ModelRef()
+
+    def __call__(self, scorer: Scorer) -> reward_pb2.ModelRef:
+        if scorer is not self._scorer:
+            self._ref, self._scorer = _model_ref(scorer), scorer
+        return self._ref
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -96,6 +147,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     def __init__(self, state: ServiceState):
         self.state = state
         self._children: dict[tuple, Any] = {}  # metric children by label values: labels() costs per call
+        self._model_ref = _ModelRefs()
 
     def _metric(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -107,14 +159,17 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def _score(self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
         scorer = self.state.require_scorer()
         body = score_request_from_proto(request)
-        scores = await scorer.score([Row(p, r, f) for p, r, f in body.rows()], _deadline(context))
-        summary = scorer.summarize(scores, body.values, body.grouped)
+        rows = [Row(*row) for row in body.rows()]
+        checked = scorer.check(rows, body.references(), body.verifiers)
+        scores = await scorer.score(rows, _deadline(context), body.aggregate)
+        summary = scorer.summarize(scores, body.values, body.grouped, checked)
         group = summary.group
         return reward_pb2.ScoreResponse(
-            model=_model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
+            model=self._model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
             truncated=scores.truncated, values=summary.values.tolist(),
             group=None if group is None else reward_pb2.GroupStats(
-                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps))
+                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps),
+            **_step_and_verifier_fields(scores, summary))
 
     async def Score(self, request, context):  # noqa: N802 - gRPC method names
         return await self._call("Score", context, self._score(request, context))
@@ -127,7 +182,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             scores = await scorer.score(rows, _deadline(context))
             a, b = (float(x) for x in scores.raw)
             normalized = scorer.normalize(scores.raw)
-            return reward_pb2.CompareResponse(model=_model_ref(scorer), reward_a=a, reward_b=b,
+            return reward_pb2.CompareResponse(model=self._model_ref(scorer), reward_a=a, reward_b=b,
                                               normalized_reward_a=float(normalized[0]),
                                               normalized_reward_b=float(normalized[1]),
                                               probability_a=scorer.probability_a(a, b))
@@ -143,7 +198,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def GetModelInfo(self, request, context):  # noqa: N802
         async def info() -> reward_pb2.ModelInfo:
             scorer = self.state.require_scorer()
-            return reward_pb2.ModelInfo(model=_model_ref(scorer), provider=scorer.engine.provider,
+            return reward_pb2.ModelInfo(model=self._model_ref(scorer), provider=scorer.engine.provider,
                                         max_length=scorer.manifest.input.max_length,
                                         manifest_json=json.dumps(scorer.manifest.model_dump(mode="json")),
                                         max_responses_per_request=scorer.settings.max_responses_per_request)

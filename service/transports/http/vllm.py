@@ -36,7 +36,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import ChatMessage
@@ -44,6 +43,7 @@ from rmserve.service.core.limits import check_rows
 from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.transports.http.common import (
     ClientGone,
+    ParsedBodyRoute,
     ScorerDep,
     authorized,
     get_state,
@@ -92,9 +92,10 @@ def _as_vllm(error: Exception) -> VllmError:
     return refusal
 
 
-class VllmRoute(APIRoute):
+class VllmRoute(ParsedBodyRoute):
     """Answers every failure of these routes in vLLM's error shape (FastAPI's body validation included),
-    and counts and times each request as the app does for its own scoring routes."""
+    and counts and times each request as the app does for its own scoring routes. The body is the one the
+    guard parsed (ParsedBodyRoute)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
