@@ -30,6 +30,11 @@ class TrainConfig:
     limit_train: int | None = _opt(None, "Use only the first N training rows (pairs or rankings).", "data")
     limit_dev: int | None = _opt(None, "Use only the first N dev rows.", "data")
     skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported, and counted) instead of stopping at the first.", "data")
+    calibration_split: float = _opt(
+        0.1, "Share of the training prompts held out from training (chosen by a hash of the prompt, so always the "
+        "same ones) on which export fits the calibration temperature, so that ECE on the dev data is measured on "
+        "pairs the temperature never saw. 0: train on every prompt and fit the temperature on the dev data "
+        "(then ECE there is in-sample, and `rmserve eval` says so).", "data")
     rating_labels: str = _opt(
         "margin", "Ratings files only ({prompt, response, rating} rows, training/ratings.py): how two differently "
         "rated responses to a prompt become a preference. margin: hard label with a margin from the rating gap "
@@ -50,7 +55,7 @@ class TrainConfig:
     max_length: int = _opt(
         256, "Tokens per (prompt, response) row; longer rows lose the start of the prompt first, the "
         "start of the response only when it alone is too long (counted and reported, never dropped). "
-        "256 chosen by measurement (docs/benchmarks.md).", "input")
+        "256: the recipe chosen by cross-validation on the train split keeps it (docs/accuracy.md).", "input")
     batch_size: int = _opt(
         16, "Preference rows (a pair, or a whole ranking) per optimizer step, over all processes and "
         "accumulation steps; every response of a row goes through the model in the same forward pass.", "optimisation")
@@ -58,7 +63,9 @@ class TrainConfig:
         1, "Split each step's batch into this many forward/backward passes (same result, less memory).", "optimisation")
     epochs: float = _opt(1.0, "Passes over the training rows (fractions allowed).", "optimisation")
     max_steps: int | None = _opt(None, "Stop after this many optimizer steps; overrides --epochs.", "optimisation")
-    learning_rate: float = _opt(3e-5, "Peak AdamW learning rate.", "optimisation")
+    learning_rate: float = _opt(
+        6e-5, "Peak AdamW learning rate. 6e-5 chosen by 3-fold cross-validation on the train split "
+        "(docs/accuracy.md).", "optimisation")
     lr_schedule: str = _opt("linear", "After warm-up: linear (decay to 0), cosine (to 0) or constant.", "optimisation",
                             ("linear", "cosine", "constant"))
     warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the learning rate up linearly.", "optimisation")

@@ -30,7 +30,8 @@ from rmserve.service.core.bundle import Bundle, load_bundle
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.inputs import InputEncoder, join_steps
 from rmserve.service.core.step_scores import AGGREGATES, activate, aggregate_all
-from rmserve.training.evaluate import auc, engine_scores
+from rmserve.training.evaluate import engine_scores
+from rmserve.training.metrics import auc
 from rmserve.training.step_shortcuts import shortcut_aucs
 from rmserve.training.steps import StepChain, load_steps
 

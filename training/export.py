@@ -37,7 +37,13 @@ from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import Batch, InputEncoder
 from rmserve.service.core.step_scores import StepRewards, activate, aggregate
 from rmserve.training.data import load_pairs, shipped_data
-from rmserve.training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
+from rmserve.training.evaluate import (
+    bundle_calibration,
+    fit_calibration,
+    labels_of,
+    pair_metrics,
+    score_pairs,
+)
 from rmserve.training.model import load_checkpoint
 from rmserve.training.onnx_graph import MAX_IR_VERSION, OPSET, data_file_of, export_onnx  # noqa: F401 (re-exported)
 from rmserve.training.ratings import RatingOptions
@@ -103,6 +109,7 @@ class BundleContents:
     dev_pairs: list[PreferencePair] | None = None  # None: identity normalization, temperature 1
     dev_name: str = ""
     dev_digest: str = ""
+    training: dict[str, Any] | None = None  # the checkpoint's training options: where its calibration split is
     steps: StepRewards | None = None  # a process reward model: golden rows record their step scores
 
 
@@ -129,7 +136,9 @@ def _stats(engine: OnnxRewardModel, contents: BundleContents) -> tuple[Normaliza
         computed_on=f"{contents.dev_name}: chosen+rejected of {len(pairs)} pairs",
         version=f"{contents.dev_digest}-{len(rewards)}",
     )
-    calibration = fit_calibration(chosen.astype(np.float64) - rejected, labels, contents.dev_name)
+    delta = chosen.astype(np.float64) - rejected
+    calibration = (bundle_calibration(engine, contents.encoder, contents.training, delta, labels, contents.dev_name)
+                   if contents.training is not None else fit_calibration(delta, labels, contents.dev_name))
     return normalization, calibration, pair_metrics(chosen, rejected, labels)
 
 
@@ -199,7 +208,7 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
             golden_rows=parity_rows(dev_pairs, GOLDEN_SIZE),
             provenance={"checkpoint": str(checkpoint), "base_model": meta.base_model, "training": meta.training,
                         "train_metrics": meta.metrics, "dev_data": str(dev_path), "parity_max_abs_diff": worst},
-            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=file_digest(dev_path),
+            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=file_digest(dev_path), training=meta.training,
         )
         bundle, metrics = assemble_bundle(onnx_path, output_dir, contents)
     manifest = bundle.manifest

@@ -113,8 +113,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
     from rmserve.training.ratings import RatingOptions
 
+    if args.bootstrap < 0:
+        print("rmserve eval: --bootstrap must be 0 or more", file=sys.stderr)
+        return 2
     metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device,
-                                     ratings=RatingOptions.from_config(args))
+                                     ratings=RatingOptions.from_config(args), resamples=args.bootstrap)
     if args.report:
         write_report(args.report, metrics, scored, log)
         print(f"report written to {args.report}", file=sys.stderr)
@@ -214,10 +217,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="Measure a bundle's accuracy, calibration and length bias.",
                               description="Score preference pairs with the bundle's ONNX model, exactly as the "
                               "service does, and report tie-aware accuracy, log-loss, AUC, calibration error at the "
-                              "bundle's temperature, accuracy by length, reward-length correlation and the reward "
-                              "distribution; optionally an HTML report with plots. A process reward model bundle is "
-                              "scored on step-labelled chains instead: step AUC and accuracy, first-error "
-                              "localisation, shortcut baselines and best-of-N selection, with 95 % intervals by problem.")
+                              "bundle's temperature (and what that temperature was fitted on), accuracy by length, "
+                              "reward-length correlation and the reward distribution, each accuracy, AUC, ECE and "
+                              "log-loss with a 95 % bootstrap interval resampled by prompt; optionally an HTML "
+                              "report with plots. A process reward model bundle is scored on step-labelled chains "
+                              "instead: step AUC and accuracy, first-error localisation, shortcut baselines and "
+                              "best-of-N selection, with 95 % intervals by problem.")
     evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
     evaluate.add_argument("--data", default=None, help="Preference data (pairs, rankings or ratings; JSONL(.gz) or a "
                           "saved dataset directory). Default: the shipped HH-RLHF dev split. A process reward model bundle: "
@@ -225,7 +230,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--limit", type=int, default=None,
                           help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
-    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object.")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="Resamples of the prompts for the 95 %% interval of every accuracy, AUC, ECE and "
+                          "log-loss figure (each prompt's pairs resampled together; fixed seed). 0: no intervals. "
+                          "Default: 1000.")
+    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object (each figure "
+                          "with an interval has it beside it as <figure>_ci95: [lo, hi]).")
     evaluate.add_argument("--report", metavar="HTML", default=None,
                           help="Also write a self-contained HTML report with plots to this file.")
     evaluate.add_argument("--train-log", default=None,
