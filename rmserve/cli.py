@@ -55,8 +55,13 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = "RMSERVE_" + name.upper()
-        default = "" if name in ("api_keys", "admin_api_keys") else info.default
-        parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {default!r}]")
+        secret = name in ("api_keys", "admin_api_keys")
+        default = "" if secret else info.default
+        note = " Prefer the environment or a file: a command line is visible to every user of the machine." if secret else ""
+        # A boolean setting given alone (--allow-unauthenticated) means true; it also takes a value.
+        switch = {"nargs": "?", "const": "true", "metavar": "BOOL"} if info.annotation is bool else {}
+        parser.add_argument(flag, default=None, help=f"{info.description or ''}{note} [env {env}; default {default!r}]",
+                            **switch)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -150,8 +155,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from rmserve.service.core.bundle import load_bundle
-    from rmserve.service.process.runtime import serve
+    from rmserve.service.core.bundle import BundleError, load_bundle
+    from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
 
     given: dict[str, Any] = {
@@ -164,7 +169,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
+    preflight(settings)  # keys readable; no open port on a public address by accident
+    try:  # fail fast, with the bundle's own message, before binding ports
+        load_bundle(settings.bundle)
+    except BundleError as e:
+        print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
+        return 2
     return asyncio.run(serve(settings))
 
 

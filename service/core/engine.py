@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -60,7 +60,10 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 class OnnxRewardModel:
     """Runs padded batches through the bundle's ONNX model and returns one float32 reward per row."""
 
-    def __init__(self, model_path: str, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0):
+    def __init__(self, model_path: str | bytes, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0,
+                 external_data: dict[str, Any] | None = None):
+        """`model_path`: model.onnx's path, or its bytes (as a bundle verified them: `Bundle.pinned`), with
+        `external_data` then mapping each external-data location to the buffer ONNX Runtime copies it from."""
         wanted = [CUDA, CPU] if device in ("auto", "cuda") else [CPU]
         if device == "auto" and not nvidia_device_present():
             wanted = [CPU]  # trying CUDA without a GPU only fills the log with loader errors
@@ -70,9 +73,12 @@ class OnnxRewardModel:
         if device == "cuda" and CUDA not in providers:
             raise RuntimeError(f"device=cuda but this onnxruntime offers only {available}")
         threads_before = _thread_ids()
-        self.session = ort.InferenceSession(
-            model_path, sess_options=_session_options(intra_op_threads), providers=providers
-        )
+        options = _session_options(intra_op_threads)
+        if external_data:
+            names = list(external_data)
+            buffers = [external_data[name] for name in names]
+            options.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
+        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
         self.nice = nice
         self._reniced = threading.local()
         if nice:

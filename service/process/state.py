@@ -33,6 +33,7 @@ class ServiceState:
         self.api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
         self.scorer: Scorer | None = None
         self._ready = False
+        self.draining = False  # shutdown began: HTTP answers close their connections
         self.load_error: Exception | None = None
         self.readiness_listeners: list = []  # callables(bool), e.g. the gRPC health servicer
         self.reloader = Reloader(self)

@@ -33,10 +33,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import ChatMessage
@@ -44,8 +43,8 @@ from rmserve.service.core.limits import check_rows
 from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.transports.http.common import (
     ClientGone,
+    ParsedBodyRoute,
     ScorerDep,
-    authorized,
     get_state,
     timing_headers,
 )
@@ -60,6 +59,7 @@ from rmserve.service.transports.http.vllm_protocol import (
     PoolingRequest,
     PoolingResponse,
     PoolingResponseData,
+    VLLM_STATUS,
     UsageInfo,
     VllmError,
     bad_request,
@@ -67,15 +67,6 @@ from rmserve.service.transports.http.vllm_protocol import (
     new_id,
 )
 
-# Core error kind -> (status, vLLM error type).
-_STATUS: dict[ErrorKind, tuple[int, str]] = {
-    ErrorKind.VALIDATION: (422, "UnprocessableEntityError"),
-    ErrorKind.OVERLOADED: (503, "ServiceUnavailableError"),
-    ErrorKind.UNAVAILABLE: (503, "ServiceUnavailableError"),
-    ErrorKind.TIMEOUT: (504, "TimeoutError"),
-    ErrorKind.UNAUTHENTICATED: (401, "AuthenticationError"),
-    ErrorKind.INTERNAL: (500, "InternalServerError"),
-}
 
 
 def _as_vllm(error: Exception) -> VllmError:
@@ -85,14 +76,14 @@ def _as_vllm(error: Exception) -> VllmError:
     if isinstance(error, RequestValidationError):
         return malformed(error.errors())
     assert isinstance(error, ScoringError)
-    status, kind = _STATUS[error.kind]
+    status, kind = VLLM_STATUS[error.kind]
     refusal = VllmError(status, kind, error.message, error.field, outcome=error.kind.value)
     if error.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
         refusal.headers["Retry-After"] = "1"
     return refusal
 
 
-class VllmRoute(APIRoute):
+class VllmRoute(ParsedBodyRoute):
     """Answers every failure of these routes in vLLM's error shape (FastAPI's body validation included),
     and counts and times each request as the app does for its own scoring routes."""
 
@@ -128,7 +119,7 @@ class VllmRoute(APIRoute):
         return handle_vllm
 
 
-router = APIRouter(tags=["vLLM pooling API"], route_class=VllmRoute, dependencies=[Depends(authorized)])
+router = APIRouter(tags=["vLLM pooling API"], route_class=VllmRoute)  # keyed by the request guard
 
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "Malformed request, or an option the bundle cannot honour; "
