@@ -97,6 +97,10 @@ class Turns:
             self._last = {client: turn for client, turn in self._last.items() if client in firsts}
         return min(firsts.values(), key=lambda item: (self._last.get(item.job.client, -1), item.seq))
 
+    def prefers(self, client: str, other: str) -> bool:
+        """Whether `client`'s turn comes before `other`'s (it anchored a batch less recently)."""
+        return self._last.get(client, -1) < self._last.get(other, -1)
+
     def served(self, client: str) -> None:
         """The engine took a batch anchored on `client`'s row."""
         self._count += 1

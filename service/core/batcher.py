@@ -180,8 +180,8 @@ class Batcher:
                 if self._stopping and not self._waiting and self._prepared is None:
                     self._wake_all()
                     return
-                room = self._prepared is None or len(self._prepared[0]) < self.policy.max_batch_size
-                if self._waiting and room and (self._prepared is None or self._arrivals != formed_at):
+                fresh = self._prepared is None or self._arrivals != formed_at
+                if self._waiting and fresh and (self._prepared is None or self._worth_reforming_locked()):
                     if self._prepared is None:
                         self._wait_to_fill_locked()
                     else:  # give the prepared rows back to the pool and choose again with the newcomers
@@ -197,6 +197,15 @@ class Batcher:
                         self._engine_cond.notify_all()
                     continue
                 self._cond.wait()
+
+    def _worth_reforming_locked(self) -> bool:
+        """Newcomers may change the prepared batch: when it has room for them, or when one of them belongs to
+        a client whose turn comes before that of the client the batch was formed for (a full batch of a
+        flooding client's rows must not keep another client's row waiting for one more batch)."""
+        assert self._prepared is not None
+        if len(self._prepared[0]) < self.policy.max_batch_size:
+            return True
+        return self._turns.prefers(self._turns.anchor(self._waiting).job.client, self._prepared_for)
 
     def _wait_to_fill_locked(self) -> None:
         if self.policy.max_wait_ms <= 0:
