@@ -1,0 +1,1 @@
+"""The subcommands of `rmserve`, a module per group; rmserve/cli.py assembles them."""

@@ -1,0 +1,51 @@
+"""`rmserve serve`: the settings as flags, validated at start-up, then the serving process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from rmserve.commands.options import add_settings_options
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from rmserve.service.core.bundle import BundleError, load_bundle
+    from rmserve.service.process.runtime import preflight, serve
+    from rmserve.service.settings import Settings
+
+    given: dict[str, Any] = {
+        name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
+    }
+    try:
+        settings = Settings(**given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # keys readable; no open port on a public address by accident
+        preflight(settings)
+    except ValueError as e:
+        print(f"rmserve serve: {e}", file=sys.stderr)
+        return 2
+    try:  # fail fast, with the bundle's own message, before binding ports
+        load_bundle(settings.bundle)
+    except BundleError as e:
+        print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(settings))
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="Serve a bundle over HTTP.",
+                           description="Serve POST /score and /compare (plus /healthz, /readyz, /metrics, "
+                           "/v1/model). Each option can also be set by its RMSERVE_* environment variable.")
+    add_settings_options(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
