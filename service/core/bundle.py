@@ -30,7 +30,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tokenizers import Tokenizer
 
-from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
 from rmserve.service.core.bundle_files import (
     MAX_MANIFEST_BYTES,
     MAX_TOKENIZER_BYTES,
@@ -40,6 +39,7 @@ from rmserve.service.core.bundle_files import (
     sha256_bytes,
     sha256_fd,
 )
+from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
 from rmserve.service.core.onnx_files import OnnxFileError, external_locations
 
 FORMAT_VERSION = 2

@@ -27,8 +27,8 @@ import uvicorn
 
 from rmserve.service.process.state import ServiceState
 from rmserve.service.settings import Settings
-from rmserve.service.transports.grpc.app import start_grpc_server
 from rmserve.service.transports.auth import ApiKeys, is_loopback
+from rmserve.service.transports.grpc.app import start_grpc_server
 from rmserve.service.transports.http.app import create_app
 from rmserve.service.transports.http.connections import (
     GuardedProtocol,

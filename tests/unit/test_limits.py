@@ -1,5 +1,6 @@
 """service/core/limits.py on literal inputs: text and conversation limits, strict JSON, timeout header, deadlines."""
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,8 +11,6 @@ from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import ChatMessage
 from rmserve.service.core.limits import check_rows, effective_deadline, request_deadline
 from rmserve.service.settings import Settings
-import json
-
 from rmserve.service.transports.http.body import json_shape, max_containers, parse_json, parse_timeout
 
 SETTINGS = Settings(max_text_chars=10, max_messages=2)

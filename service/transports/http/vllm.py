@@ -51,6 +51,7 @@ from rmserve.service.transports.http.common import (
 from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks
 from rmserve.service.transports.http.openapi import ErrorBody
 from rmserve.service.transports.http.vllm_protocol import (
+    VLLM_STATUS,
     ClassificationData,
     ClassificationResponse,
     ErrorResponse,
@@ -59,14 +60,12 @@ from rmserve.service.transports.http.vllm_protocol import (
     PoolingRequest,
     PoolingResponse,
     PoolingResponseData,
-    VLLM_STATUS,
     UsageInfo,
     VllmError,
     bad_request,
     malformed,
     new_id,
 )
-
 
 
 def _as_vllm(error: Exception) -> VllmError:
