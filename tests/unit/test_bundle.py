@@ -142,3 +142,26 @@ def test_files_swapped_right_after_their_hash_are_never_served(tiny_bundle, tmp_
             load_bundle(tiny_bundle)
     finally:
         scorer.close()
+
+
+def test_manifest_and_tokenizer_past_their_size_caps_are_refused_before_parsing(tiny_bundle, monkeypatch):
+    import rmserve.service.core.bundle as bundle_module
+
+    size = (tiny_bundle / "bundle.json").stat().st_size
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", size - 1)
+    with pytest.raises(BundleError, match=f"bundle.json has {size} bytes; the manifest may have at most {size - 1}"):
+        load_bundle(tiny_bundle)
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", size)
+    size = (tiny_bundle / "tokenizer.json").stat().st_size
+    monkeypatch.setattr(bundle_module, "MAX_TOKENIZER_BYTES", size - 1)
+    with pytest.raises(BundleError, match=f"tokenizer.json has {size} bytes"):
+        load_bundle(tiny_bundle)
+
+
+def test_a_golden_set_past_its_cap_is_refused_naming_the_field(tiny_bundle):
+    from rmserve.service.core.bundle import MAX_GOLDEN_EXAMPLES
+
+    golden = json.loads((tiny_bundle / "bundle.json").read_text())["golden"]
+    edit_manifest(tiny_bundle, golden=golden * (MAX_GOLDEN_EXAMPLES // len(golden) + 1))
+    with pytest.raises(BundleError, match=f"field 'golden': .*at most {MAX_GOLDEN_EXAMPLES}"):
+        load_bundle(tiny_bundle)
