@@ -214,10 +214,11 @@ async def grpc_client(soak: Soak, target: str, rows: list, offset: int, stop_at:
 async def unauthenticated_bodies(soak: Soak, port: int, stop_at: float, pause: float) -> None:
     """4 MiB bodies without a key on a kept-alive connection, at a trickle (bench/attack.py floods)."""
     conn, body = RawConnection("127.0.0.1", port), flood_body()
+    request = head("POST", "/score", len(body)) + body
     while time.monotonic() < stop_at:
         began = time.monotonic()
         try:
-            status, _ = await conn.request(head("POST", "/score", len(body)), body)
+            status, _ = await conn.request(request)
         except (ConnectionError, OSError) as e:
             status = type(e).__name__
         soak.record("http", "unauthenticated 4 MiB body", status, 401, time.monotonic() - began)
@@ -241,12 +242,12 @@ async def flooder(soak: Soak, port: int, stop_at: float, rows: int) -> None:
     the queue is full (then it waits Retry-After, as the rmserve client does)."""
     body = json.dumps({"prompt": "how are you doing today my friend",
                        "responses": ["one two three four five six seven eight nine ten"] * rows}).encode()
-    request_head = head("POST", "/score", len(body), FLOODER_KEY, {"X-Request-Timeout": "300"})
+    request = head("POST", "/score", len(body), FLOODER_KEY, {"X-Request-Timeout": "300"}) + body
     conn = RawConnection("127.0.0.1", port)
     while time.monotonic() < stop_at:
         began = time.monotonic()
         try:
-            status, _ = await conn.request(request_head, body)
+            status, _ = await conn.request(request)
         except (ConnectionError, OSError) as e:
             status = type(e).__name__
         soak.record("http", "flooder", status, (200, 429), time.monotonic() - began)
