@@ -110,12 +110,12 @@ class Reloader:
             except BundleError as e:  # names the failed check, files relative to the bundle
                 self.reloads.labels("refused").inc()
                 log.error("reload of %r refused, still serving %s: %s", str(settings.bundle), old.manifest.bundle_id, e)
-                raise ScoringError(ErrorKind.VALIDATION, f"{name} refused, still serving "
+                raise ScoringError(ErrorKind.VALIDATION, f"{name} was refused, still serving "
                                    f"{old.manifest.bundle_id}: {e}", "bundle") from None
             except Exception:  # not a check that failed: the details are for the log only
                 self.reloads.labels("refused").inc()
                 log.exception("reload of %r refused, still serving %s", str(settings.bundle), old.manifest.bundle_id)
-                raise ScoringError(ErrorKind.VALIDATION, f"{name} refused, still serving {old.manifest.bundle_id}: "
+                raise ScoringError(ErrorKind.VALIDATION, f"{name} was refused, still serving {old.manifest.bundle_id}: "
                                    "it could not be loaded (the server log has the details)", "bundle") from None
             if not state.ready:  # shutdown began while the bundle loaded
                 await asyncio.to_thread(new.close)
