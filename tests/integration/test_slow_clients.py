@@ -200,3 +200,35 @@ def test_connections_past_max_connections_get_429_and_are_closed(tmp_path):
 
         wait_until(lambda: httpx.get(server.url + "/healthz", timeout=PATIENCE).status_code == 200,
                    "a connection to be let in again")
+
+
+def test_grpc_closes_silent_and_idle_connections(tmp_path):
+    """gRPC: a connection that never sends its HTTP/2 preface is closed once header_timeout_seconds pass, and
+    a channel with no calls for grpc_max_connection_idle_seconds is told to go (GOAWAY: it turns IDLE and
+    reconnects for its next call)."""
+    import grpc
+
+    from rmserve.proto import reward_pb2 as pb
+    from rmserve.proto import reward_pb2_grpc as pb_grpc
+    from tests.waiting import wait_until
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, header_timeout_seconds=0.5, grpc_max_connection_idle_seconds=0.5) as server:
+        host, port = server.grpc_target.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=PATIENCE) as sock:
+            data, waited = read_until_closed(sock)
+        frame_types, rest = [], data  # HTTP/2 frames: 3 bytes of length, 1 of type, 1 of flags, 4 of stream
+        while len(rest) >= 9:
+            frame_types.append(rest[3])
+            rest = rest[9 + int.from_bytes(rest[:3], "big"):]
+        assert waited >= 0.4 and 0x07 in frame_types, (frame_types, data)  # 0x07: GOAWAY
+        states: list = []
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            channel.subscribe(states.append, try_to_connect=False)
+            stub = pb_grpc.RewardModelStub(channel)
+            request = pb.ScoreRequest(prompt=pb.Prompt(text="hello there"), responses=["i am fine thanks"])
+            assert len(stub.Score(request, timeout=PATIENCE).rewards) == 1
+            wait_until(lambda: grpc.ChannelConnectivity.READY in states
+                       and states[-1] == grpc.ChannelConnectivity.IDLE, "the idle connection to be closed",
+                       timeout=PATIENCE)
+            assert len(stub.Score(request, timeout=PATIENCE).rewards) == 1  # a new connection serves
