@@ -9,8 +9,9 @@ new work gets 503/UNAVAILABLE while the listeners stay open, and every HTTP answ
 connection (`Connection: close`). Once admitted work is done (no scoring call for `DRAIN_QUIET_SECONDS`, at
 most `shutdown_grace_seconds`) the HTTP port stops taking new connections without resetting the ones the
 kernel already queued, those are answered, and only when every connection has had its answer do the
-servers stop; the queue is empty and the process exits 0. So a request that reaches the server gets 200 or
-503, and a later one finds the port closed: never a reset (service/transports/http/connections.py). SIGHUP
+servers stop; the queue is empty and the process exits 0. gRPC stops last, without cancelling a call
+(`close_grpc`). So a request that reaches the server gets 200 or 503 (UNAVAILABLE), and a later one finds
+the port closed: never a reset (service/transports/http/connections.py). SIGHUP
 reloads the configured bundle (service/process/reload.py).
 """
 
@@ -22,6 +23,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -60,6 +62,28 @@ def preflight(settings: Settings) -> None:
     """What can refuse a start before the bundle loads and ports are bound: the key files, and exposure."""
     check_exposure(settings, ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file))
     ApiKeys.load(settings.admin_api_keys.get_secret_value(), settings.admin_api_keys_file, "admin_api_keys_file")
+
+
+async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
+    """Stop the gRPC server without cancelling a call. gRPC's shutdown answers CANCELLED to a call that has
+    reached the server but not yet its handler (grpc/grpc#41785), and a client that resends at once after a
+    503 always has one on the way. So refusals are held first: each such client's next call waits in its
+    handler, unanswered, and once calls stop arriving the shutdown begins (the port closes and GOAWAY goes
+    out on every connection); only then are the held calls answered UNAVAILABLE, and the clients' next
+    calls find the port closed."""
+    state.hold_refusals()
+    give_up = time.monotonic() + min(1.0, grace)
+    seen = -1
+    while seen != state.grpc_calls and time.monotonic() < give_up:
+        seen = state.grpc_calls
+        await asyncio.sleep(_CALLS_SETTLED)  # a window with no new call: each client now waits on its answer
+    stopping = asyncio.create_task(server.stop(grace))
+    await asyncio.sleep(0)  # ordering, not time: the stop task's first step (the core's shutdown) runs first
+    state.release_refusals()
+    await stopping
+
+
+_CALLS_SETTLED = 0.05
 
 
 async def _until(condition: Callable[[], bool], limit: float) -> bool:
@@ -157,6 +181,6 @@ async def serve(settings: Settings) -> int:
             loading.cancel()
         state.set_ready(False)
         if grpc_server is not None:
-            await grpc_server.stop(settings.shutdown_grace_seconds)
+            await close_grpc(grpc_server, state, settings.shutdown_grace_seconds)
         await state.close()
     return 1 if state.load_error is not None else 0

@@ -158,6 +158,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
         began = time.perf_counter()
         in_flight = self._metric(metrics.in_flight, "grpc")
         in_flight.inc()
+        self.state.grpc_calls += 1
         client = None
         try:
             if self.state.api_keys.enabled:
@@ -170,6 +171,8 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             if hasattr(work, "close"):
                 work.close()  # never awaited when authentication failed
             self._metric(metrics.requests, method, "grpc", e.kind.value).inc()
+            if e.kind is ErrorKind.UNAVAILABLE:
+                await self.state.refusal_released()  # at the very end of a drain: after the GOAWAY (close_grpc)
             detail = f"{e.field}: {e.message}" if e.field else e.message
             await context.abort(GRPC_STATUS[e.kind], detail)
         except asyncio.CancelledError:  # the client left or its deadline passed
