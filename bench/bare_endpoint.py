@@ -2,13 +2,16 @@
 server can do per request with the same tokenizer, and no batcher and no engine. Any layer that calls a
 real engine must add to this floor.
 
-HTTP: one FastAPI route under uvicorn, one worker: a pydantic body {prompt, response | responses}, the
-tokenizer's `encode_batch` over (prompt, response) pairs with truncation at the bundle's max_length, and
-{rewards: [tokens * 1e-3, ...]}. The route is a plain `def` (FastAPI runs it in its thread pool) or, with
-BARE_ASYNC=1, an `async def` that tokenizes on the event loop; bench/overhead.py uses whichever is faster.
+HTTP: one FastAPI route under uvicorn (on uvloop, uvicorn's choice when it is installed), one worker: a
+pydantic body {prompt, response | responses}, the tokenizer's `encode_batch_fast` over (prompt, response)
+pairs with truncation at the bundle's max_length (the same ids as `encode_batch`, without the character
+offsets nobody reads here: about 20 % less CPU), and {rewards: [tokens * 1e-3, ...]}. The route is a plain
+`def` (FastAPI runs it in its thread pool) or, with BARE_ASYNC=1, an `async def` that tokenizes on the
+event loop; bench/overhead.py uses whichever is faster.
 
 gRPC: a grpc.aio servicer of the same RewardModel.Score contract doing the same tokenization in the
-handler, with BARE_ASYNC=0 in a thread instead.
+handler, with BARE_ASYNC=0 in a thread instead; on uvloop when it is installed (grpc.aio spends less CPU
+per call on it: docs/performance-notes.md), with BARE_LOOP=asyncio on asyncio's own loop.
 
     BARE_BUNDLE=/tmp/null-bundle python -m uvicorn bench.bare_endpoint:app --port 8100
     BARE_BUNDLE=/tmp/null-bundle python bench/bare_endpoint.py --grpc-port 50100
@@ -35,7 +38,7 @@ tokenizer.enable_truncation(MAX_LENGTH)
 
 
 def rewards(prompt: str, responses: list[str]) -> list[float]:
-    return [len(e.ids) * 1e-3 for e in tokenizer.encode_batch([(prompt, r) for r in responses])]
+    return [len(e.ids) * 1e-3 for e in tokenizer.encode_batch_fast([(prompt, r) for r in responses])]
 
 
 class ScoreRequest(BaseModel):
@@ -86,4 +89,10 @@ async def serve_grpc(port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_grpc(int(sys.argv[sys.argv.index("--grpc-port") + 1])))
+    port = int(sys.argv[sys.argv.index("--grpc-port") + 1])
+    if os.environ.get("BARE_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.run(serve_grpc(port))
+    else:
+        asyncio.run(serve_grpc(port))

@@ -106,28 +106,31 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus, *cmd] if cpus else cmd
 
 
-def start_servers(null_dir: Path, cpus: str | None, protocols: list[str], server_args: list[str]) -> list[Server]:
+def start_servers(null_dir: Path, cpus: str | None, protocols: list[str], server_args: list[str],
+                  bare_loops: list[str]) -> list[Server]:
     env = {"BARE_BUNDLE": str(null_dir)}
     servers = []
     port, grpc_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(null_dir), "--host", "127.0.0.1",
            "--port", str(port), "--grpc-port", str(grpc_port), "--log-level", "warning", *server_args]
     servers.append(Server("rmserve", start(pinned(cmd, cpus), {}, f"http://127.0.0.1:{port}"), port, grpc_port))
-    if "http" in protocols:
-        for variant, flag in (("bare HTTP def", "0"), ("bare HTTP async", "1")):
-            port = free_port()
-            cmd = [sys.executable, "-m", "uvicorn", "bench.bare_endpoint:app", "--host", "127.0.0.1", "--port", str(port),
-                   "--log-level", "warning", "--no-access-log"]
-            servers.append(Server(variant, start(pinned(cmd, cpus), {**env, "BARE_ASYNC": flag},
-                                                 f"http://127.0.0.1:{port}"), port))
-    if "grpc" in protocols:
-        for variant, flag in (("bare gRPC thread", "0"), ("bare gRPC inline", "1")):
-            port = free_port()
-            cmd = [sys.executable, "bench/bare_endpoint.py", "--grpc-port", str(port)]
-            proc = subprocess.Popen(pinned(cmd, cpus), cwd=ROOT, env={**os.environ, **env, "BARE_ASYNC": flag},
-                                    stdout=subprocess.DEVNULL)
-            wait_grpc(port)
-            servers.append(Server(variant, proc, port, port))
+    for loop in bare_loops:
+        suffix = "" if loop == "uvloop" else f" ({loop} loop)"
+        if "http" in protocols:
+            for variant, flag in (("bare HTTP def", "0"), ("bare HTTP async", "1")):
+                port = free_port()
+                cmd = [sys.executable, "-m", "uvicorn", "bench.bare_endpoint:app", "--host", "127.0.0.1", "--port",
+                       str(port), "--loop", loop, "--log-level", "warning", "--no-access-log"]
+                servers.append(Server(variant + suffix, start(pinned(cmd, cpus), {**env, "BARE_ASYNC": flag},
+                                                              f"http://127.0.0.1:{port}"), port))
+        if "grpc" in protocols:
+            for variant, flag in (("bare gRPC thread", "0"), ("bare gRPC inline", "1")):
+                port = free_port()
+                cmd = [sys.executable, "bench/bare_endpoint.py", "--grpc-port", str(port)]
+                proc = subprocess.Popen(pinned(cmd, cpus), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        env={**os.environ, **env, "BARE_ASYNC": flag, "BARE_LOOP": loop})
+                wait_grpc(port)
+                servers.append(Server(variant + suffix, proc, port, port))
     return servers
 
 
@@ -311,6 +314,8 @@ def main() -> None:
     parser.add_argument("--grpc-processes", type=int, default=4, help="gRPC load generator processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-padding-ratio 0.2'.")
+    parser.add_argument("--bare-loops", nargs="+", choices=["uvloop", "asyncio"], default=["uvloop"],
+                        help="Event loops the bare endpoints run on; each adds its variants, the fastest counts.")
     parser.add_argument("--skip-extras", action="store_true", help="Skip the latency-beside-big and long-prompt runs.")
     parser.add_argument("--note", default="", help="A remark for the record, e.g. that the machine was shared.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
@@ -325,12 +330,12 @@ def main() -> None:
     sizes = sorted(set(args.sizes) | ({1, 64} if not args.skip_extras and "http" in args.protocols else set()))
     bodies = write_bodies(work, rows, sizes, 200)
     print(f"null-engine bundle {null_dir} (from {bundle_dir}); servers on CPUs {args.server_cpus or 'all'}", flush=True)
-    servers = start_servers(null_dir, args.server_cpus, args.protocols, shlex.split(args.server_args))
+    servers = start_servers(null_dir, args.server_cpus, args.protocols, shlex.split(args.server_args), args.bare_loops)
     rounds = []
     generator_check = ""
     try:
         if "grpc" in args.protocols:  # the generator is not the limit: twice its processes, same bare figure
-            bare = next(s for s in servers if s.name == "bare gRPC inline")
+            bare = next(s for s in servers if s.name.startswith("bare gRPC inline"))
             base = grpc_load(bare.grpc_port, bodies[1][1], args.seconds, args.connections, args.grpc_processes)["rps"]
             more = grpc_load(bare.grpc_port, bodies[1][1], args.seconds, args.connections, 2 * args.grpc_processes)["rps"]
             generator_check = (f"gRPC generator check, bare servicer x1: {base:.0f} calls/s with {args.grpc_processes} "
@@ -365,7 +370,7 @@ def main() -> None:
     text = "\n".join(table)
     notes = [f"- servers on CPUs {args.server_cpus or 'all'} of {machine_name()}; {args.connections} concurrent requests; "
              f"{args.rounds} rounds of {args.seconds:g} s per server and size, alternating; rmserve flags: "
-             f"{args.server_args or 'defaults'}"]
+             f"{args.server_args or 'defaults'}; bare endpoints on {' and '.join(args.bare_loops)}"]
     if generator_check:
         notes.append(f"- {generator_check}")
     if latency:

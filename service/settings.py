@@ -139,6 +139,10 @@ class Settings(BaseSettings):
         "half of max_queue_rows, and at least max_responses_per_request (one full request).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="The event loop HTTP and gRPC run on. auto: uvloop when installed (it comes with "
+        "uvicorn[standard]; less CPU per request, docs/performance-notes.md), else asyncio's own.",
+    )
 
     @property
     def client_queue_rows(self) -> int:

@@ -39,6 +39,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
         return 2
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
+                return 2
+        else:
+            return uvloop.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

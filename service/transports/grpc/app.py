@@ -89,6 +89,19 @@ def _model_ref(scorer: Scorer) -> reward_pb2.ModelRef:
                                calibration_temperature=m.calibration.temperature)
 
 
+class _ModelRefs:
+    """The ModelRef of the scorer answering, built once per scorer (a reload brings a new one)."""
+
+    def __init__(self) -> None:
+        self._scorer: Scorer | None = None
+        self._ref = reward_pb2.ModelRef()
+
+    def __call__(self, scorer: Scorer) -> reward_pb2.ModelRef:
+        if scorer is not self._scorer:
+            self._ref, self._scorer = _model_ref(scorer), scorer
+        return self._ref
+
+
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
@@ -98,6 +111,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     def __init__(self, state: ServiceState):
         self.state = state
         self._children: dict[tuple, Any] = {}  # metric children by label values: labels() costs per call
+        self._model_ref = _ModelRefs()
 
     def _metric(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -113,7 +127,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
         summary = scorer.summarize(scores, body.values, body.grouped)
         group = summary.group
         return reward_pb2.ScoreResponse(
-            model=_model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
+            model=self._model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
             truncated=scores.truncated, values=summary.values.tolist(),
             group=None if group is None else reward_pb2.GroupStats(
                 mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps))
@@ -129,7 +143,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             scores = await scorer.score(rows, _deadline(context))
             a, b = (float(x) for x in scores.raw)
             normalized = scorer.normalize(scores.raw)
-            return reward_pb2.CompareResponse(model=_model_ref(scorer), reward_a=a, reward_b=b,
+            return reward_pb2.CompareResponse(model=self._model_ref(scorer), reward_a=a, reward_b=b,
                                               normalized_reward_a=float(normalized[0]),
                                               normalized_reward_b=float(normalized[1]),
                                               probability_a=scorer.probability_a(a, b))
@@ -145,7 +159,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def GetModelInfo(self, request, context):  # noqa: N802
         async def info() -> reward_pb2.ModelInfo:
             scorer = self.state.require_scorer()
-            return reward_pb2.ModelInfo(model=_model_ref(scorer), provider=scorer.engine.provider,
+            return reward_pb2.ModelInfo(model=self._model_ref(scorer), provider=scorer.engine.provider,
                                         max_length=scorer.manifest.input.max_length,
                                         manifest_json=json.dumps(public_manifest(scorer.manifest,
                                                                                  scorer.settings.expose_paths)),

@@ -84,7 +84,8 @@ def _as_vllm(error: Exception) -> VllmError:
 
 class VllmRoute(ParsedBodyRoute):
     """Answers every failure of these routes in vLLM's error shape (FastAPI's body validation included),
-    and counts and times each request as the app does for its own scoring routes."""
+    and counts and times each request as the app does for its own scoring routes. The body is the one the
+    guard parsed (ParsedBodyRoute)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handle = super().get_route_handler()
