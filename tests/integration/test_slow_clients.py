@@ -24,6 +24,10 @@ LIMITS = {"header_timeout_seconds": 0.5, "body_timeout_seconds": 0.5, "keep_aliv
 # The most a test waits for the server to act; a timeout that never fires fails the test here, it does not
 # measure how fast the machine is.
 PATIENCE = 60
+# What a client sees of a 0.5 s timeout can be a little less than 0.5 s: uvloop's timers have millisecond
+# resolution, and the server's clock starts when it accepts the connection or reads the head, which can come
+# before the client starts its own clock (after its send returns).
+TIMED_OUT = 0.45
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def answer(data: bytes) -> tuple[int, dict]:
 def test_a_connection_that_sends_nothing_is_closed(server):
     with connect(server) as sock:
         data, waited = read_until_closed(sock)
-    assert data == b"" and waited >= 0.5
+    assert data == b"" and waited >= TIMED_OUT
 
 
 def test_half_the_headers_get_408_and_the_connection_is_closed(server):
@@ -74,7 +78,7 @@ def test_half_the_headers_get_408_and_the_connection_is_closed(server):
         sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: app")
         data, waited = read_until_closed(sock)
     status, body = answer(data)
-    assert status == 408 and waited >= 0.5
+    assert status == 408 and waited >= TIMED_OUT
     assert body["error"]["kind"] == "timeout" and "header_timeout_seconds" in body["error"]["message"]
 
 
@@ -86,7 +90,7 @@ def test_half_a_declared_body_gets_408_and_the_connection_is_closed(server):
                      + body[: len(body) // 2])
         data, waited = read_until_closed(sock)
     status, error = answer(data)
-    assert status == 408 and waited >= 0.5
+    assert status == 408 and waited >= TIMED_OUT
     assert "body_timeout_seconds" in error["error"]["message"]
     metrics = httpx.get(server.url + "/metrics").text
     assert 'outcome="internal"' not in metrics
@@ -221,7 +225,7 @@ def test_grpc_closes_silent_and_idle_connections(tmp_path):
         while len(rest) >= 9:
             frame_types.append(rest[3])
             rest = rest[9 + int.from_bytes(rest[:3], "big"):]
-        assert waited >= 0.4 and 0x07 in frame_types, (frame_types, data)  # 0x07: GOAWAY
+        assert waited >= TIMED_OUT and 0x07 in frame_types, (frame_types, data)  # 0x07: GOAWAY
         states: list = []
         with grpc.insecure_channel(server.grpc_target) as channel:
             channel.subscribe(states.append, try_to_connect=False)
