@@ -17,6 +17,7 @@ the attack mix of bench/soak.py.
 
     python bench/attack.py                                # 3 rounds of 10 s quiet + 10 s flooded
     python bench/attack.py --rounds 1 --block 5 --no-write
+    python bench/attack.py --server-cpus 1 --attacker-cpus 0   # the attacker off the server's core
 """
 
 from __future__ import annotations
@@ -134,9 +135,20 @@ def half_body(key: str) -> bytes:
     return head("POST", "/score", len(body), key) + body[: len(body) // 2]
 
 
-def _flood(port: int, flooders: int, started, stop, results) -> None:
+def cpu_list(text: str) -> set[int]:
+    """A taskset-style CPU list ("0", "0-1", "0,2-3") as a set."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def _flood(port: int, flooders: int, cpus: str | None, started, stop, results) -> None:
     """The attacker's process: `flooders` senders of unauthenticated 4 MiB bodies back to back, each body on a
     new connection, written whole (the kernel sends what the 401 leaves unsent after the close)."""
+    if cpus:
+        os.sched_setaffinity(0, cpu_list(cpus))
     body = flood_body()
     request, outcomes = head("POST", "/score", len(body)) + body, []
 
@@ -204,7 +216,8 @@ def run(args: argparse.Namespace, port: int, pid: int, score_body: bytes) -> dic
         for round_number in range(args.rounds):
             await block("quiet")
             started, stop, results = context.Event(), context.Event(), context.Queue()
-            attacker = context.Process(target=_flood, args=(port, args.flooders, started, stop, results), daemon=True)
+            attacker = context.Process(target=_flood, args=(port, args.flooders, args.attacker_cpus, started, stop,
+                                                            results), daemon=True)
             attacker.start()
             if not await asyncio.to_thread(started.wait, 120):
                 raise RuntimeError("the flood never got an answer")
@@ -256,6 +269,9 @@ def main() -> int:
     parser.add_argument("--flooders", type=int, default=4, help="unauthenticated bodies in flight at once (default 4)")
     parser.add_argument("--rate", type=float, default=2.0, help="authenticated /score requests a second (default 2)")
     parser.add_argument("--health-rate", type=float, default=20.0, help="/healthz polls a second (default 20)")
+    parser.add_argument("--server-cpus", default=None, help="taskset CPU list for the server, e.g. 1")
+    parser.add_argument("--attacker-cpus", default=None, help="CPU list for the attacker's process, e.g. 0 (on one "
+                        "machine it otherwise takes the server's cores, as a remote attacker could not)")
     parser.add_argument("--note", default="", help="a remark for the record (e.g. what else ran on the machine)")
     parser.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks.md")
     args = parser.parse_args()
@@ -267,7 +283,8 @@ def main() -> int:
     rows = hh_rows(8)
     score_body = json.dumps({"prompt": rows[0][0], "responses": [r for _, r in rows[:4]]}).encode()
     log = Path(tempfile.gettempdir()) / f"rmserve-attack-server-{os.getpid()}.log"
-    server = start_rmserve(args.bundle, ["--device", "cpu"], env={"RMSERVE_API_KEYS": KEY}, log_path=log)
+    server = start_rmserve(args.bundle, ["--device", "cpu"], env={"RMSERVE_API_KEYS": KEY}, log_path=log,
+                           cpus=args.server_cpus)
     try:
         print(f"attacking {server.url}: {args.rounds} x ({args.block:.0f} s quiet + {args.block:.0f} s with "
               f"{args.flooders} unauthenticated 4 MiB bodies at a time); server log {log}", flush=True)
@@ -282,7 +299,9 @@ def main() -> int:
         record_run("Cheap attacks: unauthenticated 4 MiB bodies", f"{args.rounds} rounds of {args.block:.0f} s quiet "
                    f"and {args.block:.0f} s flooded, {args.flooders} bodies at a time, each on a new connection, from a process of their own; "
                    f"/healthz at {args.health_rate:g}/s and 4-response /score at {args.rate:g}/s on kept-alive "
-                   f"connections" + (f"; {args.note}" if args.note else ""), text)
+                   "connections" + (f"; server on CPUs {args.server_cpus}" if args.server_cpus else "")
+                   + (f", attacker on CPUs {args.attacker_cpus}" if args.attacker_cpus else "")
+                   + (f"; {args.note}" if args.note else ""), text)
     return 0 if ok else 1
 
 
