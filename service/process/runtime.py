@@ -72,7 +72,7 @@ async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
     out on every connection); only then are the held calls answered UNAVAILABLE, and the clients' next
     calls find the port closed."""
     state.hold_refusals()
-    give_up = time.monotonic() + min(1.0, grace)
+    give_up = time.monotonic() + min(2.0, grace)
     seen = -1
     while seen != state.grpc_calls and time.monotonic() < give_up:
         seen = state.grpc_calls
@@ -83,7 +83,7 @@ async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
     await stopping
 
 
-_CALLS_SETTLED = 0.05
+_CALLS_SETTLED = 0.2  # long enough for a busy event loop to take up a call that has arrived
 
 
 async def _until(condition: Callable[[], bool], limit: float) -> bool:
