@@ -1,31 +1,38 @@
-"""Training benchmark: rmserve's trainer against TRL's RewardTrainer (PyPI `trl`), in one run.
+"""Training benchmark: rmserve's trainer against TRL's RewardTrainer (PyPI `trl`), several seeds each, in one run.
 
-Same base model (all-MiniLM-L6-v2), pairs (shipped HH harmless train split, bad rows skipped), max_length,
-batch size, learning rate and schedule, seed, threads and number of steps; CPU, fp32, dropout off. Each
-trainer runs in its own subprocess (its own peak RSS); only the training steps are timed. Both trained
-models are then scored on the same dev pairs by one scorer here. Prints a table and appends it to
-docs/benchmarks.md; the notes it prints say exactly how each side was set up and measured.
+Same base model (all-MiniLM-L6-v2), recipe (rmserve's default: training/config.py), 16 pairs a step and the
+same number of steps for every run (the recipe's epochs over the shipped HH harmless train split, bad rows
+skipped), threads and seeds; CPU, fp32. Each run trains in its own process (bench/train_runs.py says exactly
+how each trainer is set up); only the training steps are timed. Every trained model is then scored on the
+same dev pairs by one scorer here. Trainers:
 
-    python bench/train.py                                  # one epoch (104 steps of 16 pairs)
-    python bench/train.py --steps 5 --limit-train 160 --no-write
+  rmserve                   every training pair (it cuts over-long prompts from the left)
+  rmserve on TRL's pairs    only the pairs TRL keeps: the same pairs as TRL
+  TRL (random)              RewardTrainer as it comes (it drops pairs longer than max_length)
+  TRL (group_by_length)     with the Trainer's length-grouped sampler, the closest it has to rmserve's batches
 
-TRL gets its fairest setup: gradient checkpointing and bf16 off (its defaults are on), SDPA attention as
-rmserve uses, no evaluation or checkpoints during training, pairs as explicit prompt/chosen/rejected
-text. It appends an EOS ([SEP] for this BERT tokenizer, which has none) and drops pairs longer than
-max_length, where rmserve cuts the prompt from the left. Two TRL rows by default: its random batches, and
-the Trainer's length-grouped sampler, the closest it has to rmserve's length-grouped batches.
+Accuracy is reported per trainer as mean ± sd over the seeds, and for each comparison as the difference of
+the seed means with a 95 % interval from a bootstrap that resamples both the dev prompts (the same prompts
+for both trainers: paired) and each trainer's seeds. Prints the tables and appends them to docs/benchmarks.md.
+
+    python bench/train.py                                   # 3 seeds x 4 trainers, the default recipe
+    python bench/train.py --seeds 0 --steps 5 --limit-train 160 --limit-dev 40 --no-write
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
-import math
 import os
-import resource
+import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,182 +40,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.record import record_run  # noqa: E402
-from rmserve.service.core.inputs import InputSpec, render_prompt  # noqa: E402
+from bench.train_runs import BATCH_PAIRS, steps_for, train_pairs, trl_fits, trl_texts, write_pairs  # noqa: E402
+from rmserve.training import bootstrap  # noqa: E402
 from rmserve.training.config import TrainConfig  # noqa: E402
 from rmserve.training.data import load_pairs, shipped_data  # noqa: E402
+from rmserve.training.evaluate import labels_of  # noqa: E402
+from rmserve.training.metrics import pair_credit  # noqa: E402
 from rmserve.training.records import PreferencePair  # noqa: E402
+from rmserve.training.splits import prompt_key  # noqa: E402
 
-BATCH_PAIRS = 16
-MAX_LENGTH = 256
-SAMPLERS = ("random", "group_by_length")
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def rss_mb() -> float | None:
-    """This process's resident set size now (Linux only)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration):
-        return None
+TRAINERS = {  # name: (trainer, TRL sampler, trains on TRL's pairs only)
+    "rmserve": ("rmserve", None, False),
+    "rmserve on TRL's pairs": ("rmserve", None, True),
+    "TRL (random)": ("trl", "random", False),
+    "TRL (group_by_length)": ("trl", "group_by_length", False),
+}
+COMPARISONS = (("rmserve", "TRL (random)"), ("rmserve", "TRL (group_by_length)"),
+               ("rmserve on TRL's pairs", "TRL (random)"), ("rmserve on TRL's pairs", "TRL (group_by_length)"),
+               ("rmserve", "rmserve on TRL's pairs"))
+DIFFERENCE_RESAMPLES = 2000
 
 
-def train_pairs(limit: int | None) -> list[PreferencePair]:
-    return load_pairs(shipped_data("train"), limit, skip_bad_rows=True).pairs
-
-
-def trl_texts(pairs: list[PreferencePair], eos: str) -> tuple[list[str], list[str]]:
-    """Chosen and rejected texts exactly as TRL builds them from an explicit-prompt row: prompt + reply + EOS."""
-    spec = InputSpec()
-    prompts = [render_prompt(p.prompt, spec) for p in pairs]
-    return ([q + p.chosen + eos for q, p in zip(prompts, pairs)],
-            [q + p.rejected + eos for q, p in zip(prompts, pairs)])
-
-
-# ---------------------------------------------------------------- child processes (one trainer each)
-
-
-def _before(module, name: str, hook) -> None:
-    """Run hook(*args) ahead of each call of module.name, if the trainer has it: measures, changes nothing."""
-    if hasattr(module, name):
-        inner = getattr(module, name)
-
-        def wrapped(*a, **k):
-            hook(*a, **k)
-            return inner(*a, **k)
-
-        setattr(module, name, wrapped)
-
-
-def child_rmserve(args: argparse.Namespace) -> dict:
-    import dataclasses
-
-    import rmserve.training.train as rm_train
-
-    seen: dict[str, float] = {}
-    # train() opens its progress bar as the step loop starts and evaluates on the dev set right after it.
-    _before(rm_train, "tqdm", lambda *_, **__: seen.setdefault("rss_start_mb", rss_mb()))
-    _before(rm_train, "dev_metrics", lambda *_, **__: seen.setdefault("peak_rss_mb", peak_rss_mb()))
-    defaults = TrainConfig()
-    out = Path(args.work_dir) / "rmserve"
-    options = dict(
-        output_dir=str(out), max_length=MAX_LENGTH, batch_size=BATCH_PAIRS, max_steps=args.steps,
-        learning_rate=defaults.learning_rate, warmup_ratio=defaults.warmup_ratio, weight_decay=defaults.weight_decay,
-        dropout=False, seed=args.seed, limit_train=args.limit_train, limit_dev=args.limit_dev, skip_bad_rows=True,
-        threads=args.threads, progress=False,
-        device="cpu", tensorboard=False, bf16=False, gradient_checkpointing=False,  # where the trainer has them
-    )
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    metrics = rm_train.train(TrainConfig(**{k: v for k, v in options.items() if k in fields}))
-    return {
-        "model_dir": str(out),
-        "train_seconds": metrics["train_seconds"],  # rmserve's own clock around its step loop
-        "steps": metrics["train_steps"],
-        "pairs_trained": metrics["train_pairs_seen"],
-        "tokens_trained": metrics["train_tokens"],
-        "padded_tokens": metrics["train_tokens"] / (1 - metrics["train_padding"]),
-        "peak_rss_mb": seen.get("peak_rss_mb", peak_rss_mb()),  # at process end if the hook never ran
-        "peak_at": "end of training" if "peak_rss_mb" in seen else "end of process (after evaluation and saving)",
-        "rss_start_mb": seen.get("rss_start_mb"),
-        "pairs_available": metrics["train_pairs"],
-        "pairs_used": metrics["train_pairs"],
-        "truncated_rows": metrics["truncated_rows"],
-        "own_dev_accuracy": metrics["dev_accuracy"],
-    }
-
-
-def child_trl(args: argparse.Namespace) -> dict:
-    import time
-
-    import datasets
-    import torch
-    import trl
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import RewardConfig, RewardTrainer
-
-    from rmserve.training.model import default_base_model
-
-    torch.set_num_threads(args.threads)
-    datasets.disable_progress_bars()
-    defaults = TrainConfig()
-    base = default_base_model()
-    tokenizer = AutoTokenizer.from_pretrained(str(base))
-    eos = tokenizer.eos_token or tokenizer.sep_token  # BERT has no EOS; TRL needs one to append
-    pairs = train_pairs(args.limit_train)
-    spec = InputSpec()
-    columns = {
-        "prompt": [render_prompt(p.prompt, spec) for p in pairs],
-        "chosen": [p.chosen for p in pairs],
-        "rejected": [p.rejected for p in pairs],
-    }
-    grouped = args.sampler == "group_by_length"
-    if grouped:
-        # The Trainer's length-grouped sampler needs a length column (RewardTrainer's rows have no input_ids);
-        # the longer of the two texts sets the padded width of a pair.
-        chosen, rejected = trl_texts(pairs, eos)
-        lengths = tokenizer(chosen + rejected)["input_ids"]
-        columns["length"] = [max(len(lengths[i]), len(lengths[len(pairs) + i])) for i in range(len(pairs))]
-
-    class Clock(TrainerCallback):
-        def on_train_begin(self, *_, **__):
-            self.rss_start_mb = rss_mb()
-            self.began = time.perf_counter()
-
-        def on_train_end(self, *_, **__):
-            self.seconds = time.perf_counter() - self.began
-            self.peak_rss_mb = peak_rss_mb()
-
-    clock = Clock()
-    out = Path(args.work_dir) / f"trl-{args.sampler}"
-    config = RewardConfig(
-        output_dir=str(out), max_length=MAX_LENGTH, per_device_train_batch_size=BATCH_PAIRS,
-        gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=defaults.learning_rate,
-        lr_scheduler_type="linear", warmup_steps=int(args.steps * defaults.warmup_ratio),
-        weight_decay=defaults.weight_decay, max_grad_norm=1.0, seed=args.seed, disable_dropout=True,
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, eos_token=eos,
-        eval_strategy="no", save_strategy="no", report_to="none", logging_steps=max(1, args.steps // 5),
-        disable_tqdm=True, dataloader_num_workers=0,
-        train_sampling_strategy=args.sampler, remove_unused_columns=not grouped,
-        model_init_kwargs={"attn_implementation": "sdpa"},
-    )
-
-    class CountingRewardTrainer(RewardTrainer):
-        pairs_trained = tokens_trained = padded_tokens = 0
-
-        def compute_loss(self, model, inputs, *a, **k):
-            if model.training:
-                self.pairs_trained += inputs["input_ids"].shape[0] // 2  # chosen rows, then rejected rows
-                self.tokens_trained += int(inputs["attention_mask"].sum())
-                self.padded_tokens += inputs["attention_mask"].numel()
-            return super().compute_loss(model, inputs, *a, **k)
-
-    trainer = CountingRewardTrainer(model=str(base), args=config, train_dataset=datasets.Dataset.from_dict(columns),
-                                    processing_class=tokenizer, callbacks=[clock])
-    kept = len(trainer.train_dataset)
-    trainer.train()
-    trainer.save_model(str(out))
-    return {
-        "model_dir": str(out),
-        "train_seconds": clock.seconds,
-        "steps": trainer.state.global_step,
-        "pairs_trained": trainer.pairs_trained,
-        "peak_rss_mb": clock.peak_rss_mb,
-        "rss_start_mb": clock.rss_start_mb,
-        "pairs_available": len(pairs),
-        "pairs_used": kept,
-        "tokens_trained": trainer.tokens_trained,
-        "padded_tokens": trainer.padded_tokens,
-        "trl_version": trl.__version__,
-        "eos": eos,
-    }
-
-
-# ---------------------------------------------------------------- evaluation (one scorer for both)
+# ---------------------------------------------------------------- scoring (one scorer for every model)
 
 
 def score_ids(model_dir: str, rows: list[list[int]], pad_id: int, batch_size: int = 32) -> list[float]:
@@ -235,11 +88,6 @@ def score_ids(model_dir: str, rows: list[list[int]], pad_id: int, batch_size: in
     return scores
 
 
-def accuracy(chosen: list[float], rejected: list[float], keep: list[bool]) -> float:
-    wins = [c > r for c, r, k in zip(chosen, rejected, keep) if k]
-    return sum(wins) / len(wins) if wins else float("nan")
-
-
 def rmserve_rows(model_dir: str, dev: list[PreferencePair]) -> tuple[list[list[int]], list[list[int]], int]:
     """Dev rows as rmserve trained on them: its InputEncoder (pair template, prompt cut from the left)."""
     from tokenizers import Tokenizer
@@ -254,162 +102,191 @@ def rmserve_rows(model_dir: str, dev: list[PreferencePair]) -> tuple[list[list[i
     return chosen, rejected, encoder.spec.pad_id
 
 
-def trl_rows(model_dir: str, dev: list[PreferencePair], eos: str) -> tuple[list[list[int]], list[list[int]], int, list[bool]]:
+def trl_rows(model_dir: str, dev: list[PreferencePair], eos: str, max_length: int) -> tuple[list, list, int]:
     """Dev rows as TRL trained on them (prompt + reply + EOS through its saved tokenizer). TRL has no
     truncation (it drops long pairs), so rows over max_length are cut from the left here, keeping the end
-    of the response; also says which pairs fit without cutting."""
+    of the response."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.truncation_side = "left"
     chosen_text, rejected_text = trl_texts(dev, eos)
-    full = tokenizer(chosen_text + rejected_text)["input_ids"]
-    cut = tokenizer(chosen_text + rejected_text, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    n = len(dev)
-    fits = [len(full[i]) <= MAX_LENGTH and len(full[n + i]) <= MAX_LENGTH for i in range(n)]
-    return cut[:n], cut[n:], tokenizer.pad_token_id, fits
+    cut = tokenizer(chosen_text + rejected_text, truncation=True, max_length=max_length)["input_ids"]
+    return cut[: len(dev)], cut[len(dev) :], tokenizer.pad_token_id
 
 
-def evaluate(results: dict[str, dict], dev: list[PreferencePair]) -> list[bool]:
-    """Adds dev accuracy (all pairs, and pairs that fit TRL's max_length) to each result; returns the fit mask."""
-    from transformers import AutoTokenizer
+def dev_credit(result: dict, dev: list[PreferencePair], max_length: int) -> list[float]:
+    """Each dev pair's credit for the run's model: 1 right, ½ equal scores, 0 wrong (training's own rule)."""
+    if "eos" in result:
+        chosen, rejected, pad_id = trl_rows(result["model_dir"], dev, result["eos"], max_length)
+    else:
+        chosen, rejected, pad_id = rmserve_rows(result["model_dir"], dev)
+    scores = np.array(score_ids(result["model_dir"], chosen + rejected, pad_id))
+    return pair_credit(scores[: len(dev)] - scores[len(dev) :], labels_of(dev)).tolist()
 
-    from rmserve.training.model import default_base_model
 
-    base = AutoTokenizer.from_pretrained(str(default_base_model()))
-    fits = trl_rows(str(default_base_model()), dev, base.eos_token or base.sep_token)[3]
-    for name, result in results.items():
-        if name == "rmserve":
-            chosen, rejected, pad_id = rmserve_rows(result["model_dir"], dev)
-        else:
-            chosen, rejected, pad_id, _ = trl_rows(result["model_dir"], dev, result["eos"])
-        chosen_scores = score_ids(result["model_dir"], chosen + rejected, pad_id)
-        c, r = chosen_scores[: len(dev)], chosen_scores[len(dev) :]
-        result["dev_accuracy"] = accuracy(c, r, [True] * len(dev))
-        result["dev_accuracy_fit"] = accuracy(c, r, fits)
-    return fits
+# ---------------------------------------------------------------- statistics
+
+
+def seed_summary(runs: list[dict], keep: np.ndarray) -> tuple[float, float]:
+    """(mean, sd) over seeds of the accuracy on the dev pairs in `keep`."""
+    values = [float(np.mean(np.asarray(r["credit"])[keep])) for r in runs]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_difference(a: list[dict], b: list[dict], keep: np.ndarray, prompts: np.ndarray,
+                      resamples: int = DIFFERENCE_RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+    """(mean over a's seeds − mean over b's seeds, 95 % interval): each resample draws the dev prompts
+    (bootstrap.resample: the same pairs for both trainers) and, with replacement, each trainer's seeds."""
+    credit_a = np.array([r["credit"] for r in a])[:, keep]
+    credit_b = np.array([r["credit"] for r in b])[:, keep]
+    groups = bootstrap.group_ids(prompts[keep].tolist())
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pairs = bootstrap.resample(groups, rng)
+        seeds_a = rng.integers(0, len(credit_a), len(credit_a))
+        seeds_b = rng.integers(0, len(credit_b), len(credit_b))
+        values.append(credit_a[seeds_a][:, pairs].mean() - credit_b[seeds_b][:, pairs].mean())
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(credit_a.mean() - credit_b.mean()), float(lo), float(hi)
 
 
 # ---------------------------------------------------------------- parent
 
 
-def run_child(name: str, args: argparse.Namespace, sampler: str = "random") -> dict:
-    out = Path(args.work_dir) / f"{name}-{sampler}-result.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--child-result", str(out),
-           "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(args.seed),
-           "--work-dir", args.work_dir, "--sampler", sampler]
-    if args.limit_train:
-        cmd += ["--limit-train", str(args.limit_train)]
-    if args.limit_dev:
-        cmd += ["--limit-dev", str(args.limit_dev)]
+def run_name(name: str, seed: int) -> str:
+    trainer, sampler, on_trl_pairs = TRAINERS[name]
+    return f"{trainer}{'-trl-pairs' if on_trl_pairs else ''}{'-' + sampler if sampler else ''}-seed{seed}"
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, trl_pairs_file: Path) -> dict:
+    trainer, sampler, on_trl_pairs = TRAINERS[name]
+    run = run_name(name, seed)
+    result = Path(args.work_dir) / f"{run}.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "train_runs.py"), trainer, "--name", run, "--result", str(result),
+           "--steps", str(args.steps), "--threads", str(args.threads), "--seed", str(seed), "--work-dir", args.work_dir]
+    cmd += ["--sampler", sampler] if sampler else []
+    cmd += ["--train-file", str(trl_pairs_file)] if on_trl_pairs else []
+    cmd += ["--limit-train", str(args.limit_train)] if args.limit_train and not on_trl_pairs else []
+    cmd += ["--limit-dev", str(args.limit_dev)] if args.limit_dev else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    print(f"--- {name}: {' '.join(cmd[1:])}", flush=True)
+    print(f"--- {name}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    return json.loads(out.read_text())
+    return {"trainer": name, "seed": seed, **json.loads(result.read_text())}
 
 
-def table(results: dict[str, dict]) -> str:
-    rates = {name: r["pairs_trained"] / r["train_seconds"] for name, r in results.items()}
-    lines = ["| trainer | steps (pairs) | train s | pairs/s | rmserve × | peak RSS MB (at start) | dev accuracy (all) | "
-             "dev accuracy (fit 256) | train pairs used | tokens/pair | padding | tokens/s |", "|" + "---|" * 12]
-    for name, r in results.items():
-        ratio = f"{rates['rmserve'] / rates[name]:.2f}" if "rmserve" in rates else ""
-        if name == "rmserve":
-            used = f"{r['pairs_used']}/{r['pairs_available']} ({r['truncated_rows']} rows cut)"
-        else:
-            used = f"{r['pairs_used']}/{r['pairs_available']} ({r['pairs_available'] - r['pairs_used']} dropped)"
-        tokens = r["tokens_trained"]
-        token_cells = (f"{tokens / r['pairs_trained']:.0f} | {1 - tokens / r['padded_tokens']:.1%} | "
-                       f"{tokens / r['train_seconds']:.0f}") if tokens else " |  | "
-        lines.append(f"| {name} | {r['steps']} ({r['pairs_trained']}) | {r['train_seconds']:.1f} | {rates[name]:.2f} | "
-                     f"{ratio} | {r['peak_rss_mb']:.0f} ({r['rss_start_mb'] or 0:.0f}) | {r['dev_accuracy']:.4f} | {r['dev_accuracy_fit']:.4f} | "
-                     f"{used} | {token_cells} |")
+def recipe_key(recipe: TrainConfig, args: argparse.Namespace) -> str:
+    """What decides a run's result besides trainer and seed: the recipe, steps, threads and data limits."""
+    text = json.dumps({"recipe": dataclasses.asdict(recipe), "steps": args.steps, "threads": args.threads,
+                       "limit_train": args.limit_train, "limit_dev": args.limit_dev}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def tables(runs: dict[str, list[dict]], fits: np.ndarray, prompts: np.ndarray) -> str:
+    every = np.ones(len(fits), dtype=bool)
+    lines = ["| trainer | seeds | train pairs used | steps (pairs) | train s | pairs/s | peak RSS MB | dev accuracy, "
+             f"all {len(fits)} pairs (mean ± sd) | dev accuracy, {int(fits.sum())} pairs that fit TRL (mean ± sd) |",
+             "|" + "---|" * 9]
+    for name, rs in runs.items():
+        acc, acc_fit = seed_summary(rs, every), seed_summary(rs, fits)
+        seconds = statistics.fmean(r["train_seconds"] for r in rs)
+        rate = statistics.fmean(r["pairs_trained"] / r["train_seconds"] for r in rs)
+        lines.append(f"| {name} | {', '.join(str(r['seed']) for r in rs)} | {rs[0]['pairs_used']}/"
+                     f"{rs[0]['pairs_available']} | {rs[0]['steps']} ({rs[0]['pairs_trained']}) | {seconds:.0f} | "
+                     f"{rate:.2f} | {max(r['peak_rss_mb'] for r in rs):.0f} | {acc[0]:.4f} ± {acc[1]:.4f} | "
+                     f"{acc_fit[0]:.4f} ± {acc_fit[1]:.4f} |")
+    lines += ["", "| comparison | Δ accuracy, all pairs [95 % interval] | Δ accuracy, pairs that fit TRL [95 % interval] |",
+              "|---|---|---|"]
+    for a, b in COMPARISONS:
+        if a in runs and b in runs:
+            cells = [paired_difference(runs[a], runs[b], keep, prompts) for keep in (every, fits)]
+            lines.append(f"| {a} − {b} | " + " | ".join(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None, help="Optimizer steps of 16 pairs. Default: one epoch.")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads in each trainer. Default: torch's default.")
-    parser.add_argument("--only", choices=["rmserve", "trl"], default=None, help="Run one side only.")
-    parser.add_argument("--sampler", nargs="+", choices=SAMPLERS, default=list(SAMPLERS),
-                        help="TRL batch orders to run: its default random batches and/or the Trainer's length-grouped sampler.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of every trainer (default 0 1 2).")
+    parser.add_argument("--trainers", nargs="+", choices=list(TRAINERS), default=list(TRAINERS), metavar="NAME",
+                        help=f"Trainers to run, of: {', '.join(repr(t) for t in TRAINERS)}. Default: all.")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="Optimizer steps of 16 pairs for every run. Default: the recipe's epochs over all pairs.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in each run. Default: torch's default.")
     parser.add_argument("--limit-train", type=int, default=None, help="Use only the first N training pairs.")
     parser.add_argument("--limit-dev", type=int, default=None, help="Evaluate on the first N dev pairs only.")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=str(ROOT / "artifacts" / "bench-train"), help="Where trained models go.")
-    parser.add_argument("--json", default=None, help="Also write the results as JSON here.")
+    parser.add_argument("--keep-models", action="store_true", help="Keep every trained model (about 90 MB each).")
+    parser.add_argument("--json", default=None, help="Also write every run (with each dev pair's credit) here.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
-    parser.add_argument("--child", choices=["rmserve", "trl"], help=argparse.SUPPRESS)
-    parser.add_argument("--child-result", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.child:
-        if args.child == "rmserve":
-            result = child_rmserve(args)
-        else:
-            args.sampler = args.sampler[0]
-            result = child_trl(args)
-        Path(args.child_result).write_text(json.dumps(result, indent=2))
-        return
 
     import torch
     import transformers
+    from transformers import AutoTokenizer
 
-    pairs = train_pairs(args.limit_train)
-    args.steps = args.steps or math.ceil(len(pairs) / BATCH_PAIRS)
+    from rmserve.training.model import default_base_model
+
+    recipe = TrainConfig()
+    pairs = train_pairs(None, args.limit_train)
+    args.steps = args.steps or steps_for(len(pairs), recipe)
     args.threads = args.threads or torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    print(f"{len(pairs)} training pairs, {args.steps} steps of {BATCH_PAIRS} pairs, max_length {MAX_LENGTH}, "
-          f"{args.threads} torch threads")
-
-    results: dict[str, dict] = {}
-    if args.only in (None, "rmserve"):
-        results["rmserve"] = run_child("rmserve", args)
-    if args.only in (None, "trl"):
-        for sampler in args.sampler:
-            results[f"TRL RewardTrainer ({sampler})"] = run_child("trl", args, sampler)
-
+    tokenizer = AutoTokenizer.from_pretrained(str(default_base_model()))
+    eos = tokenizer.eos_token or tokenizer.sep_token
+    kept = [p for p, fit in zip(pairs, trl_fits(pairs, tokenizer, eos, recipe.max_length)) if fit]
+    trl_pairs_file = write_pairs(kept, Path(args.work_dir) / "trl-pairs.jsonl")
     dev = load_pairs(shipped_data("dev"), args.limit_dev, skip_bad_rows=True).pairs
-    fits = evaluate(results, dev)
-    text = table(results)
-    trl_version = next((r["trl_version"] for r in results.values() if "trl_version" in r), "not run")
-    warmup = int(args.steps * TrainConfig().warmup_ratio)
+    fits = np.array(trl_fits(dev, tokenizer, eos, recipe.max_length))
+    prompts = np.array([prompt_key(p.prompt) for p in dev], dtype=object)
+    print(f"{len(pairs)} training pairs ({len(kept)} fit TRL's max_length {recipe.max_length}), {args.steps} steps of "
+          f"{BATCH_PAIRS} pairs, seeds {args.seeds}, {args.threads} torch threads; {len(dev)} dev pairs")
+
+    runs: dict[str, list[dict]] = {}
+    for seed in args.seeds:  # seed-outer: a run stopped early still has every trainer on the same seeds
+        for name in args.trainers:
+            # A scored run is kept under its recipe's name, so the same command again (after a stop) resumes.
+            scored = Path(args.work_dir) / f"{run_name(name, seed)}-{recipe_key(recipe, args)}.scored.json"
+            if scored.is_file():
+                result = json.loads(scored.read_text())
+                print(f"--- {name}, seed {seed}: done before ({scored})", flush=True)
+            else:
+                result = run_one(name, seed, args, trl_pairs_file)
+                result["credit"] = dev_credit(result, dev, recipe.max_length)
+                scored.write_text(json.dumps(result))
+            runs.setdefault(name, []).append(result)
+            if not args.keep_models:
+                shutil.rmtree(result["model_dir"], ignore_errors=True)
+    mismatched = [f"{r['trainer']} seed {r['seed']}: {r['pairs_used']}" for rs in runs.values() for r in rs
+                  if r["trainer"].startswith("TRL") and r["pairs_used"] != len(kept)]
+    text = tables(runs, fits, prompts)
+    trl_version = next((r["trl_version"] for rs in runs.values() for r in rs if "trl_version" in r), "not run")
     notes = [
-        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}; "
-        f"{args.threads} torch threads in each trainer's own process, CPU, fp32, dropout off, AdamW lr "
-        f"{TrainConfig().learning_rate}, {warmup} warm-up steps then linear decay to 0 (TRL's warm-up starts at 0, "
-        f"rmserve's at lr/{warmup + 1}), gradient clipping 1.0, seed {args.seed}",
-        "train s: the training steps only (model loading, tokenization, evaluation and saving excluded): rmserve's "
-        "own clock around its step loop, TRL's from on_train_begin to on_train_end; pairs/s = pairs trained / "
-        "train s (16 pairs a step; an epoch's last batch may be shorter)",
-        "peak RSS: ru_maxrss of each trainer's own process read when training ends; at start: RSS when the step "
-        "loop begins (model and data loaded, before optimizer state; TRL's process also holds datasets/pyarrow/accelerate)",
-        f"dev accuracy: {len(dev)} shipped dev pairs (bad rows skipped), both models scored by one scorer (saved "
-        "directory, eager attention, fp32, batches of 32 sorted by length; right = chosen scores strictly higher), "
-        "each with the input format it was trained on: rmserve's InputEncoder (pair template, prompt cut from the "
-        "left); TRL's prompt + reply + EOS through its saved tokenizer, cut from the left when over max_length "
-        f"(TRL itself would drop such pairs); 'fit 256' = the {sum(fits)} pairs whose TRL rows fit uncut",
-        "train pairs used: TRL drops every pair whose prompt + response (with [CLS], [SEP] and its EOS, [SEP] "
-        "here) exceeds max_length; rmserve keeps all and cuts the prompt from the left. tokens/pair: non-pad "
-        "tokens (chosen + rejected) per pair trained (TRL trains none of the pairs over max_length); padding: "
-        "share of the padded batches that is padding; tokens/s: non-pad tokens trained per second",
-        "TRL samplers: random = its default batches; group_by_length = the Trainer's LengthGroupedSampler "
-        "(length column = the longer row of a pair; remove_unused_columns off so the column reaches it)",
+        f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl_version}; {args.threads} torch "
+        f"threads in each run's own process, CPU, fp32. Recipe (rmserve's default, both trainers): max_length "
+        f"{recipe.max_length}, AdamW lr {recipe.learning_rate}, {recipe.lr_schedule} schedule after "
+        f"{int(args.steps * recipe.warmup_ratio)} warm-up steps, weight decay {recipe.weight_decay}, clipping "
+        f"{recipe.max_grad_norm}, dropout {'on' if recipe.dropout else 'off'}, reward centering {recipe.center_rewards}; "
+        f"{args.steps} steps of {BATCH_PAIRS} pairs for every run",
+        "train s: the training steps only (rmserve's own clock around its step loop, TRL's from on_train_begin to "
+        "on_train_end), mean over seeds; pairs/s = pairs trained / train s; peak RSS: the highest over seeds",
+        f"train pairs used: TRL drops every pair whose prompt + reply + EOS ([SEP] here) exceeds max_length "
+        f"({len(pairs) - len(kept)} of {len(pairs)}); 'rmserve on TRL's pairs' trains on exactly the {len(kept)} it keeps "
+        f"(TRL's own filter reimplemented and checked against TRL's count"
+        + (f": MISMATCH {mismatched})" if mismatched else ")") + "; rmserve holds out no calibration split here",
+        f"dev accuracy: {len(dev)} shipped dev pairs (bad rows skipped), every model scored by one scorer here (saved "
+        "directory, eager attention, fp32), each with the input format it was trained on (rmserve: its InputEncoder; "
+        "TRL: prompt + reply + EOS, cut from the left when over max_length); equal scores count half",
+        f"Δ: difference of the seed means; [95 % interval]: percentile bootstrap, {DIFFERENCE_RESAMPLES} resamples, "
+        "each drawing the dev prompts (the same for both sides: paired) and each trainer's seeds with replacement",
     ]
-    if "rmserve" in results:
-        rm = results["rmserve"]
-        notes.append(f"rmserve's own dev evaluation inside `train()`: {rm['own_dev_accuracy']:.4f}")
-        if rm["peak_at"] != "end of training":
-            notes.append(f"rmserve's peak RSS read at the {rm['peak_at']}")
     print(text)
     print("\n".join(f"- {n}" for n in notes))
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "threads": args.threads, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"steps": args.steps, "threads": args.threads, "runs": runs}, indent=2))
     if not args.no_write:
-        record_run("Training vs TRL", f"base model all-MiniLM-L6-v2, shipped HH harmless train split, max_length "
-                   f"{MAX_LENGTH}, {args.steps} steps of {BATCH_PAIRS} pairs", text + "\n\n" + "\n".join(f"- {n}" for n in notes))
+        record_run("Training vs TRL, several seeds", f"base model all-MiniLM-L6-v2, shipped HH harmless train split, "
+                   f"{len(args.seeds)} seeds per trainer", text + "\n\n" + "\n".join(f"- {n}" for n in notes))
 
 
 if __name__ == "__main__":

@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rmserve/v1/reward.proto\x12\nrmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rmserve.v1.ChatMessage\"N\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x08messages\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x42\x06\n\x04kind\"A\n\tScoreItem\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x10\n\x08response\x18\x02 \x01(\t\"\x95\x01\n\x0cScoreRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x11\n\tresponses\x18\x02 \x03(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.rmserve.v1.ScoreItem\x12(\n\x06values\x18\x04 \x01(\x0e\x32\x18.rmserve.v1.RewardValues\"H\n\nGroupStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03std\x18\x02 \x01(\x01\x12\x12\n\nadvantages\x18\x03 \x03(\x01\x12\x0b\n\x03\x65ps\x18\x04 \x01(\x01\"s\n\x08ModelRef\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x1d\n\x15normalization_version\x18\x03 \x01(\t\x12\x1f\n\x17\x63\x61libration_temperature\x18\x04 \x01(\x01\"\xab\x01\n\rScoreResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x0f\n\x07rewards\x18\x02 \x03(\x01\x12\x1a\n\x12normalized_rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12%\n\x05group\x18\x06 \x01(\x0b\x32\x16.rmserve.v1.GroupStats\"\\\n\x0e\x43ompareRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xab\x01\n\x0f\x43ompareResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08reward_a\x18\x02 \x01(\x01\x12\x10\n\x08reward_b\x18\x03 \x01(\x01\x12\x1b\n\x13normalized_reward_a\x18\x04 \x01(\x01\x12\x1b\n\x13normalized_reward_b\x18\x05 \x01(\x01\x12\x15\n\rprobability_a\x18\x06 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"\x90\x01\n\tModelInfo\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12!\n\x19max_responses_per_request\x18\x05 \x01(\x05*{\n\x0cRewardValues\x12\x1d\n\x19REWARD_VALUES_UNSPECIFIED\x10\x00\x12\x15\n\x11REWARD_VALUES_RAW\x10\x01\x12\x1c\n\x18REWARD_VALUES_NORMALIZED\x10\x02\x12\x17\n\x13REWARD_VALUES_GROUP\x10\x03\x32\x9f\x02\n\x0bRewardModel\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x42\n\x07\x43ompare\x12\x1a.rmserve.v1.CompareRequest\x1a\x1b.rmserve.v1.CompareResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.rmserve.v1.GetModelInfoRequest\x1a\x15.rmserve.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17rmserve/v1/reward.proto\x12\nrmserve.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"9\n\x0c\x43onversation\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.rmserve.v1.ChatMessage\"N\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12,\n\x08messages\x18\x02 \x01(\x0b\x32\x18.rmserve.v1.ConversationH\x00\x42\x06\n\x04kind\"v\n\tScoreItem\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x10\n\x08response\x18\x02 \x01(\t\x12 \n\x05steps\x18\x03 \x01(\x0b\x32\x11.rmserve.v1.Steps\x12\x11\n\treference\x18\x04 \x01(\t\"\x16\n\x05Steps\x12\r\n\x05steps\x18\x01 \x03(\t\"\x94\x02\n\x0cScoreRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x11\n\tresponses\x18\x02 \x03(\t\x12$\n\x05items\x18\x03 \x03(\x0b\x32\x15.rmserve.v1.ScoreItem\x12(\n\x06values\x18\x04 \x01(\x0e\x32\x18.rmserve.v1.RewardValues\x12)\n\x0eresponse_steps\x18\x05 \x03(\x0b\x32\x11.rmserve.v1.Steps\x12,\n\taggregate\x18\x06 \x01(\x0e\x32\x19.rmserve.v1.StepAggregate\x12\x11\n\treference\x18\x07 \x01(\t\x12\x11\n\tverifiers\x18\x08 \x03(\t\"1\n\x0bStepRewards\x12\x0f\n\x07rewards\x18\x01 \x03(\x01\x12\x11\n\tsteps_cut\x18\x02 \x01(\x05\"N\n\x0fVerifierOutcome\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06passed\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xc8\x01\n\x0cVerification\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\x01\x12\x10\n\x08\x63ombined\x18\x03 \x01(\x01\x12:\n\tverifiers\x18\x04 \x03(\x0b\x32\'.rmserve.v1.Verification.VerifiersEntry\x1aM\n\x0eVerifiersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.rmserve.v1.VerifierOutcome:\x02\x38\x01\"H\n\nGroupStats\x12\x0c\n\x04mean\x18\x01 \x01(\x01\x12\x0b\n\x03std\x18\x02 \x01(\x01\x12\x12\n\nadvantages\x18\x03 \x03(\x01\x12\x0b\n\x03\x65ps\x18\x04 \x01(\x01\"s\n\x08ModelRef\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x02 \x01(\t\x12\x1d\n\x15normalization_version\x18\x03 \x01(\t\x12\x1f\n\x17\x63\x61libration_temperature\x18\x04 \x01(\x01\"\x9d\x02\n\rScoreResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x0f\n\x07rewards\x18\x02 \x03(\x01\x12\x1a\n\x12normalized_rewards\x18\x03 \x03(\x01\x12\x11\n\ttruncated\x18\x04 \x03(\x08\x12\x0e\n\x06values\x18\x05 \x03(\x01\x12%\n\x05group\x18\x06 \x01(\x0b\x32\x16.rmserve.v1.GroupStats\x12-\n\x0cstep_rewards\x18\x07 \x03(\x0b\x32\x17.rmserve.v1.StepRewards\x12\x11\n\taggregate\x18\x08 \x01(\t\x12.\n\x0cverification\x18\t \x03(\x0b\x32\x18.rmserve.v1.Verification\"\\\n\x0e\x43ompareRequest\x12\"\n\x06prompt\x18\x01 \x01(\x0b\x32\x12.rmserve.v1.Prompt\x12\x12\n\nresponse_a\x18\x02 \x01(\t\x12\x12\n\nresponse_b\x18\x03 \x01(\t\"\xab\x01\n\x0f\x43ompareResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08reward_a\x18\x02 \x01(\x01\x12\x10\n\x08reward_b\x18\x03 \x01(\x01\x12\x1b\n\x13normalized_reward_a\x18\x04 \x01(\x01\x12\x1b\n\x13normalized_reward_b\x18\x05 \x01(\x01\x12\x15\n\rprobability_a\x18\x06 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"\x90\x01\n\tModelInfo\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.rmserve.v1.ModelRef\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\nmax_length\x18\x03 \x01(\x05\x12\x15\n\rmanifest_json\x18\x04 \x01(\t\x12!\n\x19max_responses_per_request\x18\x05 \x01(\x05*\x92\x01\n\rStepAggregate\x12\x1e\n\x1aSTEP_AGGREGATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_AGGREGATE_MIN\x10\x01\x12\x17\n\x13STEP_AGGREGATE_LAST\x10\x02\x12\x17\n\x13STEP_AGGREGATE_MEAN\x10\x03\x12\x17\n\x13STEP_AGGREGATE_PROD\x10\x04*{\n\x0cRewardValues\x12\x1d\n\x19REWARD_VALUES_UNSPECIFIED\x10\x00\x12\x15\n\x11REWARD_VALUES_RAW\x10\x01\x12\x1c\n\x18REWARD_VALUES_NORMALIZED\x10\x02\x12\x17\n\x13REWARD_VALUES_GROUP\x10\x03\x32\x9f\x02\n\x0bRewardModel\x12<\n\x05Score\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse\x12\x42\n\x07\x43ompare\x12\x1a.rmserve.v1.CompareRequest\x1a\x1b.rmserve.v1.CompareResponse\x12\x46\n\x0bScoreStream\x12\x18.rmserve.v1.ScoreRequest\x1a\x19.rmserve.v1.ScoreResponse(\x01\x30\x01\x12\x46\n\x0cGetModelInfo\x12\x1f.rmserve.v1.GetModelInfoRequest\x1a\x15.rmserve.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rmserve.v1.reward_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REWARDVALUES']._serialized_start=1246
-  _globals['_REWARDVALUES']._serialized_end=1369
+  _globals['_VERIFICATION_VERIFIERSENTRY']._loaded_options = None
+  _globals['_VERIFICATION_VERIFIERSENTRY']._serialized_options = b'8\001'
+  _globals['_STEPAGGREGATE']._serialized_start=1899
+  _globals['_STEPAGGREGATE']._serialized_end=2045
+  _globals['_REWARDVALUES']._serialized_start=2047
+  _globals['_REWARDVALUES']._serialized_end=2170
   _globals['_CHATMESSAGE']._serialized_start=39
   _globals['_CHATMESSAGE']._serialized_end=83
   _globals['_CONVERSATION']._serialized_start=85
@@ -40,23 +44,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPT']._serialized_start=144
   _globals['_PROMPT']._serialized_end=222
   _globals['_SCOREITEM']._serialized_start=224
-  _globals['_SCOREITEM']._serialized_end=289
-  _globals['_SCOREREQUEST']._serialized_start=292
-  _globals['_SCOREREQUEST']._serialized_end=441
-  _globals['_GROUPSTATS']._serialized_start=443
-  _globals['_GROUPSTATS']._serialized_end=515
-  _globals['_MODELREF']._serialized_start=517
-  _globals['_MODELREF']._serialized_end=632
-  _globals['_SCORERESPONSE']._serialized_start=635
-  _globals['_SCORERESPONSE']._serialized_end=806
-  _globals['_COMPAREREQUEST']._serialized_start=808
-  _globals['_COMPAREREQUEST']._serialized_end=900
-  _globals['_COMPARERESPONSE']._serialized_start=903
-  _globals['_COMPARERESPONSE']._serialized_end=1074
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1076
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1097
-  _globals['_MODELINFO']._serialized_start=1100
-  _globals['_MODELINFO']._serialized_end=1244
-  _globals['_REWARDMODEL']._serialized_start=1372
-  _globals['_REWARDMODEL']._serialized_end=1659
+  _globals['_SCOREITEM']._serialized_end=342
+  _globals['_STEPS']._serialized_start=344
+  _globals['_STEPS']._serialized_end=366
+  _globals['_SCOREREQUEST']._serialized_start=369
+  _globals['_SCOREREQUEST']._serialized_end=645
+  _globals['_STEPREWARDS']._serialized_start=647
+  _globals['_STEPREWARDS']._serialized_end=696
+  _globals['_VERIFIEROUTCOME']._serialized_start=698
+  _globals['_VERIFIEROUTCOME']._serialized_end=776
+  _globals['_VERIFICATION']._serialized_start=779
+  _globals['_VERIFICATION']._serialized_end=979
+  _globals['_VERIFICATION_VERIFIERSENTRY']._serialized_start=902
+  _globals['_VERIFICATION_VERIFIERSENTRY']._serialized_end=979
+  _globals['_GROUPSTATS']._serialized_start=981
+  _globals['_GROUPSTATS']._serialized_end=1053
+  _globals['_MODELREF']._serialized_start=1055
+  _globals['_MODELREF']._serialized_end=1170
+  _globals['_SCORERESPONSE']._serialized_start=1173
+  _globals['_SCORERESPONSE']._serialized_end=1458
+  _globals['_COMPAREREQUEST']._serialized_start=1460
+  _globals['_COMPAREREQUEST']._serialized_end=1552
+  _globals['_COMPARERESPONSE']._serialized_start=1555
+  _globals['_COMPARERESPONSE']._serialized_end=1726
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1728
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1749
+  _globals['_MODELINFO']._serialized_start=1752
+  _globals['_MODELINFO']._serialized_end=1896
+  _globals['_REWARDMODEL']._serialized_start=2173
+  _globals['_REWARDMODEL']._serialized_end=2460
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,4 @@
-"""The `rmserve` command: train, export, import, quantize, eval, serve, data. With its subcommand modules
+"""The `rmserve` command: train, export, import, quantize, eval, serve, data, tune. With its subcommand modules
 (rmserve/commands/), the one place above both halves: it dispatches to the server (`rmserve.service`) and
 to training (`rmserve.training`).
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rmserve.commands import data, models, serve
+from rmserve.commands import data, models, serve, tune
 
 EXTRA_FOR = {"serve": "serve", "eval": "serve", "quantize": "train", "train": "train", "export": "train",
-             "data": "train", "import": "train"}
+             "data": "train", "import": "train", "tune": "train"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_commands(sub)
     serve.add_commands(sub)
     data.add_commands(sub)
+    tune.add_commands(sub)
     return parser
 
 

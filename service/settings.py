@@ -144,6 +144,17 @@ class Settings(BaseSettings):
         "uvicorn[standard]; less CPU per request, docs/performance-notes.md), else asyncio's own.",
     )
 
+    verifiers_config: Path | None = Field(
+        None, description="JSON file of rule-based verifiers and how their results combine with the model's reward "
+        "(docs/prm.md); read with the bundle, at start-up and at every reload. Unset: no verifiers.",
+    )
+
+    @model_validator(mode="after")
+    def _verifiers_file_exists(self) -> Settings:
+        if self.verifiers_config is not None and not self.verifiers_config.is_file():
+            raise ValueError(f"verifiers_config {self.verifiers_config} does not exist")
+        return self
+
     @property
     def client_queue_rows(self) -> int:
         """max_queue_rows_per_client, or its default."""

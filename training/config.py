@@ -30,6 +30,11 @@ class TrainConfig:
     limit_train: int | None = _opt(None, "Use only the first N training rows (pairs or rankings).", "data")
     limit_dev: int | None = _opt(None, "Use only the first N dev rows.", "data")
     skip_bad_rows: bool = _opt(False, "Leave out rows that fail validation (each reported, and counted) instead of stopping at the first.", "data")
+    calibration_split: float = _opt(
+        0.1, "Share of the training prompts held out from training (chosen by a hash of the prompt, so always the "
+        "same ones) on which export fits the calibration temperature, so that ECE on the dev data is measured on "
+        "pairs the temperature never saw. 0: train on every prompt and fit the temperature on the dev data "
+        "(then ECE there is in-sample, and `rmserve eval` says so).", "data")
     rating_labels: str = _opt(
         "margin", "Ratings files only ({prompt, response, rating} rows, training/ratings.py): how two differently "
         "rated responses to a prompt become a preference. margin: hard label with a margin from the rating gap "
@@ -50,7 +55,7 @@ class TrainConfig:
     max_length: int = _opt(
         256, "Tokens per (prompt, response) row; longer rows lose the start of the prompt first, the "
         "start of the response only when it alone is too long (counted and reported, never dropped). "
-        "256 chosen by measurement (docs/benchmarks.md).", "input")
+        "256: the recipe chosen by cross-validation on the train split keeps it (docs/accuracy.md).", "input")
     batch_size: int = _opt(
         16, "Preference rows (a pair, or a whole ranking) per optimizer step, over all processes and "
         "accumulation steps; every response of a row goes through the model in the same forward pass.", "optimisation")
@@ -58,7 +63,9 @@ class TrainConfig:
         1, "Split each step's batch into this many forward/backward passes (same result, less memory).", "optimisation")
     epochs: float = _opt(1.0, "Passes over the training rows (fractions allowed).", "optimisation")
     max_steps: int | None = _opt(None, "Stop after this many optimizer steps; overrides --epochs.", "optimisation")
-    learning_rate: float = _opt(3e-5, "Peak AdamW learning rate.", "optimisation")
+    learning_rate: float = _opt(
+        6e-5, "Peak AdamW learning rate. 6e-5 chosen by 3-fold cross-validation on the train split "
+        "(docs/accuracy.md).", "optimisation")
     lr_schedule: str = _opt("linear", "After warm-up: linear (decay to 0), cosine (to 0) or constant.", "optimisation",
                             ("linear", "cosine", "constant"))
     warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the learning rate up linearly.", "optimisation")
@@ -71,6 +78,25 @@ class TrainConfig:
     dropout: bool = _opt(
         False, "Keep the base model's dropout. Off by default: reward models are usually trained without it, "
         "and here it costs about a third of the training time.", "loss")
+    task: str = _opt(
+        "reward", "reward: an outcome reward model on preference data. prm: a process reward model on step-labelled "
+        "chains (TRL stepwise, Math-Shepherd or PRM800K rows, training/steps.py), scored at every step's end with "
+        "binary cross-entropy per step; --train-data and --dev-data are then step files.", "process rewards",
+        ("reward", "prm"))
+    step_separator: str = _opt(
+        "<step>", "With --task prm: the text that ends every step, one token (added to the tokenizer as a special "
+        "token when it is not one already); the bundle records it and its id.", "process rewards")
+    step_aggregate: str = _opt(
+        "min", "With --task prm: the bundle's default aggregate of a response's step rewards (a request may choose "
+        "another): min, last, mean or prod (the product of the step probabilities).", "process rewards",
+        ("min", "last", "mean", "prod"))
+    step_causal: bool = _opt(
+        False, "With --task prm and an encoder base (BERT, MiniLM): let each position attend only to those before "
+        "it, so that a step's score reads the prompt and the steps up to it, as its label means (a decoder does so "
+        "already). Kept in the checkpoint's config, so export and serving compute the same.", "process rewards")
+    base_layers: int = _opt(
+        0, "Keep only the first N transformer layers of the base model (0: all of them): a smaller, faster model "
+        "(the rest of the weights are not read).", "performance")
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu or cuda.", "performance", ("auto", "cpu", "cuda"))
     bf16: bool = _opt(False, "Run forward and backward under bfloat16 autocast (weights and optimizer stay fp32).", "performance")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in backward to save memory (slower).", "performance")

@@ -35,12 +35,20 @@ from rmserve.service.core.bundle import (
 )
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import Batch, InputEncoder
+from rmserve.service.core.step_scores import StepRewards, activate, aggregate
 from rmserve.training.data import load_pairs, shipped_data
-from rmserve.training.evaluate import fit_calibration, labels_of, pair_metrics, score_pairs
+from rmserve.training.evaluate import (
+    bundle_calibration,
+    fit_calibration,
+    labels_of,
+    pair_metrics,
+    score_pairs,
+)
 from rmserve.training.model import load_checkpoint
 from rmserve.training.onnx_graph import MAX_IR_VERSION, OPSET, data_file_of, export_onnx  # noqa: F401 (re-exported)
 from rmserve.training.ratings import RatingOptions
 from rmserve.training.records import PreferencePair
+from rmserve.training.step_model import PRM_KIND, checkpoint_kind
 
 PARITY_TOLERANCE = 1e-4
 GOLDEN_SIZE = 6
@@ -101,6 +109,18 @@ class BundleContents:
     dev_pairs: list[PreferencePair] | None = None  # None: identity normalization, temperature 1
     dev_name: str = ""
     dev_digest: str = ""
+    training: dict[str, Any] | None = None  # the checkpoint's training options: where its calibration split is
+    steps: StepRewards | None = None  # a process reward model: golden rows record their step scores
+
+
+def golden_example(engine: OnnxRewardModel, encoder: InputEncoder, row: tuple, steps: StepRewards | None) -> GoldenExample:
+    """A golden row with what the engine scores it: its reward, or a PRM's step scores and their aggregate."""
+    prompt, response = row
+    (out,) = engine(encoder.pad(encoder.encode([row])))
+    if steps is None:
+        return GoldenExample(prompt=prompt, response=response, score=float(out))
+    return GoldenExample(prompt=prompt, response=response, score=aggregate(activate(out), steps.aggregate),
+                         step_scores=[float(x) for x in out])
 
 
 def _stats(engine: OnnxRewardModel, contents: BundleContents) -> tuple[Normalization, Calibration, dict | None]:
@@ -116,7 +136,9 @@ def _stats(engine: OnnxRewardModel, contents: BundleContents) -> tuple[Normaliza
         computed_on=f"{contents.dev_name}: chosen+rejected of {len(pairs)} pairs",
         version=f"{contents.dev_digest}-{len(rewards)}",
     )
-    calibration = fit_calibration(chosen.astype(np.float64) - rejected, labels, contents.dev_name)
+    delta = chosen.astype(np.float64) - rejected
+    calibration = (bundle_calibration(engine, contents.encoder, contents.training, delta, labels, contents.dev_name)
+                   if contents.training is not None else fit_calibration(delta, labels, contents.dev_name))
     return normalization, calibration, pair_metrics(chosen, rejected, labels)
 
 
@@ -125,12 +147,10 @@ def assemble_bundle(staged_model: Path, output_dir: Path, contents: BundleConten
     data) into `output_dir`, write tokenizer and manifest, and prove the result loads and reproduces its
     golden set. One ONNX Runtime session at a time: a large model's weights are in memory once. Returns
     the bundle and the dev metrics (None without dev pairs)."""
-    engine = OnnxRewardModel(str(staged_model), device="cpu")
     encoder = contents.encoder
+    engine = OnnxRewardModel(str(staged_model), device="cpu", step_separator_id=encoder.spec.step_separator_id)
     normalization, calibration, metrics = _stats(engine, contents)
-    golden = [GoldenExample(prompt=prompt, response=response,
-                            score=float(engine(encoder.pad(encoder.encode([(prompt, response)])))[0]))
-              for prompt, response in contents.golden_rows]
+    golden = [golden_example(engine, encoder, row, contents.steps) for row in contents.golden_rows]
     del engine
     output_dir.mkdir(parents=True, exist_ok=True)
     staged_data, data = data_file_of(staged_model), data_file_of(output_dir / MODEL_FILE)
@@ -144,11 +164,11 @@ def assemble_bundle(staged_model: Path, output_dir: Path, contents: BundleConten
     if metrics is not None:
         provenance["dev_metrics_onnx"] = metrics
     manifest = Manifest(bundle_id="pending", input=encoder.spec, model=contents.model, normalization=normalization,
-                        calibration=calibration, provenance=provenance, golden=golden)
+                        calibration=calibration, provenance=provenance, golden=golden, steps=contents.steps)
     manifest = write_manifest(output_dir, manifest)
     write_manifest(output_dir, manifest.model_copy(update={"bundle_id": f"rm-{manifest.model_sha256[:12]}"}))
     bundle = load_bundle(output_dir)
-    check_golden(bundle, OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder())
+    check_golden(bundle, OnnxRewardModel.for_bundle(bundle, device="cpu"), bundle.encoder())
     return bundle, metrics
 
 
@@ -161,6 +181,9 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
     """Checkpoint -> verified bundle directory. Returns the loaded bundle. `external_data`: weights in
     model.onnx.data (None: when they are large)."""
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    if checkpoint_kind(checkpoint) == PRM_KIND:
+        raise ValueError(f"{checkpoint} is a process reward model checkpoint: export it with "
+                         "rmserve.training.export_steps.export_step_bundle (`rmserve export` chooses by itself)")
     model, encoder, meta = load_checkpoint(checkpoint)
     dev_path = Path(dev_data) if dev_data else Path(meta.training.get("dev_data") or shipped_data("dev"))
     # A ratings dev file becomes pairs with the rating options training used, as training's own dev set did.
@@ -185,7 +208,7 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
             golden_rows=parity_rows(dev_pairs, GOLDEN_SIZE),
             provenance={"checkpoint": str(checkpoint), "base_model": meta.base_model, "training": meta.training,
                         "train_metrics": meta.metrics, "dev_data": str(dev_path), "parity_max_abs_diff": worst},
-            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=file_digest(dev_path),
+            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=file_digest(dev_path), training=meta.training,
         )
         bundle, metrics = assemble_bundle(onnx_path, output_dir, contents)
     manifest = bundle.manifest

@@ -200,17 +200,31 @@ def input_spec_for(hf_model: nn.Module, tokenizer: Tokenizer, max_length: int,
     return InputSpec(max_length=max_length, join="concat", pad_id=pad_id, eos_id=eos_id)
 
 
-def load_hf_model(model_dir: str | Path, attention: str = "eager") -> nn.Module:
+def first_layers(model_dir: str | Path, layers: int) -> dict[str, Any]:
+    """The config override that keeps only the first `layers` transformer layers (0: all); the rest of the
+    checkpoint's weights are left unread, and a saved model's config says how many it has."""
+    if not layers:
+        return {}
+    from transformers import AutoConfig
+
+    available = AutoConfig.from_pretrained(str(model_dir)).num_hidden_layers
+    if not 0 < layers <= available:
+        raise ValueError(f"--base-layers {layers}: {model_dir} has {available} layers")
+    return {"num_hidden_layers": layers}
+
+
+def load_hf_model(model_dir: str | Path, attention: str = "eager", layers: int = 0) -> nn.Module:
     """Load a sequence-classification model with one output, in fp32 whatever the checkpoint's dtype
     (transformers 5 would keep a bf16 checkpoint in bf16). Training uses "sdpa" (about 25 % faster here);
-    export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel."""
+    export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel.
+    `layers`: keep only the first N transformer layers (first_layers)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected for a base model
     return AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=1, attn_implementation=attention, dtype=torch.float32, trust_remote_code=False
-    )
+        str(model_dir), num_labels=1, attn_implementation=attention, dtype=torch.float32, trust_remote_code=False,
+        **first_layers(model_dir, layers))
 
 
 def disable_dropout(model: nn.Module) -> None:

@@ -35,9 +35,10 @@ def data_file_of(model_path: Path) -> Path:
     return model_path.with_name(model_path.name + ".data")
 
 
-def export_onnx(model: torch.nn.Module, path: Path, external: bool | None = None) -> None:
-    """Export `model` (forward(input_ids, attention_mask) -> reward) to `path`; weights go to
-    `path`.data when `external` is True, or when None and they are large."""
+def export_onnx(model: torch.nn.Module, path: Path, external: bool | None = None, output: str = "reward") -> None:
+    """Export `model` (forward(input_ids, attention_mask) -> reward [batch]) to `path`; weights go to
+    `path`.data when `external` is True, or when None and they are large. `output`: the graph output's name;
+    any other than "reward" is a score per position, [batch, sequence] (a process reward model)."""
     model.eval()
     path = Path(path)
     # Dummy dims >= 2 so the exporter does not specialise the dynamic axes to 1.
@@ -50,9 +51,9 @@ def export_onnx(model: torch.nn.Module, path: Path, external: bool | None = None
             # lengths is what proves the graph general.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (ids, mask), str(raw), input_names=["input_ids", "attention_mask"], output_names=["reward"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                              "attention_mask": {0: "batch", 1: "sequence"}, "reward": {0: "batch"}},
+                model, (ids, mask), str(raw), input_names=["input_ids", "attention_mask"], output_names=[output],
+                dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                              output: {0: "batch"} if output == "reward" else {0: "batch", 1: "sequence"}},
                 opset_version=OPSET, dynamo=False,
             )
         pack_onnx(raw, path, external)

@@ -1,7 +1,9 @@
 """The evaluation report: one self-contained HTML file with inline SVG plots drawn here, no plotting library.
 
-Sections: training curves (from the checkpoint's JSONL training log), reliability diagram, reward vs
-response length, reward histograms of chosen vs rejected, and tables of every metric. The metrics and the
+Sections: the headline figures with their bootstrap intervals and what the calibration temperature was
+fitted on, training curves (from the checkpoint's JSONL training log), reliability diagram, reward vs
+response length (accuracy of each length subset with its interval), reward histograms of chosen vs
+rejected, and a table of every metric and interval. The metrics and the
 scored pairs come from `rmserve.training.evaluate`; this module only draws them.
 """
 
@@ -241,7 +243,33 @@ def _cell(value: Any) -> str:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, float) for v in value):
+        return f"[{value[0]:.4f}, {value[1]:.4f}]"  # a bootstrap interval
     return html.escape(str(value))
+
+
+def _with_interval(figures: dict[str, Any], name: str) -> str:
+    """A figure and, when it has one, its interval: '0.6502 [0.5850, 0.7140]'."""
+    interval = figures.get(f"{name}_ci95")
+    return _cell(figures.get(name)) + (f" {_cell(interval)}" if interval else "")
+
+
+def _intervals_note(metrics: dict[str, Any]) -> str:
+    b = metrics.get("bootstrap")
+    if not b:
+        return "<p>No intervals (run without bootstrap resamples).</p>"
+    return (f"<p>[lo, hi] after a figure: its {b['level']:.0%} percentile bootstrap interval over {b['resamples']} "
+            f"resamples of the {b['prompts']} prompts ({b['pairs']} pairs; every pair of a drawn prompt comes with "
+            f"it; seed {b['seed']}).</p>")
+
+
+def _temperature_note(calibration: dict[str, Any]) -> str:
+    if "fitted_on" not in calibration:
+        return ""
+    said = ("<b>in-sample</b>: the temperature was fitted on this file, so ECE and log-loss at T flatter it"
+            if calibration["in_sample"] else "not this file: ECE and log-loss at T are measured on pairs the "
+            "temperature never saw")
+    return f"<p>Temperature fitted on {html.escape(calibration['fitted_on'])} ({said}).</p>"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -251,12 +279,13 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> list[list[Any]]:
-    """(dotted name, value) for every scalar metric; lists (bins, buckets, histograms) have their own tables."""
+    """(dotted name, value) for every scalar metric and interval; other lists (bins, buckets, histograms) have
+    their own tables."""
     rows = []
     for key, value in metrics.items():
         if isinstance(value, dict):
             rows.extend(flatten(value, f"{prefix}{key}."))
-        elif not isinstance(value, list):
+        elif not isinstance(value, list) or key.endswith("_ci95"):
             rows.append([prefix + key, value])
     return rows
 
@@ -272,12 +301,15 @@ def render_report(metrics: dict[str, Any], scored: ScoredPairs, train_log: list[
     else:
         curves_html = f"<p>From {html.escape(train_log_source)}.</p>" + "".join(curves)
     length = metrics["length"]
-    buckets = _table(["response tokens (pair total)", "pairs", "ties", "accuracy"],
-                     [[f"{b['min_tokens']}–{b['max_tokens']}", b["pairs"], b["ties"], b["accuracy"]]
-                      for b in length["buckets"]])
-    split = _table(["preferred response is", "pairs", "accuracy"],
-                   [[name.replace("_", " "), length[name]["pairs"], length[name]["accuracy"]]
-                    for name in ("preferred_longer", "preferred_shorter", "same_length")])
+    buckets = _table(["response tokens (pair total)", "pairs", "ties", "accuracy", "95 % interval"],
+                     [[f"{b['min_tokens']}–{b['max_tokens']}", b["pairs"], b["ties"], b["accuracy"],
+                       b.get("accuracy_ci95")] for b in length["buckets"]])
+    split = _table(["preferred response is", "pairs", "accuracy", "95 % interval"],
+                   [[name.replace("_", " "), length[name]["pairs"], length[name]["accuracy"],
+                     length[name].get("accuracy_ci95")]
+                    for name in ("preferred_longer", "preferred_shorter", "same_length")]
+                   + [["(the longer wins: accuracy of that rule)", "", length["longer_wins_accuracy"],
+                       length.get("longer_wins_accuracy_ci95")]])
     calibration = _table(["predicted from", "to", "count", "mean predicted", "mean label"],
                          [[b["lo"], b["hi"], b["count"], b["predicted"], b["observed"]]
                           for b in metrics["calibration"]["bins"]])
@@ -293,8 +325,12 @@ td:first-child, th:first-child {{ text-align: left; }}
 .note {{ color: #a33; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{metrics['pairs']} pairs ({metrics['ties']} ties), pairwise accuracy {_cell(metrics['accuracy'])},
-log-loss {_cell(metrics['log_loss'])} at T = {metrics['temperature']:.4g}, AUC {_cell(metrics['auc'])}.</p>
+<p>{metrics['pairs']} pairs ({metrics['ties']} ties), pairwise accuracy {_with_interval(metrics, 'accuracy')},
+AUC {_with_interval(metrics, 'auc')}; at T = {metrics['temperature']:.4g}: log-loss
+{_with_interval(metrics, 'log_loss')}, ECE {_with_interval(metrics, 'ece')} (at T = 1:
+{_with_interval(metrics['calibration'], 'ece_at_t1')}).</p>
+{_temperature_note(metrics['calibration'])}
+{_intervals_note(metrics)}
 <h2 id="training-curves">Training curves</h2>
 {curves_html}
 <h2 id="calibration">Reliability diagram</h2>

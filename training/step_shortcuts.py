@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from rmserve.training.evaluate import auc
+from rmserve.training.metrics import auc
 from rmserve.training.steps import StepChain
 
 FEATURES = ("step_length", "step_position", "relative_position", "new_digit")

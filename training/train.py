@@ -42,6 +42,7 @@ from rmserve.training.model import (
 )
 from rmserve.training.ratings import RatingOptions
 from rmserve.training.records import PreferencePair
+from rmserve.training.splits import hold_out_calibration
 from rmserve.training.state import load_state, resolve_state, save_state
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -176,6 +177,11 @@ def _train(config: TrainConfig, world: World) -> dict:
     dev_path = Path(config.dev_data) if config.dev_data else shipped_data("dev")
     ratings = RatingOptions.from_config(config)
     train_file = load_preferences(train_path, config.limit_train, config.skip_bad_rows, ratings)
+    train_file, calibration = hold_out_calibration(train_file, config.calibration_split)
+    if calibration:
+        say(f"held out {len(calibration)} of {len(train_file.groups) + len(calibration)} training rows, whose prompts "
+            f"are in the calibration split (--calibration-split {config.calibration_split}): export fits the "
+            "calibration temperature on them")
     dev_file = load_preferences(dev_path, config.limit_dev, config.skip_bad_rows, ratings)
     for name, loaded in (("train", train_file), ("dev", dev_file)):
         if loaded.ratings:  # a ratings file: say what became of every rated response
@@ -189,7 +195,7 @@ def _train(config: TrainConfig, world: World) -> dict:
     tokenizer_path = base / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{base} has no {TOKENIZER_FILE}; rmserve needs a fast tokenizer file")
-    hf_model = load_hf_model(base, attention="sdpa")
+    hf_model = load_hf_model(base, attention="sdpa", layers=config.base_layers)
     if not config.dropout:
         disable_dropout(hf_model)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))

@@ -16,22 +16,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rmserve.training.train import TrainConfig, train
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    if config.step_causal and config.task != "prm":  # an outcome model pools one position: it needs every token
+        print("rmserve train: --step-causal is for --task prm", file=sys.stderr)
+        return 2
+    if config.task == "prm":
+        from rmserve.training.train_steps import train_prm as train  # type: ignore[assignment]
     try:
         train(config)
     except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError: names file, line and field
         print(f"rmserve train: {e}", file=sys.stderr)
         return 2
     if args.export_to and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 exports
-        from rmserve.training.export import export_bundle
-
-        export_bundle(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
+        _export(config.output_dir, args.export_to, dev_data=config.dev_data, limit_dev=config.limit_dev)
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _export(checkpoint: str, output: str, dev_data: str | None, limit_dev: int | None) -> None:
+    """An outcome or a process reward model checkpoint to its bundle."""
+    from pathlib import Path
+
+    from rmserve.training.step_model import PRM_KIND, checkpoint_kind
+
+    if checkpoint_kind(checkpoint) == PRM_KIND:
+        from rmserve.training.export_steps import export_step_bundle
+
+        export_step_bundle(Path(checkpoint), Path(output), dev_data=dev_data, limit_dev=limit_dev)
+        return
     from rmserve.training.export import export_bundle
 
-    export_bundle(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
+    export_bundle(checkpoint, output, dev_data=dev_data, limit_dev=limit_dev)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    _export(args.checkpoint, args.output, dev_data=args.dev_data, limit_dev=args.limit_dev)
     return 0
 
 
@@ -77,6 +94,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from rmserve.service.core.bundle import load_bundle
+
+    if load_bundle(args.bundle, verify_hashes=False).manifest.steps is not None:
+        return _cmd_eval_steps(args)
+    if args.best_of or args.outcome_bundle:
+        print("rmserve eval: --best-of and --outcome-bundle are for process reward model bundles", file=sys.stderr)
+        return 2
     from rmserve.training.evaluate import format_summary, run_evaluation
 
     if args.train_log and not args.report:
@@ -89,12 +113,37 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
     from rmserve.training.ratings import RatingOptions
 
+    if args.bootstrap < 0:
+        print("rmserve eval: --bootstrap must be 0 or more", file=sys.stderr)
+        return 2
     metrics, scored = run_evaluation(args.bundle, args.data, args.limit, device=args.device,
-                                     ratings=RatingOptions.from_config(args))
+                                     ratings=RatingOptions.from_config(args), resamples=args.bootstrap)
     if args.report:
         write_report(args.report, metrics, scored, log)
         print(f"report written to {args.report}", file=sys.stderr)
     print(json.dumps(metrics) if args.json else format_summary(metrics))
+    return 0
+
+
+def _cmd_eval_steps(args: argparse.Namespace) -> int:
+    """`rmserve eval` on a process reward model bundle (training/evaluate_steps.py)."""
+    from rmserve.training.evaluate_steps import format_step_summary, run_step_evaluation
+
+    if not args.data:
+        print("rmserve eval: a process reward model bundle needs --data: step-labelled chains", file=sys.stderr)
+        return 2
+    if args.report:
+        from rmserve.service.core.bundle import load_bundle
+        from rmserve.training.report import find_train_log
+        from rmserve.training.report_steps import write_step_report
+
+        log = find_train_log(load_bundle(args.bundle, verify_hashes=False).manifest.provenance, args.train_log)
+    metrics, _ = run_step_evaluation(args.bundle, args.data, args.best_of, args.outcome_bundle, args.limit,
+                                     device=args.device)
+    if args.report:
+        write_step_report(args.report, metrics, log)
+        print(f"report written to {args.report}", file=sys.stderr)
+    print(json.dumps(metrics) if args.json else format_step_summary(metrics))
     return 0
 
 
@@ -168,20 +217,36 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="Measure a bundle's accuracy, calibration and length bias.",
                               description="Score preference pairs with the bundle's ONNX model, exactly as the "
                               "service does, and report tie-aware accuracy, log-loss, AUC, calibration error at the "
-                              "bundle's temperature, accuracy by length, reward-length correlation and the reward "
-                              "distribution; optionally an HTML report with plots.")
+                              "bundle's temperature (and what that temperature was fitted on), accuracy by length, "
+                              "reward-length correlation and the reward distribution, each accuracy, AUC, ECE and "
+                              "log-loss with a 95 % bootstrap interval resampled by prompt; optionally an HTML "
+                              "report with plots. A process reward model bundle is scored on step-labelled chains "
+                              "instead: step AUC and accuracy, first-error localisation, shortcut baselines and "
+                              "best-of-N selection, with 95 % intervals by problem.")
     evaluate.add_argument("--bundle", required=True, help="Bundle directory.")
     evaluate.add_argument("--data", default=None, help="Preference data (pairs, rankings or ratings; JSONL(.gz) or a "
-                          "saved dataset directory). Default: the shipped HH-RLHF dev split.")
+                          "saved dataset directory). Default: the shipped HH-RLHF dev split. A process reward model bundle: "
+                          "step-labelled chains (stepwise, Math-Shepherd or PRM800K rows), required.")
     evaluate.add_argument("--limit", type=int, default=None,
                           help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
-    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object.")
+    evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                          help="Resamples of the prompts for the 95 %% interval of every accuracy, AUC, ECE and "
+                          "log-loss figure (each prompt's pairs resampled together; fixed seed). 0: no intervals. "
+                          "Default: 1000.")
+    evaluate.add_argument("--json", action="store_true", help="Print the metrics as one JSON object (each figure "
+                          "with an interval has it beside it as <figure>_ci95: [lo, hi]).")
     evaluate.add_argument("--report", metavar="HTML", default=None,
                           help="Also write a self-contained HTML report with plots to this file.")
     evaluate.add_argument("--train-log", default=None,
                           help="Training log (JSONL) for the report's curves. Default: train_log.jsonl in the "
                           "checkpoint named by the bundle's provenance.")
+    evaluate.add_argument("--best-of", metavar="FILE", default=None,
+                          help="Process reward models: candidate chains grouped by `problem` (e.g. the generator's "
+                          "test-best-of-8.jsonl) for best-of-N selection accuracy against random choice.")
+    evaluate.add_argument("--outcome-bundle", metavar="DIR", default=None,
+                          help="Process reward models, with --best-of: an outcome reward model bundle to compare "
+                          "selection with (candidates' steps joined by newlines, as the generator's pairs).")
     add_dataclass_options(evaluate, TrainConfig, only=("ratings",))  # for a ratings --data
     evaluate.set_defaults(handler=_cmd_eval)
 

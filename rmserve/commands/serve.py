@@ -16,6 +16,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from rmserve.service.core.bundle import BundleError, load_bundle
+    from rmserve.service.core.verification import load_verifiers
     from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
 
@@ -39,6 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
         return 2
+    load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
     if settings.event_loop != "asyncio":
         try:
             import uvloop

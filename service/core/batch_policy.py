@@ -32,6 +32,7 @@ class Job:
     future: asyncio.Future
     deadline: float | None = None  # time.monotonic() after which its rows are dropped
     client: str = ""  # who sent it (an API key's name, or a connection): rows count against its share
+    dtype: type = np.float32  # of one row's result: object when the engine returns an array per row
     rewards: np.ndarray = field(init=False)
     remaining: int = field(init=False)
     cancelled: bool = False  # the caller stopped waiting (set on its event loop)
@@ -42,7 +43,7 @@ class Job:
     encoded: list = field(default_factory=list)  # the tokenizer's EncodedInput of each row
 
     def __post_init__(self) -> None:
-        self.rewards = np.zeros(self.rows, dtype=np.float32)
+        self.rewards = np.zeros(self.rows, dtype=self.dtype)
         self.remaining = self.rows
 
     def expired(self, now: float) -> bool:

@@ -39,8 +39,8 @@ class Batcher:
     """Bounded queue + collector thread + inference thread around a `run(Batch) -> rewards` engine."""
 
     def __init__(self, run: Callable[[Batch], np.ndarray], pad: Callable[[list[Sequence[int]]], Batch],
-                 policy: BatchPolicy, observer: BatchObserver | None = None):
-        self._run, self._pad = run, pad
+                 policy: BatchPolicy, observer: BatchObserver | None = None, row_dtype: type = np.float32):
+        self._run, self._pad, self.row_dtype = run, pad, row_dtype  # row_dtype: object when run returns arrays
         self.policy = policy
         self.observer = observer or BatchObserver()
         # One lock guards the queue and the prepared batch, so that topping up is atomic with taking. The
@@ -108,7 +108,7 @@ class Batcher:
             raise ScoringError(ErrorKind.OVERLOADED, message)
         self.observer.queue_depth(queued + rows)
         loop = asyncio.get_running_loop()
-        return Job(rows, loop, loop.create_future(), deadline, client)
+        return Job(rows, loop, loop.create_future(), deadline, client, self.row_dtype)
 
     def _release(self, jobs: Iterable[Job]) -> None:
         """Free the queue slots of one row per entry of `jobs` (a job once per row)."""

@@ -10,10 +10,15 @@ provenance and a golden set of inputs with their expected scores. `training/` wr
 `BundleError` per kind of failure: among them a file whose hash changed, named, and an external-data
 location outside the bundle directory.
 
+A process reward model's bundle (`Manifest.steps` set) has a graph that returns one score per position
+(`token_scores`, float32 [batch, sequence]) instead of `reward`, read at the step separator its input spec
+names (service/core/step_scores.py); its golden examples record the step scores.
+
 Format versions: 1 is every bundle without a chat template or external data (all bundles written before
 those existed, and the default MiniLM bundle still); a bundle that has either is written as version 2, so
 that an older rmserve, which would ignore the template or leave the external data unverified, refuses it
-with its version message. This rmserve reads both.
+with its version message; a process reward model's bundle is version 3, which no older rmserve reads.
+This rmserve reads all three.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 from tokenizers import Tokenizer
 
 from rmserve.service.core.bundle_files import (
@@ -41,9 +53,10 @@ from rmserve.service.core.bundle_files import (
 )
 from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
 from rmserve.service.core.onnx_files import OnnxFileError, external_locations
+from rmserve.service.core.step_scores import StepRewards
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "bundle.json"
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -89,6 +102,14 @@ class GoldenExample(BaseModel):
     prompt: str | list[dict[str, str]]
     response: str
     score: float
+    step_scores: list[float] | None = Field(None, description="A PRM bundle: the scores at the row's step separators.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if data.get("step_scores", 0) is None:
+            del data["step_scores"]
+        return data
 
 
 class Manifest(BaseModel):
@@ -104,6 +125,14 @@ class Manifest(BaseModel):
     provenance: dict[str, Any] = Field(default_factory=dict)
     golden: list[GoldenExample] = Field(default_factory=list, max_length=MAX_GOLDEN_EXAMPLES,
                                         description="Scored one at a time at every load: kept small.")
+    steps: StepRewards | None = Field(None, description="Set for a process reward model: how step rewards are read.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)  # an outcome bundle's manifest is written exactly as before
+        if data.get("steps", 0) is None:
+            del data["steps"]
+        return data
 
     @property
     def model_sha256(self) -> str:
@@ -201,7 +230,7 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
         if not (directory / name).is_file():
             raise BundleError(f"cannot write bundle {directory}: {MODEL_FILE} names external data {name}, which is missing")
     files = {name: sha256_file(directory / name) for name in (MODEL_FILE, TOKENIZER_FILE, *external)}
-    version = 2 if external or manifest.input.chat_template is not None else 1
+    version = 3 if manifest.steps is not None else 2 if external or manifest.input.chat_template is not None else 1
     manifest = manifest.model_copy(update={"files": files, "format_version": version})
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
@@ -348,13 +377,16 @@ def _check_tokenizer(text: str, manifest: Manifest) -> None:
             f"tokenizer/model mismatch: tokenizer.json has {vocab} tokens but the model embeds "
             f"{manifest.model.vocab_size}; the tokenizer does not belong to this model"
         )
-    for name in ("pad_id", "eos_id"):
+    for name in ("pad_id", "eos_id", "step_separator_id"):
         token_id = getattr(manifest.input, name)
         if token_id is not None and token_id >= manifest.model.vocab_size:
             raise BundleError(
                 f"tokenizer/model mismatch: {name} {token_id} is outside the model's "
                 f"{manifest.model.vocab_size}-token vocabulary"
             )
+    if (manifest.steps is None) != (manifest.input.step_separator is None):
+        raise BundleError(f"invalid manifest {MANIFEST}: a process reward model needs both 'steps' and "
+                          "the input spec's step_separator, an outcome reward model neither")
     try:  # the spec must work with this tokenizer: special tokens found, chat template compiles
         InputEncoder(tokenizer, manifest.input)
     except ValueError as e:

@@ -1,7 +1,9 @@
 """The inference engine: one ONNX Runtime session over a bundle's model.onnx.
 
 Owns provider choice (CUDA only when it really loads, else CPU, and says which one runs), session
-options, and the golden-set check that proves the engine reproduces the scores recorded at export.
+options, and the golden-set check that proves the engine reproduces the scores recorded at export. A
+process reward model's engine (`step_separator_id` given) reads the graph's per-position scores at each
+row's step separators and returns them per row (service/core/step_scores.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import onnxruntime as ort
 
 from rmserve.service.core.bundle import GOLDEN_TOLERANCE, Bundle, BundleError
 from rmserve.service.core.inputs import Batch, InputEncoder
+from rmserve.service.core.step_scores import STEP_OUTPUT, read_step_scores
 
 log = logging.getLogger("rmserve.engine")
 
@@ -58,10 +61,11 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
 
 
 class OnnxRewardModel:
-    """Runs padded batches through the bundle's ONNX model and returns one float32 reward per row."""
+    """Runs padded batches through the bundle's ONNX model and returns one float32 reward per row, or, for a
+    process reward model (`step_separator_id`), per row the float32 array of its step scores (an object array)."""
 
     def __init__(self, model_path: str | bytes, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0,
-                 external_data: dict[str, Any] | None = None):
+                 external_data: dict[str, Any] | None = None, step_separator_id: int | None = None):
         """`model_path`: model.onnx's path, or its bytes (as a bundle verified them: `Bundle.pinned`), with
         `external_data` then mapping each external-data location to the buffer ONNX Runtime copies it from."""
         wanted = [CUDA, CPU] if device in ("auto", "cuda") else [CPU]
@@ -94,14 +98,36 @@ class OnnxRewardModel:
         names = {i.name for i in self.session.get_inputs()}
         if names != {"input_ids", "attention_mask"}:
             raise BundleError(f"model.onnx takes inputs {sorted(names)}, expected input_ids and attention_mask")
+        self.step_separator_id = step_separator_id
+        self.output = "reward" if step_separator_id is None else STEP_OUTPUT
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.output not in outputs:
+            kind = "an outcome" if step_separator_id is None else "a process"
+            raise BundleError(f"model.onnx has outputs {outputs}; {kind} reward model's graph returns {self.output!r}")
+
+    @classmethod
+    def for_bundle(cls, bundle: Bundle, device: Device = "auto", intra_op_threads: int = 0,
+                   nice: int = 0) -> OnnxRewardModel:
+        """The engine of `bundle`, reading step scores when it is a process reward model; from the bytes that
+        were verified when the bundle was loaded with `pin_model`."""
+        pinned = bundle.pinned
+        model, external = (pinned.onnx, pinned.external) if pinned is not None else (str(bundle.model_path), None)
+        return cls(model, device, intra_op_threads, nice, external_data=external,
+                   step_separator_id=bundle.manifest.input.step_separator_id)
+
+    @property
+    def scores_steps(self) -> bool:
+        return self.step_separator_id is not None
 
     def __call__(self, batch: Batch) -> np.ndarray:
         if self.nice and not getattr(self._reniced, "done", False):
             _renice(threading.get_native_id(), self.nice)  # the calling (inference) thread
             self._reniced.done = True
         (rewards,) = self.session.run(
-            ["reward"], {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+            [self.output], {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         )
+        if self.step_separator_id is not None:
+            return read_step_scores(batch.input_ids, batch.attention_mask, np.asarray(rewards), self.step_separator_id)
         rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
         assert rewards.shape[0] == batch.input_ids.shape[0], (
             f"batch size mismatch: {batch.input_ids.shape[0]} rows in, {rewards.shape[0]} rewards out"
@@ -116,8 +142,16 @@ def check_golden(bundle: Bundle, model: OnnxRewardModel, encoder: InputEncoder) 
         return 0.0
     rows = bundle.golden_rows()
     # One row at a time, so the check does not depend on how rows are batched together.
-    scores = np.concatenate([model(encoder.pad(encoder.encode([row]))) for row in rows])
-    expected = np.array([g.score for g in golden], dtype=np.float64)
+    outputs = [model(encoder.pad(encoder.encode([row]))) for row in rows]
+    if model.scores_steps:  # every step score of every row, against the recorded ones
+        scores = np.concatenate([out[0] for out in outputs]).astype(np.float64)
+        expected = np.array([s for g in golden for s in (g.step_scores or [])], dtype=np.float64)
+        if scores.shape != expected.shape:
+            raise BundleError(f"golden-set parity failed: the engine reads {scores.size} step scores, the manifest "
+                              f"records {expected.size}; the tokenizer or the step separator does not match")
+    else:
+        scores = np.concatenate(outputs)
+        expected = np.array([g.score for g in golden], dtype=np.float64)
     worst = float(np.max(np.abs(scores - expected)))
     if not np.all(np.isfinite(scores)) or worst > GOLDEN_TOLERANCE:
         raise BundleError(

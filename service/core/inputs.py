@@ -29,6 +29,13 @@ Truncation keeps what the score depends on: the end of the response. When prompt
 `max_length`, prompt tokens are cut from the left first (with a template: after rendering, keeping a
 leading BOS); the response is cut (also from the left) only when it alone does not fit.
 
+Steps (process reward models): a spec with a `step_separator` scores a response at every step's end. A
+response given as steps is the steps joined, each followed by the separator (`join_steps`); a response
+given whole is split on the separator (`split_steps`; a trailing separator is optional). The separator is
+one token of the tokenizer (`step_separator_id`, added to it by training when needed), found in the row by
+its id. Truncation is the same, so it keeps the last steps: `steps_cut` counts the separators (the steps'
+scores) that were cut away with the start of the response. No prompt may contain the separator.
+
 A request's shared prompt is rendered and tokenized once per `encode` call, however many responses share
 it. With a template, each row's full rendering must start with the prompt's rendering (with
 `add_generation_prompt`); the row's tokens are then the prompt's tokens up to its last special token
@@ -117,18 +124,25 @@ class InputSpec(BaseModel):
     chat_template: ChatTemplate | None = Field(
         None, description="The model's own chat template; when set, it renders every conversation.",
     )
+    step_separator: str | None = Field(
+        None, min_length=1, description="Process reward models: the text that ends every step of a response, "
+        "one token of the tokenizer (step_separator_id), where each step is scored. None: one score per row.",
+    )
+    step_separator_id: int | None = Field(None, ge=0, description="The token id of step_separator.")
 
     @model_validator(mode="after")
     def _template_rows_are_one_sequence(self) -> InputSpec:
         if self.chat_template is not None and (self.join != "concat" or self.eos_id is not None):
             raise ValueError("a chat template writes the whole row: it needs join 'concat' and no eos_id")
+        if (self.step_separator is None) != (self.step_separator_id is None):
+            raise ValueError("step_separator and step_separator_id go together: set both or neither")
         return self
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
         # Specs without these fields (every bundle written before they existed) serialize exactly as before.
         data = handler(self)
-        for name in ("eos_id", "chat_template"):
+        for name in ("eos_id", "chat_template", "step_separator", "step_separator_id"):
             if data.get(name, 0) is None:
                 del data[name]
         return data
@@ -153,6 +167,7 @@ class EncodedInput:
     ids: list[int]
     prompt_tokens_cut: int
     response_tokens_cut: int
+    steps_cut: int = 0  # step separators cut away with the start of the response (a step spec only)
 
     @property
     def truncated(self) -> bool:
@@ -206,6 +221,38 @@ def probe_frame(tokenizer: Tokenizer, pair: bool) -> Frame:
     return Frame(head=ids[: first[0]], middle=ids[first[-1] + 1 : second[0]], tail=ids[second[-1] + 1 :])
 
 
+class StepError(ValueError):
+    """A response's steps that cannot be joined or split: `step` is the index of the bad one."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+def join_steps(steps: Sequence[str], separator: str) -> str:
+    """A response given as steps, as the text the model reads: every step followed by the separator."""
+    for i, step in enumerate(steps):
+        if not step.strip():
+            raise StepError("step is empty or whitespace only", i)
+        if separator in step:
+            raise StepError(f"step contains the step separator {separator!r}", i)
+    if not steps:
+        raise StepError("no steps", 0)
+    return "".join(step + separator for step in steps)
+
+
+def split_steps(response: str, separator: str) -> list[str]:
+    """A whole response as its steps: split on the separator, a trailing one optional (a response without
+    any is one step)."""
+    pieces = response.split(separator)
+    if len(pieces) > 1 and pieces[-1] == "":
+        pieces.pop()
+    for i, piece in enumerate(pieces):
+        if not piece.strip():
+            raise StepError("step is empty or whitespace only", i)
+    return pieces
+
+
 def cut_left(prompt: list[int], response: list[int], budget: int) -> tuple[list[int], list[int], int, int]:
     """Fit prompt + response into `budget` tokens: the prompt loses its start first, the response only when
     it alone is too long. Returns (prompt, response, prompt tokens cut, response tokens cut)."""
@@ -237,6 +284,12 @@ class InputEncoder:
         self.budget = spec.max_length - self.special_tokens - len(self.eos)
         if self.budget < 2:
             raise ValueError(f"max_length {spec.max_length} leaves no room beside {self.special_tokens} special tokens")
+        self.step_id = spec.step_separator_id
+        if spec.step_separator is not None:
+            found = tokenizer.encode(spec.step_separator, add_special_tokens=False).ids
+            if found != [spec.step_separator_id]:
+                raise ValueError(f"step separator {spec.step_separator!r} is tokens {found} in this tokenizer, "
+                                 f"not the one token {spec.step_separator_id}")
 
     @classmethod
     def from_file(cls, tokenizer_path: str, spec: InputSpec) -> InputEncoder:
@@ -255,8 +308,14 @@ class InputEncoder:
         if chat:
             pieces = self._template_pieces(rows, chat) if self.template else self._plain_pieces(rows, chat)
             for i, (prompt_ids, response_ids) in zip(chat, pieces):
+                if self.step_id is not None and self.step_id in prompt_ids:
+                    raise RowError("the prompt contains the step separator; only a response's steps may", i)
                 out[i] = self._finish(prompt_ids, response_ids, whole=False)
         return out  # type: ignore[return-value]
+
+    def steps_cut(self, response: list[int], response_cut: int) -> int:
+        """Step separators among the first `response_cut` tokens of a response (0 for an outcome spec)."""
+        return 0 if self.step_id is None or not response_cut else response[:response_cut].count(self.step_id)
 
     def _plain_pieces(self, rows: Sequence[tuple[Prompt, str]], chosen: list[int]) -> list[tuple[list[int], list[int]]]:
         keys: dict[Any, int] = {}
@@ -285,12 +344,15 @@ class InputEncoder:
         if whole:  # one sequence, framed as a single one; cutting it is cutting a prompt
             text, _, cut, _ = cut_left(response, [], self.spec.max_length - self.single.size - len(self.eos))
             ids = self.single.head + text + self.single.tail + self.eos
-            return EncodedInput(ids=ids, prompt_tokens_cut=cut, response_tokens_cut=0)
+            return EncodedInput(ids=ids, prompt_tokens_cut=cut, response_tokens_cut=0,
+                                steps_cut=self.steps_cut(response, cut))
+        original = response
         prompt, response, prompt_cut, response_cut = cut_left(prompt, response, self.budget)
         f = self.frame
         ids = f.head + prompt + f.middle + response + f.tail + self.eos
         assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
-        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
+        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut,
+                            steps_cut=self.steps_cut(original, response_cut))
 
     def _finish_templated(self, prompt: list[int], response: list[int], whole: bool) -> EncodedInput:
         assert self.template is not None
@@ -304,10 +366,12 @@ class InputEncoder:
                 head = head[1:]  # the template wrote BOS already: never a second one
         keep = 1 if prompt and first and first[0] == self.template.bos_id else 0  # a leading BOS survives truncation
         budget = self.spec.max_length - len(head) - len(tail) - keep
-        body, response, prompt_cut, response_cut = cut_left(prompt[keep:], response, budget)
-        ids = head + prompt[:keep] + body + response + tail
+        body, kept, prompt_cut, response_cut = cut_left(prompt[keep:], response, budget)
+        ids = head + prompt[:keep] + body + kept + tail
         assert len(ids) <= self.spec.max_length, f"row of {len(ids)} tokens exceeds max_length {self.spec.max_length}"
-        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut)
+        cut_text = prompt[keep : keep + prompt_cut] if whole else response[:response_cut]
+        return EncodedInput(ids=ids, prompt_tokens_cut=prompt_cut, response_tokens_cut=response_cut,
+                            steps_cut=self.steps_cut(cut_text, len(cut_text)))
 
     def pad(self, rows: Sequence[EncodedInput | Sequence[int]]) -> Batch:
         """Pad rows to the longest one, on the spec's side, with the spec's pad id."""

@@ -152,16 +152,18 @@ class MetricsObserver(BatchObserver):
     inference thread, rather than once per request on the event loop; `normalize` maps raw rewards to
     normalized ones (the bundle's reference stats)."""
 
-    def __init__(self, metrics: Metrics, normalize: Callable[[np.ndarray], np.ndarray] = lambda raw: raw):
+    def __init__(self, metrics: Metrics, normalize: Callable[[np.ndarray], np.ndarray] = lambda raw: raw,
+                 per_row: Callable[[np.ndarray], np.ndarray] | None = None):
         self.metrics = metrics
         self.normalize = normalize
+        self.per_row = per_row  # a process reward model's step scores per row -> one reward per row
 
     def scored(self, batch: Batch, rewards: np.ndarray) -> None:
         m = self.metrics
         lengths = batch.attention_mask.sum(axis=1)
         m.scored.inc(len(rewards))
         m.input_tokens.inc(int(lengths.sum()))
-        raw = np.asarray(rewards, dtype=np.float64)
+        raw = np.asarray(rewards if self.per_row is None else self.per_row(rewards), dtype=np.float64)
         m.observe_rewards(raw, self.normalize(raw), lengths)
 
     def batch(self, batch: Batch, seconds: float, queue_seconds: list[float]) -> None:

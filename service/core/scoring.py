@@ -4,6 +4,12 @@ Validates rows, admits them to the one batcher that every request shares (refuse
 or the sending client's share of it, is full, before any tokenizing), has them rendered and tokenized off the event loop by the tokenizer
 threads (service/core/tokenizing.py) and waits for their rewards; turns raw rewards into normalized rewards
 and preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
+
+A process reward model's bundle scores every step (service/core/step_scores.py): a row's steps are given
+(`Row.steps`) or split from its response on the bundle's separator, its `Scores` carry the step rewards,
+and its raw reward is their aggregate (the request's, else the bundle's default), which normalization,
+group statistics and comparisons use as an outcome model's reward. Rows with steps, or an aggregate, sent
+to an outcome bundle are a validation error.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from rmserve.service.core.groups import RewardSummary, summarize
 from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
 from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field, request_client
 from rmserve.service.core.metrics import Metrics, MetricsObserver
+from rmserve.service.core.step_scores import activate, aggregate_all, step_text
 from rmserve.service.core.tokenizing import Tokenizing
+from rmserve.service.core.verification import Checked, check_all, combine_all, load_verifiers
+from rmserve.service.core.verifiers import Reference
 from rmserve.service.settings import Settings
 
 log = logging.getLogger("rmserve.scoring")
@@ -38,8 +47,9 @@ T = TypeVar("T")
 
 class Row(NamedTuple):  # a tuple: built for every response of every request, so it must be cheap
     prompt: Prompt
-    response: str
-    field: str  # names the response in the request, for error messages
+    response: str  # with `steps`: the steps joined by newlines (what verifiers read)
+    field: str  # names the response (or its steps) in the request, for error messages
+    steps: tuple[str, ...] | None = None  # a response given as steps (process reward models only)
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,9 @@ class Scores:
     tokenize_seconds: float = 0.0
     queue_seconds: float = 0.0  # longest wait of this request's rows before their batch ran
     inference_seconds: float = 0.0  # engine time of the batches this request's rows ran in
+    step_rewards: list[np.ndarray] | None = None  # a PRM bundle: per row, the rewards of its scored steps
+    steps_cut: list[int] | None = None  # a PRM bundle: per row, the first steps truncation cut away
+    aggregate: str | None = None  # a PRM bundle: how `raw` was made from the step rewards
 
 
 def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, settings: Settings) -> None:
@@ -76,6 +89,7 @@ def default_padding_ratio(provider: str) -> float:
 
 class Scorer:
     def __init__(self, bundle: Bundle, engine: OnnxRewardModel, settings: Settings, metrics: Metrics):
+        self.verifiers = load_verifiers(settings.verifiers_config)  # re-read with every bundle (re)load
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.engine = engine
@@ -83,6 +97,7 @@ class Scorer:
         self.settings = settings
         self.metrics = metrics
         self.active_calls = 0  # score() calls under way: a retiring scorer (reload, shutdown) waits for 0
+        self.steps = bundle.manifest.steps  # set for a process reward model
         self.batcher = Batcher(
             run=engine,
             pad=self.encoder.pad,
@@ -94,7 +109,8 @@ class Scorer:
                 max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
                 max_client_rows=settings.client_queue_rows,
             ),
-            observer=MetricsObserver(metrics, self.normalize),
+            observer=MetricsObserver(metrics, self.normalize, None if self.steps is None else self._default_rewards),
+            row_dtype=np.float32 if self.steps is None else object,
         )
         # Tokenizing is CPU work too: keep it off the event loop, on threads of its own.
         self.tokenizing = Tokenizing(self.encoder.encode, self.batcher, tokenizer_threads(), self._tokenized)
@@ -107,8 +123,8 @@ class Scorer:
         pinned = bundle.pinned
         assert pinned is not None
         try:
-            engine = OnnxRewardModel(pinned.onnx, settings.device, settings.intra_op_threads, settings.inference_nice,
-                                     external_data=pinned.external)
+            engine = OnnxRewardModel.for_bundle(bundle, settings.device, settings.intra_op_threads,
+                                                settings.inference_nice)
             changed = pinned.changed()
             if changed is not None:
                 raise BundleError(f"{changed} changed while the bundle was loading; load it again once it is complete")
@@ -133,34 +149,48 @@ class Scorer:
         self.tokenizing.close()
         self.batcher.close()
 
-    def validate(self, rows: Sequence[Row]) -> None:
+    def validate(self, rows: Sequence[Row], aggregate: str | None = None) -> list[str]:
+        """The text the model reads for each row; a validation error names the first bad field."""
         limit = self.settings.max_responses_per_request
         if len(rows) > limit:
             field = rows[0].field.split(".")[0] if rows else "responses"
             raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit}", field)
+        if self.steps is None:
+            stepped = next((row for row in rows if row.steps is not None), None)
+            if stepped is not None or aggregate is not None:
+                raise ScoringError(ErrorKind.VALIDATION, "this bundle is an outcome reward model: it scores whole "
+                                   "responses, so it has no step rewards (send 'response'/'responses', no "
+                                   "'steps' or 'aggregate'; step rewards need a process reward model bundle)",
+                                   stepped.field if stepped is not None else "aggregate")
         for row in rows:
-            if not row.response.strip():
+            if row.steps is None and not row.response.strip():
                 raise ScoringError(ErrorKind.VALIDATION, "response is empty or whitespace only", row.field)
         check_rows(rows, self.settings)
+        separator = self.manifest.input.step_separator
+        if separator is None:
+            return [row.response for row in rows]
+        return [step_text(row.prompt, row.response, row.steps, separator, row.field, prompt_field(row.field))
+                for row in rows]
 
-    async def score(self, rows: Sequence[Row], deadline: float | None = None) -> Scores:
+    async def score(self, rows: Sequence[Row], deadline: float | None = None, aggregate: str | None = None) -> Scores:
         """Rewards of `rows`, batched with whatever else is waiting. `deadline` is a time.monotonic();
-        without one, the HTTP request's or the server's default (service/core/limits.py)."""
+        without one, the HTTP request's or the server's default (service/core/limits.py). `aggregate`: a
+        PRM bundle's aggregate of step rewards (None: the bundle's default)."""
         self.active_calls += 1
         try:
-            return await self._score(rows, effective_deadline(deadline, self.settings))
+            return await self._score(rows, effective_deadline(deadline, self.settings), aggregate)
         finally:
             self.active_calls -= 1
 
-    async def _score(self, rows: Sequence[Row], deadline: float | None) -> Scores:
-        self.validate(rows)
+    async def _score(self, rows: Sequence[Row], deadline: float | None, aggregate: str | None = None) -> Scores:
+        texts = self.validate(rows, aggregate)
         if deadline is not None and time.monotonic() >= deadline:
             self.batcher.observer.dropped("expired", len(rows))
             raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
         # An overloaded service, or a client over its share of the queue, is answered before tokenizing.
         job = self.batcher.admit(len(rows), deadline, request_client.get())
         # A row the model's chat template refuses answers its request with a validation error naming its prompt.
-        self.tokenizing.submit(job, [(row.prompt, row.response) for row in rows],
+        self.tokenizing.submit(job, [(row.prompt, text) for row, text in zip(rows, texts)],
                                lambda i: prompt_field(rows[i].field))
         try:
             raw = await _until(deadline, job.future)
@@ -171,11 +201,22 @@ class Scorer:
             if not self.tokenizing.cancel(job):
                 self.batcher.abandon(job)
             raise
+        steps: dict = {}
+        if self.steps is not None:
+            how = aggregate or self.steps.aggregate
+            step_rewards = [activate(row, self.steps.activation) for row in raw]
+            raw = aggregate_all(step_rewards, how)
+            steps = {"step_rewards": step_rewards, "steps_cut": [e.steps_cut for e in job.encoded], "aggregate": how}
         # Reward metrics were recorded per batch (MetricsObserver.scored); a non-finite reward fails the request.
         if not np.isfinite(raw).all():
             raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
         return Scores(raw=raw, truncated=[e.truncated for e in job.encoded], tokenize_seconds=job.tokenize_seconds,
-                      queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds)
+                      queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds, **steps)
+
+    def _default_rewards(self, step_scores: np.ndarray) -> np.ndarray:
+        """A PRM batch's rows as rewards for the reward metrics: the bundle's default aggregate."""
+        assert self.steps is not None
+        return aggregate_all([activate(row, self.steps.activation) for row in step_scores], self.steps.aggregate)
 
     def _tokenized(self, job: Job) -> None:
         """Tokenizer-thread metrics of one request."""
@@ -186,10 +227,23 @@ class Scorer:
         stats = self.manifest.normalization
         return (raw.astype(np.float64) - stats.mean) / stats.std
 
-    def summarize(self, scores: Scores, values: ValueKind = "raw", grouped: bool = False) -> RewardSummary:
-        """Normalized rewards, group statistics (for one prompt's responses) and the values a request
-        asked for: computed here once, whatever the transport."""
-        return summarize(scores.raw, self.normalize(scores.raw), values, grouped)
+    def summarize(self, scores: Scores, values: ValueKind = "raw", grouped: bool = False,
+                  checked: Checked | None = None) -> RewardSummary:
+        """Normalized rewards, group statistics (for one prompt's responses), the verifiers' combination
+        (with `checked`, from `check`) and the values a request asked for: computed here once, whatever the
+        transport."""
+        normalized = self.normalize(scores.raw)
+        verification = None
+        if checked is not None and self.verifiers is not None:
+            verification = combine_all(self.verifiers, checked, normalized if values == "normalized" else scores.raw)
+        return summarize(scores.raw, normalized, values, grouped, verification)
+
+    def check(self, rows: Sequence[Row], references: Sequence[Reference] | None = None,
+              names: list[str] | None = None) -> Checked | None:
+        """The configured verifiers' results for every row, before scoring (None when none are configured);
+        a missing reference or an unknown verifier name is a validation error naming its field."""
+        return check_all(self.verifiers, [row.response for row in rows], [row.field for row in rows], references,
+                         names)
 
     def probability_a(self, reward_a: float, reward_b: float) -> float:
         z = (reward_a - reward_b) / self.manifest.calibration.temperature

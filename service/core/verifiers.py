@@ -20,7 +20,9 @@ Verifier types (each has a `name`, default its type, unique in the list; a passi
   regex        `pattern` is found in the response (`match: "search"`, the default) or matches all of it
                (`"full"`); `ignore_case`, `multiline`, `dotall` set the flags. No reference.
   json_schema  the response (or the code block it consists of, ```json ... ```) parses as JSON and is valid
-               against `schema` (JSON Schema, checked against its own metaschema at load). No reference.
+               against `schema` (JSON Schema, checked against its own metaschema at load). Without `schema`,
+               each item's reference is its schema (a JSON object, or its JSON text), checked the same way
+               when the request comes (an invalid one is a validation error naming the reference).
 
 Modes (the model's reward is whatever the caller passes: raw or normalized):
   weighted_sum  combined = model_weight × model + Σ weight_i × value_i
@@ -48,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rmserve.service.core.answers import answer_number, final_answer, numbers_match, parse_number
 from rmserve.service.core.errors import ErrorKind, ScoringError
 
-Reference = str | int | float | None
+Reference = str | int | float | dict | None
 TYPES = ("numeric", "string", "regex", "json_schema")
 FENCED = re.compile(r"\A```[\w-]*[ \t]*\n(.*?)\n?```\Z", re.DOTALL)
 
@@ -112,22 +114,34 @@ class RegexMatch(_Verifier):
         return pattern
 
 
+def checked_schema(schema: Any) -> dict[str, Any]:
+    """`schema` (a JSON object, or its JSON text) after checking it against its metaschema; ValueError says where."""
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a valid JSON Schema: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"not a valid JSON Schema: a schema is a JSON object, got {type(schema).__name__}")
+    jsonschema = _jsonschema()
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        where = "".join(f"/{p}" for p in e.absolute_path) or "the top level"
+        raise ValueError(f"not a valid JSON Schema (at {where}): {e.message}") from None
+    return schema
+
+
 class JsonSchemaCheck(_Verifier):
     type: Literal["json_schema"]
-    json_schema: dict[str, Any] = Field(alias="schema")
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")  # None: each item's reference is its schema
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, populate_by_name=True)
 
     @field_validator("json_schema")
     @classmethod
-    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        jsonschema = _jsonschema()
-        try:
-            jsonschema.validators.validator_for(schema).check_schema(schema)
-        except jsonschema.SchemaError as e:
-            where = "".join(f"/{p}" for p in e.absolute_path) or "the top level"
-            raise ValueError(f"not a valid JSON Schema (at {where}): {e.message}") from None
-        return schema
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if schema is None else checked_schema(schema)
 
 
 VerifierSpec = Annotated[NumericAnswer | StringMatch | RegexMatch | JsonSchemaCheck, Field(discriminator="type")]
@@ -221,8 +235,15 @@ def _json_body(response: str) -> str:
     return fenced.group(1) if fenced else text
 
 
+def _needs_reference(spec: VerifierSpec) -> bool:
+    return spec.type in NEEDS_REFERENCE or (isinstance(spec, JsonSchemaCheck) and spec.json_schema is None)
+
+
 def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) -> tuple[bool, str]:
-    if spec.type in NEEDS_REFERENCE and (reference is None or (isinstance(reference, str) and not reference.strip())):
+    if isinstance(reference, dict) and not isinstance(spec, JsonSchemaCheck):
+        raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} ({spec.type}) needs a text or number "
+                           "reference, not an object", field)
+    if _needs_reference(spec) and (reference is None or (isinstance(reference, str) and not reference.strip())):
         raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} ({spec.type}) needs a reference "
                            "answer for this item", field)
     if isinstance(spec, NumericAnswer):
@@ -244,13 +265,18 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
             (re.DOTALL if spec.dotall else 0)
         found = (re.search if spec.match == "search" else re.fullmatch)(spec.pattern, response, flags)
         return found is not None, "matched" if found else f"no {spec.match} match of {spec.pattern!r}"
+    schema = spec.json_schema
+    if schema is None:  # the item's own schema
+        try:
+            schema = checked_schema(reference)
+        except ValueError as e:
+            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: {e}", field) from None
     try:
         document = json.loads(_json_body(response))
     except json.JSONDecodeError as e:
         return False, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
     jsonschema = _jsonschema()
-    error = jsonschema.exceptions.best_match(
-        jsonschema.validators.validator_for(spec.json_schema)(spec.json_schema).iter_errors(document))
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(document))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return False, f"invalid at {where}: {error.message}"
@@ -286,10 +312,13 @@ class Verifiers:
     def combine(self, model_reward: float | None, response: str, reference: Reference,
                 field: str = "reference", names: list[str] | None = None) -> CombinedReward:
         """Every verifier's result and the combined reward for one response."""
+        return self.combine_results(model_reward, self.check(response, reference, field, names))
+
+    def combine_results(self, model_reward: float | None, results: tuple[VerifierResult, ...]) -> CombinedReward:
+        """The combined reward of results already checked (so that a request is refused before scoring)."""
         config = self.config
         if model_reward is None and config.mode != "verifier":
             raise ScoringError(ErrorKind.INTERNAL, f"{config.mode} mode needs the model's reward")
-        results = self.check(response, reference, field, names)
         weights = {v.label(): v.weight for v in config.verifiers}
         if config.mode == "gate":
             combined = model_reward if all(r.passed for r in results) else config.fail_reward

@@ -10,17 +10,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from rmserve.group_stats import GROUP_EPS, GroupStats, ValueKind
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import ChatMessage
+from rmserve.service.core.step_scores import Aggregate
 
 if TYPE_CHECKING:
     from rmserve.service.core.bundle import Manifest
+    from rmserve.service.core.groups import RewardSummary
+    from rmserve.service.core.scoring import Scores
 
 PromptField = str | list[ChatMessage]
+ReferenceField = str | int | float | dict[str, Any] | None
+STEPS_DOC = ("The response as its steps, in order (a process reward model bundle): each step is scored; a step "
+             "must not contain the bundle's step separator.")
+REFERENCE_DOC = "Reference answer for the server's verifiers (numeric and string ones need it); ignored without verifiers."
+# One row of a request: (prompt, response text, field naming it, steps or None).
+RequestRow = tuple[PromptField, str, str, "tuple[str, ...] | None"]
 
 
 class ScoreItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: PromptField = Field(description="Prompt text, or chat messages rendered by the bundle's template.")
-    response: str = Field(description="The response to score.")
+    response: str | None = Field(None, description="The response to score (a process reward model bundle splits it "
+                                 "into steps on its step separator).")
+    steps: list[str] | None = Field(None, min_length=1, description=STEPS_DOC + " Instead of `response`.")
+    reference: ReferenceField = Field(None, description=REFERENCE_DOC)
+
+    @model_validator(mode="after")
+    def _response_or_steps(self) -> ScoreItem:
+        if (self.response is None) == (self.steps is None):
+            raise ValueError("give exactly one of 'response' or 'steps'")
+        return self
 
 
 class ScoreRequest(BaseModel):
@@ -31,10 +49,19 @@ class ScoreRequest(BaseModel):
     response: str | None = Field(None, description="One response to score against `prompt`.")
     responses: list[str] | None = Field(None, min_length=1, description="Several responses to `prompt`.")
     items: list[ScoreItem] | None = Field(None, min_length=1, description="Independent prompt/response pairs.")
+    steps: list[str] | None = Field(None, min_length=1, description="One response to `prompt`, as steps. " + STEPS_DOC)
+    response_steps: list[list[str]] | None = Field(
+        None, min_length=1, description="Several responses to `prompt`, each as its steps (like `responses`).")
     values: ValueKind = Field(
         "raw", description="What the answer's `values` carry: `raw` rewards, `normalized` rewards (bundle stats) "
-        "or `group` advantages (r - mean) / (std + eps) over this request's responses (needs `prompt`).",
+        "or `group` advantages (r - mean) / (std + eps) over this request's responses (needs `prompt`). With "
+        "verifiers configured: the combined rewards (of the normalized reward for `normalized`), and their advantages.",
     )
+    aggregate: Aggregate | None = Field(
+        None, description="A process reward model bundle: how a response's reward is made from its step rewards: "
+        "`min`, `last`, `mean` or `prod` (product of the step probabilities). Default: the bundle's.")
+    reference: ReferenceField = Field(None, description=REFERENCE_DOC + " For every response to `prompt`.")
+    verifiers: list[str] | None = Field(None, description="Names of the configured verifiers to run (default: all).")
 
     @field_validator("values")
     @classmethod
@@ -50,24 +77,39 @@ class ScoreRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_shape(self) -> ScoreRequest:
-        given = [name for name in ("response", "responses", "items") if getattr(self, name) is not None]
+        shapes = ("response", "responses", "items", "steps", "response_steps")
+        given = [name for name in shapes if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'response', 'responses' or 'items'")
-        if given[0] == "items" and self.prompt is not None:
-            raise ValueError("'prompt' goes inside each item when 'items' is used")
+            raise ValueError("give exactly one of 'response', 'responses', 'steps', 'response_steps' or 'items'")
+        if given[0] == "items" and (self.prompt is not None or self.reference is not None):
+            raise ValueError("'prompt' and 'reference' go inside each item when 'items' is used")
         if given[0] != "items" and self.prompt is None:
-            raise ValueError("'prompt' is required with 'response' or 'responses'")
+            raise ValueError(f"'prompt' is required with '{given[0]}'")
         return self
 
-    def rows(self) -> list[tuple[PromptField, str, str]]:
-        """(prompt, response, field name) for each response, in request order."""
+    def rows(self) -> list[RequestRow]:
+        """(prompt, response, field name, steps) for each response, in request order; a response given as
+        steps has them joined by newlines as its text (what verifiers read)."""
         if self.items is not None:
-            return [(item.prompt, item.response, f"items.{i}.response") for i, item in enumerate(self.items)]
+            return [(item.prompt, item.response, f"items.{i}.response", None) if item.steps is None
+                    else (item.prompt, "\n".join(item.steps), f"items.{i}.steps", tuple(item.steps))
+                    for i, item in enumerate(self.items)]
         assert self.prompt is not None
         if self.response is not None:
-            return [(self.prompt, self.response, "response")]
+            return [(self.prompt, self.response, "response", None)]
+        if self.steps is not None:
+            return [(self.prompt, "\n".join(self.steps), "steps", tuple(self.steps))]
+        if self.response_steps is not None:
+            return [(self.prompt, "\n".join(s), f"response_steps.{i}", tuple(s)) for i, s in enumerate(self.response_steps)]
         assert self.responses is not None
-        return [(self.prompt, r, f"responses.{i}") for i, r in enumerate(self.responses)]
+        return [(self.prompt, r, f"responses.{i}", None) for i, r in enumerate(self.responses)]
+
+    def references(self) -> list[ReferenceField]:
+        """The reference of each response, in request order (None where there is none)."""
+        if self.items is not None:
+            return [item.reference for item in self.items]
+        count = len(self.responses or self.response_steps or [None])
+        return [self.reference] * count
 
 
 class ModelRef(BaseModel):
@@ -98,15 +140,50 @@ class GroupSummary(BaseModel):
         return cls(mean=stats.mean, std=stats.std, advantages=stats.advantages.tolist(), eps=stats.eps)
 
 
+class VerifierOutcome(BaseModel):
+    type: str = Field(description="numeric, string, regex or json_schema.")
+    passed: bool
+    value: float = Field(description="The verifier's pass_value or fail_value.")
+    detail: str = Field(description="What was compared, or why it failed.")
+
+
+class Verification(BaseModel):
+    mode: str = Field(description="How the components combine: weighted_sum, gate or verifier.")
+    model: float = Field(description="The model's reward that was combined (raw, or normalized for normalized values).")
+    combined: float = Field(description="The combined reward.")
+    verifiers: dict[str, VerifierOutcome] = Field(description="Each verifier's result, by name.")
+
+
 class ScoreResponse(BaseModel):
     model: ModelRef
-    rewards: list[float] = Field(description="Raw reward per response, in request order.")
+    rewards: list[float] = Field(description="Raw reward per response, in request order (a process reward model: "
+                                 "the aggregate of its step rewards).")
     normalized_rewards: list[float] = Field(description="(raw - mean) / std with the bundle's reference stats.")
     truncated: list[bool] = Field(description="Whether the row was cut to fit max_length.")
     values: list[float] = Field(description="Per response, what the request's `values` asked for: the raw "
-                                "reward, the normalized reward or the group advantage.")
+                                "reward, the normalized reward or the group advantage (combined rewards with verifiers).")
     group: GroupSummary | None = Field(None, description="Statistics of the group of responses to one `prompt`; "
                                        "null for `items` requests.")
+    step_rewards: list[list[float]] | None = Field(
+        None, description="A process reward model bundle: per response, the reward of each scored step (the "
+        "probability that it is right), in order; null for an outcome bundle.")
+    steps_cut: list[int] | None = Field(
+        None, description="A process reward model bundle: per response, how many of its first steps truncation cut "
+        "away (they have no reward in `step_rewards`).")
+    aggregate: str | None = Field(None, description="A process reward model bundle: the aggregate `rewards` are.")
+    verification: list[Verification] | None = Field(
+        None, description="With verifiers configured: per response, every component and the combined reward.")
+
+    @staticmethod
+    def extras(scores: Scores, summary: RewardSummary) -> dict[str, Any]:
+        """The step and verifier fields of an answer (empty for an outcome bundle without verifiers)."""
+        out: dict[str, Any] = {}
+        if scores.step_rewards is not None:
+            out.update(step_rewards=[r.tolist() for r in scores.step_rewards], steps_cut=scores.steps_cut,
+                       aggregate=scores.aggregate)
+        if summary.verification is not None:
+            out["verification"] = [Verification.model_validate(v.to_dict()) for v in summary.verification]
+        return out
 
 
 class CompareRequest(BaseModel):
@@ -126,7 +203,8 @@ class CompareResponse(BaseModel):
 
 
 # pydantic names a union member in an error's location ("prompt.str"); such parts name no field.
-_NOT_FIELDS = {"str", "list[ChatMessage]", "function-after[_one_shape()]"}
+_NOT_FIELDS = {"str", "int", "float", "dict[str,any]", "list[ChatMessage]", "function-after[_one_shape()]",
+               "function-after[_response_or_steps()]"}
 
 
 def validation_error(errors: Sequence[Any], strip_prefix: str | None = None) -> ScoringError:

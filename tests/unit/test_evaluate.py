@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from rmserve.training.evaluate import (
     ScoredPairs,
-    auc,
-    average_ranks,
     evaluate_scores,
-    expected_calibration_error,
     fit_calibration,
-    fit_temperature,
     format_summary,
     length_metrics,
+    temperature_source,
+)
+from rmserve.training.metrics import (
+    auc,
+    average_ranks,
+    expected_calibration_error,
+    fit_temperature,
     pair_auc,
     pair_metrics,
     pearson,
@@ -246,3 +250,21 @@ def test_evaluate_scores_is_plain_json_and_summarizes():
     summary = format_summary({"bundle_id": "b", "data": "x/dev.jsonl", **metrics})
     assert summary.startswith("bundle b on dev.jsonl: 3 pairs (1 ties), accuracy 0.5000")
     assert "calibration at T = 2:" in summary and "ECE at T = 1" in summary
+    lo, hi = metrics["accuracy_ci95"]
+    assert f"accuracy 0.5000 [{lo:.3f}, {hi:.3f}]" in summary
+    assert summary.splitlines()[-1].startswith("[lo, hi]: 95% percentile bootstrap intervals over 1000 resamples of "
+                                              "the 3 prompts")
+
+
+def test_summary_says_what_the_temperature_was_fitted_on_and_whether_that_is_this_data():
+    metrics = evaluate_scores(scored([1, 2, 0], [0, 3, 0]), temperature=0.5, resamples=0)
+    for fitted_on, in_sample in (("dev.jsonl.gz: 203 pairs, log-loss 0.65 at T=1", True),
+                                 ("train.jsonl.gz, calibration split (0.1 of its prompts by hash): 174 pairs", False),
+                                 ("my-dev.jsonl.gz: 20 pairs", False)):
+        calibration = temperature_source(fitted_on, Path("data/dev.jsonl.gz"))
+        assert calibration == {"fitted_on": fitted_on, "in_sample": in_sample}
+        summary = format_summary({"bundle_id": "b", "data": "data/dev.jsonl.gz", **metrics,
+                                  "calibration": {**metrics["calibration"], **calibration}})
+        line = next(line for line in summary.splitlines() if line.startswith("temperature fitted on "))
+        assert fitted_on in line and ("in-sample" in line) == in_sample and ("out-of-sample" in line) != in_sample
+    assert "[" not in format_summary({"bundle_id": "b", "data": "x", **metrics}).splitlines()[0]  # no intervals asked

@@ -78,6 +78,12 @@ def test_report_has_every_section_and_valid_svg(tmp_path):
     # the metrics table lists the scalar metrics by dotted name
     assert "<td>length.correlation.tokens.spearman</td>" in page and "<td>auc</td>" in page
     assert len(records) == 22
+    # every interval is shown: beside the headline figures, in the length tables and in the metrics table
+    lo, hi = metrics["accuracy_ci95"]
+    assert f"pairwise accuracy {metrics['accuracy']:.4f} [{lo:.4f}, {hi:.4f}]" in page
+    for figure in (metrics["length"]["buckets"][0], metrics["length"]["preferred_shorter"]):
+        assert f"<td>[{figure['accuracy_ci95'][0]:.4f}, {figure['accuracy_ci95'][1]:.4f}]</td>" in page
+    assert "<td>calibration.ece_at_t1_ci95</td>" in page and "1000 resamples of the 40 prompts" in page
 
 
 def test_report_without_a_training_log_says_so(tmp_path):
@@ -140,6 +146,15 @@ def test_cli_eval_json_and_report_on_the_tiny_bundle(tiny_bundle, pairs_file, tm
     assert metrics["accuracy"] == pytest.approx(np.mean(oriented > 0) + 0.5 * np.mean(oriented == 0))
     assert metrics["mean_margin"] == pytest.approx(delta.mean(), abs=1e-5)
     assert metrics["temperature"] == bundle.manifest.calibration.temperature
+    # every accuracy, AUC and ECE figure has its interval, resampled by prompt ("count" is one prompt, 3 pairs)
+    assert metrics["bootstrap"]["prompts"] == len(PAIRS) and metrics["bootstrap"]["pairs"] == len(PAIRS) + 2
+    for figures, name in ((metrics, "accuracy"), (metrics, "auc"), (metrics, "ece"), (metrics, "log_loss"),
+                          (metrics["calibration"], "ece_at_t1"), (metrics["length"], "longer_wins_accuracy"),
+                          *((b, "accuracy") for b in metrics["length"]["buckets"])):
+        lo, hi = figures[f"{name}_ci95"]
+        assert lo <= hi, name
+    assert metrics["calibration"]["fitted_on"] == bundle.manifest.calibration.fitted_on
+    assert metrics["calibration"]["in_sample"] is False
     assert set(metrics["length"]) >= {"buckets", "preferred_longer", "preferred_shorter", "correlation"}
     # the tiny bundle names no checkpoint, so the report says there is no log
     page = report.read_text()
@@ -157,6 +172,12 @@ def test_cli_eval_summary_and_explicit_training_log(tiny_bundle, pairs_file, tmp
     assert any(line.startswith("AUC ") for line in lines) and any("Spearman" in line for line in lines)
     assert f"report written to {report}" in done.stderr
     assert len(svgs(report.read_text())) == 6
+
+    assert lines[0].count("[") == 2 and lines[-1].startswith("[lo, hi]: 95% percentile bootstrap intervals")
+    plain = run_eval("--bundle", str(tiny_bundle), "--data", str(pairs_file), "--bootstrap", "0", "--json")
+    assert plain.returncode == 0 and "accuracy_ci95" not in json.loads(plain.stdout)
+    negative = run_eval("--bundle", str(tiny_bundle), "--data", str(pairs_file), "--bootstrap", "-1")
+    assert negative.returncode == 2 and "--bootstrap must be 0 or more" in negative.stderr
 
     missing = run_eval("--bundle", str(tiny_bundle), "--data", str(pairs_file), "--report", str(report),
                        "--train-log", str(tmp_path / "nope.jsonl"))

@@ -192,7 +192,6 @@ def test_a_reference_that_is_no_number():
      "verifiers.0.schema", "not a valid JSON Schema (at /type)"),
     ({"mode": "verifier", "verifiers": [{"type": "json_schema", "schema": {"properties": {"a": {"minimum": "0"}}}}]},
      "verifiers.0.schema", "not a valid JSON Schema (at /properties/a/minimum)"),
-    ({"mode": "verifier", "verifiers": [{"type": "json_schema"}]}, "verifiers.0.schema", "Field required"),
     ({"mode": "verifier", "verifiers": [{"type": "regex", "pattern": "(unclosed"}]}, "verifiers.0.pattern",
      "not a valid regular expression"),
     ({"mode": "verifier", "verifiers": [{"type": "numeric"}, {"type": "numeric"}]}, "verifiers.1.name",

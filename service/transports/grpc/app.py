@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from rmserve.proto import reward_pb2, reward_pb2_grpc
 from rmserve.service.core.bundle import public_manifest
 from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
+from rmserve.service.core.groups import RewardSummary
 from rmserve.service.core.limits import request_client
-from rmserve.service.core.scoring import Row, Scorer
+from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.grpc.guard import add_guarded_servicer, server_interceptors
 from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
@@ -46,6 +47,8 @@ GRPC_STATUS: dict[ErrorKind, grpc.StatusCode] = {
 
 _VALUES = {reward_pb2.REWARD_VALUES_RAW: "raw", reward_pb2.REWARD_VALUES_NORMALIZED: "normalized",
            reward_pb2.REWARD_VALUES_GROUP: "group"}
+_AGGREGATES = {reward_pb2.STEP_AGGREGATE_MIN: "min", reward_pb2.STEP_AGGREGATE_LAST: "last",
+               reward_pb2.STEP_AGGREGATE_MEAN: "mean", reward_pb2.STEP_AGGREGATE_PROD: "prod"}
 
 
 def _prompt(message: reward_pb2.Prompt) -> Any:
@@ -57,6 +60,19 @@ def _prompt(message: reward_pb2.Prompt) -> Any:
     return None
 
 
+def _item(item: reward_pb2.ScoreItem) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt": _prompt(item.prompt)}
+    if item.HasField("steps"):
+        out["steps"] = list(item.steps.steps)
+        if item.response:
+            out["response"] = item.response  # both given: refused by validation, as over HTTP
+    else:
+        out["response"] = item.response
+    if item.reference:
+        out["reference"] = item.reference
+    return out
+
+
 def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
     body: dict[str, Any] = {}
     if request.HasField("prompt"):
@@ -64,9 +80,17 @@ def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
     if request.responses:
         body["responses"] = list(request.responses)
     if request.items:
-        body["items"] = [{"prompt": _prompt(item.prompt), "response": item.response} for item in request.items]
+        body["items"] = [_item(item) for item in request.items]
     if request.values:
         body["values"] = _VALUES.get(request.values, request.values)  # an unknown number fails validation
+    if request.response_steps:
+        body["response_steps"] = [list(s.steps) for s in request.response_steps]
+    if request.aggregate:
+        body["aggregate"] = _AGGREGATES.get(request.aggregate, request.aggregate)
+    if request.reference:
+        body["reference"] = request.reference
+    if request.verifiers:
+        body["verifiers"] = list(request.verifiers)
     try:
         return ScoreRequest.model_validate(body)
     except ValidationError as e:
@@ -87,6 +111,20 @@ def _model_ref(scorer: Scorer) -> reward_pb2.ModelRef:
     return reward_pb2.ModelRef(bundle_id=m.bundle_id, model_sha256=m.model_sha256,
                                normalization_version=m.normalization.version,
                                calibration_temperature=m.calibration.temperature)
+
+
+def _step_and_verifier_fields(scores: Scores, summary: RewardSummary) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if scores.step_rewards is not None:
+        out["step_rewards"] = [reward_pb2.StepRewards(rewards=r.tolist(), steps_cut=cut)
+                               for r, cut in zip(scores.step_rewards, scores.steps_cut or [])]
+        out["aggregate"] = scores.aggregate
+    if summary.verification is not None:
+        out["verification"] = [reward_pb2.Verification(
+            mode=v.mode, model=v.model, combined=v.combined,
+            verifiers={r.name: reward_pb2.VerifierOutcome(type=r.type, passed=r.passed, value=r.value, detail=r.detail)
+                       for r in v.verifiers}) for v in summary.verification]
+    return out
 
 
 class _ModelRefs:
@@ -123,14 +161,17 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
     async def _score(self, request: reward_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> reward_pb2.ScoreResponse:
         scorer = self.state.require_scorer()
         body = score_request_from_proto(request)
-        scores = await scorer.score([Row(p, r, f) for p, r, f in body.rows()], _deadline(context))
-        summary = scorer.summarize(scores, body.values, body.grouped)
+        rows = [Row(*row) for row in body.rows()]
+        checked = scorer.check(rows, body.references(), body.verifiers)
+        scores = await scorer.score(rows, _deadline(context), body.aggregate)
+        summary = scorer.summarize(scores, body.values, body.grouped, checked)
         group = summary.group
         return reward_pb2.ScoreResponse(
             model=self._model_ref(scorer), rewards=summary.raw.tolist(), normalized_rewards=summary.normalized.tolist(),
             truncated=scores.truncated, values=summary.values.tolist(),
             group=None if group is None else reward_pb2.GroupStats(
-                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps))
+                mean=group.mean, std=group.std, advantages=group.advantages.tolist(), eps=group.eps),
+            **_step_and_verifier_fields(scores, summary))
 
     async def Score(self, request, context):  # noqa: N802 - gRPC method names
         return await self._call("Score", context, self._score(request, context))

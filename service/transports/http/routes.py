@@ -37,9 +37,10 @@ scoring_router = APIRouter(tags=["scoring"], route_class=ParsedBodyRoute)
 
 @scoring_router.post("/score", response_model=ScoreResponse)
 async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> Response:
-    rows = [Row(prompt, text, field) for prompt, text, field in body.rows()]
-    scores = await unless_client_leaves(request, scorer.score(rows))
-    summary = scorer.summarize(scores, body.values, body.grouped)
+    rows = [Row(*row) for row in body.rows()]
+    checked = scorer.check(rows, body.references(), body.verifiers)  # refused before it costs the engine
+    scores = await unless_client_leaves(request, scorer.score(rows, aggregate=body.aggregate))
+    summary = scorer.summarize(scores, body.values, body.grouped, checked)
     return model_response(ScoreResponse.model_construct(
         model=ModelRef.of(scorer.manifest),
         rewards=summary.raw.tolist(),
@@ -47,6 +48,7 @@ async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> Resp
         truncated=scores.truncated,
         values=summary.values.tolist(),
         group=GroupSummary.of(summary.group),
+        **ScoreResponse.extras(scores, summary),
     ), timings(scores))
 
 
