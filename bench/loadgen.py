@@ -42,13 +42,14 @@ class LoadResult:
 
 
 class Connection:
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None):
         self.host, self.port = host, port
+        self.extra_head = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())  # e.g. a key
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n{self.extra_head}"
                 f"Content-Length: {len(body)}\r\n\r\n").encode()
         reused = self.writer is not None
         status_line = await self._send(head + body)

@@ -182,10 +182,12 @@ class Rmserve:
 
 
 def start_rmserve(bundle_dir: str | Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None,
-                  log_path: Path | None = None) -> Rmserve:
-    """Start `rmserve serve` on fresh ports and wait until it is ready; `env` adds RMSERVE_* settings."""
+                  log_path: Path | None = None, cpus: str | None = None) -> Rmserve:
+    """Start `rmserve serve` on fresh ports and wait until it is ready; `env` adds RMSERVE_* settings, `cpus`
+    pins it (a taskset CPU list)."""
     port, grpc_port = free_port(), free_port()
-    proc = start([sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle_dir), "--host", "127.0.0.1",
+    pin = ["taskset", "-c", cpus] if cpus else []
+    proc = start([*pin, sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle_dir), "--host", "127.0.0.1",
                   "--port", str(port), "--grpc-port", str(grpc_port), *extra_args],
                  {"RMSERVE_LOG_LEVEL": "warning", **(env or {})}, f"http://127.0.0.1:{port}", log_path=log_path)
     return Rmserve(proc, port, grpc_port)

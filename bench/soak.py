@@ -5,6 +5,11 @@ a fixed mix: good /score (1-4 responses, some with group values), /compare and /
 gRPC Score calls, and bad ones (blank response, invalid JSON, NaN, wrong type, unknown field, empty list,
 too many responses, text over max_text_chars, nesting past max_json_depth, a bad X-Request-Timeout, a body
 declared larger than max_request_bytes, undecodable gRPC bytes), each with the 4xx / gRPC code it must get.
+The server has API keys, and beside those clients runs an attack mix (bench/attack.py's pieces):
+unauthenticated 4 MiB bodies (401), slow clients that send half their headers or half their body (408 when
+the header or body timeout fires), and a flooder with a key of its own keeping 256-row requests in flight
+(200, or 429 once its share of the queue is full; it honours Retry-After). The good requests must still
+all succeed.
 
 Reports, per window (default 30 s): requests, p50/p99 latency of the good ones, answers by class, and the
 server's RSS; then answers by status over the run, every unexpected answer (a good request not 200, a bad
@@ -34,11 +39,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.attack import HALF_HEAD, RawConnection, flood_body, half_body, head, slow_request  # noqa: E402
 from bench.loadgen import Connection  # noqa: E402
 from bench.record import record_run  # noqa: E402
 from bench.serve import hh_rows, rss_mb, start_rmserve, stop  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
+KEY, FLOODER_KEY = "soak-key", "soak-flooder-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 # gRPC codes as the HTTP statuses the service gives for the same errors (service/transports/http/app.py, grpc_app.py).
 GRPC_AS_HTTP = {"OK": 200, "INVALID_ARGUMENT": 422, "UNAUTHENTICATED": 401, "RESOURCE_EXHAUSTED": 429,
                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "UNKNOWN": 500}
@@ -60,7 +68,8 @@ class Soak:
     statuses: Counter = field(default_factory=Counter)  # (protocol, kind, status)
     unexpected: list[str] = field(default_factory=list)
 
-    def record(self, protocol: str, kind: str, status: int | str, expected: int | str, latency: float) -> None:
+    def record(self, protocol: str, kind: str, status: int | str, expected: int | str | tuple, latency: float) -> None:
+        """One answer; `expected` is the status it must have, or a tuple of those it may have."""
         last = max(0, int(np.ceil(self.duration_s / self.window_s)) - 1)  # answers after the end count in the last
         index = min(int((time.monotonic() - self.began) // self.window_s), last)
         while len(self.windows) <= index:
@@ -69,9 +78,10 @@ class Soak:
         code = GRPC_AS_HTTP.get(status, 500) if protocol == "grpc" and isinstance(status, str) else status
         window.classes[f"{code}"[0] + "xx" if isinstance(code, int) else "other"] += 1
         self.statuses[(protocol, kind, status)] += 1
-        if status in (200, "OK") and expected == status:
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if status in (200, "OK") and allowed == (status,):  # the good requests' latency, not the flooder's
             window.latencies.append(latency)
-        if status != expected or (isinstance(code, int) and code >= 500):
+        if status not in allowed or (isinstance(code, int) and code >= 500):
             if len(self.unexpected) < 50:
                 self.unexpected.append(f"{protocol} {kind}: got {status}, expected {expected}")
 
@@ -121,7 +131,7 @@ async def post(conn: Connection, path: str, body: bytes, headers: dict) -> int:
     # loadgen's Connection writes a fixed head; requests with extra headers get their own connection.
     reader, writer = await asyncio.open_connection(conn.host, conn.port)
     try:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        extra = "".join(f"{k}: {v}\r\n" for k, v in {**AUTH, **headers}.items())
         writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
                      f"{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         status_line = await reader.readline()
@@ -135,7 +145,8 @@ async def declared_too_large(host: str, port: int) -> int:
     """A head announcing 5 MB and no body: the server must answer 413 without waiting for it."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n")
+        writer.write(f"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {KEY}"
+                     "\r\nContent-Length: 5000000\r\n\r\n".encode())
         status_line = await reader.readline()
         await reader.read()
         return int(status_line.split()[1])
@@ -144,7 +155,7 @@ async def declared_too_large(host: str, port: int) -> int:
 
 
 async def http_client(soak: Soak, port: int, requests: list, offset: int, stop_at: float) -> None:
-    conn = Connection("127.0.0.1", port)
+    conn = Connection("127.0.0.1", port, AUTH)
     i = offset
     try:
         while time.monotonic() < stop_at:
@@ -164,6 +175,9 @@ async def http_client(soak: Soak, port: int, requests: list, offset: int, stop_a
         await conn.close()
 
 
+METADATA = (("authorization", f"Bearer {KEY}"),)
+
+
 async def grpc_client(soak: Soak, target: str, rows: list, offset: int, stop_at: float) -> None:
     import grpc
 
@@ -180,19 +194,73 @@ async def grpc_client(soak: Soak, target: str, rows: list, offset: int, stop_at:
             began = time.monotonic()
             if i % 5 == 0:
                 kind, expected = "invalid UTF-8 bytes", "INVALID_ARGUMENT"
-                call = raw(b"\x12\x02\xff\xfe", timeout=30)
+                call = raw(b"\x12\x02\xff\xfe", timeout=30, metadata=METADATA)
             elif i % 5 == 1:
                 kind, expected = "blank response", "INVALID_ARGUMENT"
-                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=["\t"]), timeout=30)
+                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=["\t"]), timeout=30,
+                                  metadata=METADATA)
             else:
                 kind, expected = "Score", "OK"
-                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=[response]), timeout=30)
+                call = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=[response]), timeout=30,
+                                  metadata=METADATA)
             try:
                 await call
                 status = "OK"
             except grpc.aio.AioRpcError as e:
                 status = e.code().name
             soak.record("grpc", kind, status, expected, time.monotonic() - began)
+
+
+async def unauthenticated_bodies(soak: Soak, port: int, stop_at: float, pause: float) -> None:
+    """4 MiB bodies without a key on a kept-alive connection, at a trickle (bench/attack.py floods)."""
+    conn, body = RawConnection("127.0.0.1", port), flood_body()
+    request = head("POST", "/score", len(body)) + body
+    while time.monotonic() < stop_at:
+        began = time.monotonic()
+        try:
+            status, _ = await conn.request(request)
+        except (ConnectionError, OSError) as e:
+            status = type(e).__name__
+        soak.record("http", "unauthenticated 4 MiB body", status, 401, time.monotonic() - began)
+        await asyncio.sleep(pause)  # the pace of this attacker, not synchronization
+    await conn.close()
+
+
+async def slow_client(soak: Soak, port: int, stop_at: float, kind: str, partial: bytes) -> None:
+    """Half a request, then silence, again and again: each must end in 408 when its timeout fires."""
+    while time.monotonic() < stop_at:
+        began = time.monotonic()
+        try:
+            status: int | str = await slow_request("127.0.0.1", port, partial)
+        except (ConnectionError, OSError) as e:
+            status = type(e).__name__
+        soak.record("http", kind, status, 408, time.monotonic() - began)
+
+
+async def flooder(soak: Soak, port: int, stop_at: float, rows: int) -> None:
+    """A client with a key of its own sending `rows`-row requests back to back: 200, or 429 once its share of
+    the queue is full (then it waits Retry-After, as the rmserve client does)."""
+    body = json.dumps({"prompt": "how are you doing today my friend",
+                       "responses": ["one two three four five six seven eight nine ten"] * rows}).encode()
+    request = head("POST", "/score", len(body), FLOODER_KEY, {"X-Request-Timeout": "300"}) + body
+    conn = RawConnection("127.0.0.1", port)
+    while time.monotonic() < stop_at:
+        began = time.monotonic()
+        try:
+            status, _ = await conn.request(request)
+        except (ConnectionError, OSError) as e:
+            status = type(e).__name__
+        soak.record("http", "flooder", status, (200, 429), time.monotonic() - began)
+        if status == 429:
+            await asyncio.sleep(1.0)  # Retry-After
+    await conn.close()
+
+
+def attack_mix(soak: Soak, port: int, stop_at: float, rows: int) -> list:
+    return [unauthenticated_bodies(soak, port, stop_at, 0.2) for _ in range(2)] + [
+        slow_client(soak, port, stop_at, "slow headers", HALF_HEAD),
+        slow_client(soak, port, stop_at, "slow body", half_body(KEY)),
+    ] + [flooder(soak, port, stop_at, rows) for _ in range(6)]
 
 
 async def sample_rss(soak: Soak, pid: int, stop_at: float, samples: list[tuple[float, float]]) -> None:
@@ -208,6 +276,8 @@ async def run(args: argparse.Namespace, port: int, grpc_target: str, pid: int, r
     samples: list[tuple[float, float]] = []
     tasks = [http_client(soak, port, requests, k * 7, stop_at) for k in range(args.http_clients)]
     tasks += [grpc_client(soak, grpc_target, rows, k * 11, stop_at) for k in range(args.grpc_clients)]
+    if not args.no_attack:
+        tasks += attack_mix(soak, port, stop_at, args.flood_rows)
     await asyncio.gather(*tasks, sample_rss(soak, pid, stop_at, samples))
     samples.append((time.monotonic() - soak.began, rss_mb(pid)))
     return soak, samples
@@ -251,19 +321,24 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds per report window")
     parser.add_argument("--http-clients", type=int, default=6)
     parser.add_argument("--grpc-clients", type=int, default=2)
+    parser.add_argument("--flood-rows", type=int, default=128, help="rows per flooder request (default 128)")
+    parser.add_argument("--no-attack", action="store_true", help="only the good and bad requests, no attack mix")
+    parser.add_argument("--note", default="", help="a remark for the record (e.g. what else ran on the machine)")
     parser.add_argument("--no-write", action="store_true", help="do not append to docs/benchmarks.md")
     args = parser.parse_args()
-    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
-        parser.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
-
     from rmserve.service.settings import Settings
 
     defaults = Settings()
+    if not 0 < args.duration <= 3600 or not 0 <= args.warmup < args.duration:
+        parser.error("need 0 < --duration <= 3600 and 0 <= --warmup < --duration")
+    if not 1 <= args.flood_rows <= defaults.max_responses_per_request:
+        parser.error(f"--flood-rows must be 1 to {defaults.max_responses_per_request} (max_responses_per_request)")
     limits = {"responses": defaults.max_responses_per_request, "chars": defaults.max_text_chars}
     rows = hh_rows(400)
     # artifacts/ holds the shared bundle and checkpoint, read only: the log goes to the temporary directory.
     log = Path(tempfile.gettempdir()) / f"rmserve-soak-server-{os.getpid()}.log"
-    server = start_rmserve(args.bundle, ["--device", "cpu"], log_path=log)
+    server = start_rmserve(args.bundle, ["--device", "cpu"], env={"RMSERVE_API_KEYS": f"{KEY},{FLOODER_KEY}"},
+                           log_path=log)
     try:
         print(f"soaking {server.url} (gRPC {server.grpc_target}) for {args.duration:.0f} s: {args.http_clients} HTTP "
               f"and {args.grpc_clients} gRPC clients; server log {log}", flush=True)
@@ -275,7 +350,10 @@ def main() -> int:
     if not args.no_write:
         bundle_id = json.loads((Path(args.bundle) / "bundle.json").read_text())["bundle_id"]
         record_run("Soak", f"bundle `{bundle_id}`, {args.duration:.0f} s, {args.http_clients} HTTP and "
-                   f"{args.grpc_clients} gRPC closed-loop clients, one bad request for every four good ones", text)
+                   f"{args.grpc_clients} gRPC closed-loop clients, one bad request for every four good ones"
+                   + ("" if args.no_attack else f"; attack mix: 2 senders of unauthenticated 4 MiB bodies (one each "
+                      f"0.2 s), a half-head and a half-body slow client, 6 flooder connections of {args.flood_rows}-row "
+                      "requests under a key of their own") + (f"; {args.note}" if args.note else ""), text)
     return 0 if ok else 1
 
 

@@ -22,8 +22,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         50051, ge=-1, le=65535, description="gRPC port, served beside HTTP in the same process; -1 disables gRPC."
     )
-    grpc_max_message_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    allow_unauthenticated: bool = Field(
+        False, description="Serve on an address other than loopback without API keys. Without it such a start "
+        "is refused: anyone who can reach the port could score with the model.",
     )
     shutdown_grace_seconds: float = Field(
         30.0, ge=0.0, description="On SIGTERM, how long in-flight and queued work may take to finish."
@@ -48,23 +49,39 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         4 * 1024 * 1024, ge=1024,
         description="Largest request body (HTTP) or message (gRPC) accepted, in bytes; larger ones get 413 / "
-        "INVALID_ARGUMENT, refused from Content-Length or while streaming, before the whole body is read.",
+        "RESOURCE_EXHAUSTED, refused from Content-Length or while streaming, before the whole body is read.",
     )
     max_text_chars: int = Field(
         100_000, ge=1, description="Most characters in one text: a prompt, a chat message's content, a response."
     )
     max_messages: int = Field(256, ge=1, description="Most chat messages in one conversation prompt.")
     max_json_depth: int = Field(
-        32, ge=8, le=500, description="Deepest nesting of arrays and objects accepted in a JSON request body."
+        32, ge=8, le=500, description="Deepest nesting of arrays and objects accepted in a JSON request body. A "
+        "body may also hold at most max_responses_per_request x (max_messages + 2) arrays and objects in all.",
     )
     request_timeout_seconds: float = Field(
         60.0, ge=0.0,
         description="Deadline of a request that sets none (HTTP header X-Request-Timeout, in seconds, or a gRPC "
         "deadline); work still queued when it passes is dropped and answered 504 / DEADLINE_EXCEEDED. 0: none.",
     )
+    max_request_timeout_seconds: float = Field(
+        300.0, gt=0.0, description="Longest deadline a request may ask for (X-Request-Timeout, gRPC deadline); "
+        "a longer one is cut to this.",
+    )
     admin_api_keys: SecretStr = Field(
         SecretStr(""), description="Comma-separated keys for the admin endpoint (POST /admin/reload), sent as "
-        "'Authorization: Bearer <key>'; empty disables it. Separate from api_keys.",
+        "'Authorization: Bearer <key>'; empty (and no file) closes it. Separate from api_keys.",
+    )
+    admin_api_keys_file: Path | None = Field(
+        None, description="File with one admin key per line, added to admin_api_keys."
+    )
+    bundle_root: Path | None = Field(
+        None, description="Directory POST /admin/reload may load bundles from (a relative 'bundle' is taken "
+        "inside it; nothing outside it, symlinks included). Unset: only the configured bundle can be reloaded.",
+    )
+    expose_paths: bool = Field(
+        False, description="Show filesystem paths (the bundle's directory, absolute paths in its manifest) in "
+        "/v1/model and gRPC GetModelInfo; hidden by default.",
     )
     protect_health_and_metrics: bool = Field(
         False, description="With API keys set, also require one on /healthz, /readyz, /metrics and gRPC health "
@@ -74,6 +91,31 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) for TLS on both HTTP and gRPC; needs tls_key_file. Unset: plaintext."
     )
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0.0, description="Time a client has to send a request's headers (HTTP) or open its connection "
+        "(gRPC handshake); a connection that takes longer, or sends nothing, is closed.",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0.0, description="Time a client has to send a request's body once its headers arrived; then 408 "
+        "and the connection is closed.",
+    )
+    keep_alive_timeout_seconds: float = Field(
+        5.0, gt=0.0, description="How long an idle HTTP keep-alive connection stays open between requests."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open HTTP connections at most; a request on one more gets 429 and its connection "
+        "is closed.",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        1024, ge=1, description="gRPC calls handled at once; more are refused with RESOURCE_EXHAUSTED."
+    )
+    grpc_max_connection_idle_seconds: float = Field(
+        300.0, gt=0.0, description="A gRPC connection without calls for this long is closed (GOAWAY)."
+    )
+    grpc_max_connection_age_seconds: float = Field(
+        3600.0, gt=0.0, description="A gRPC connection older than this is asked to reconnect (GOAWAY), so clients "
+        "spread over new replicas; calls under way get shutdown_grace_seconds to finish.",
+    )
     max_batch_tokens: int = Field(
         4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
     )
@@ -90,6 +132,11 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(
         1024, ge=1, description="Rows that may wait for inference, counted from admission (before tokenizing); "
         "beyond this, requests get 429 at once.",
+    )
+    max_queue_rows_per_client: int | None = Field(
+        None, ge=1, description="Rows one client (one API key; one connection without keys) may have waiting; "
+        "beyond this its requests get 429, so that one client cannot fill the queue for the others. Default: "
+        "half of max_queue_rows, and at least max_responses_per_request (one full request).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
@@ -108,6 +155,13 @@ class Settings(BaseSettings):
             raise ValueError(f"verifiers_config {self.verifiers_config} does not exist")
         return self
 
+    @property
+    def client_queue_rows(self) -> int:
+        """max_queue_rows_per_client, or its default."""
+        if self.max_queue_rows_per_client is not None:
+            return min(self.max_queue_rows_per_client, self.max_queue_rows)
+        return min(self.max_queue_rows, max(self.max_queue_rows // 2, self.max_responses_per_request))
+
     @model_validator(mode="after")
     def _tls_needs_both_files(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -115,4 +169,7 @@ class Settings(BaseSettings):
         for path in (self.tls_cert_file, self.tls_key_file):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+        if self.request_timeout_seconds > self.max_request_timeout_seconds:
+            raise ValueError(f"request_timeout_seconds ({self.request_timeout_seconds:g}) is longer than "
+                             f"max_request_timeout_seconds ({self.max_request_timeout_seconds:g})")
         return self

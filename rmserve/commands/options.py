@@ -42,6 +42,11 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = "RMSERVE_" + name.upper()
-        default = "" if name in ("api_keys", "admin_api_keys") else info.default
-        parser.add_argument(flag, default=None, help=f"{info.description or ''} [env {env}; default {default!r}]")
+        secret = name in ("api_keys", "admin_api_keys")
+        default = "" if secret else info.default
+        note = " Prefer the environment or a file: a command line is visible to every user of the machine." if secret else ""
+        # A boolean setting given alone (--allow-unauthenticated) means true; it also takes a value.
+        switch = {"nargs": "?", "const": "true", "metavar": "BOOL"} if info.annotation is bool else {}
+        parser.add_argument(flag, default=None, help=f"{info.description or ''}{note} [env {env}; default {default!r}]",
+                            **switch)
 

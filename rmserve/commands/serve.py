@@ -15,9 +15,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from rmserve.service.core.bundle import load_bundle
+    from rmserve.service.core.bundle import BundleError, load_bundle
     from rmserve.service.core.verification import load_verifiers
-    from rmserve.service.process.runtime import serve
+    from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
 
     given: dict[str, Any] = {
@@ -30,7 +30,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    load_bundle(settings.bundle)  # fail fast, with the bundle's own message, before binding ports
+    try:  # keys readable; no open port on a public address by accident
+        preflight(settings)
+    except ValueError as e:
+        print(f"rmserve serve: {e}", file=sys.stderr)
+        return 2
+    try:  # fail fast, with the bundle's own message, before binding ports
+        load_bundle(settings.bundle)
+    except BundleError as e:
+        print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
+        return 2
     load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
     if settings.event_loop != "asyncio":
         try:

@@ -1,18 +1,18 @@
 """Dynamic cross-request batching: one bounded queue, one inference thread, shared by every request.
 
 A request is a `Job`, admitted whole before any of its rows is tokenized (`admit`: all or nothing, bounded
-by `max_queue_rows`, OVERLOADED at once when full), queued once tokenized (`submit`, from the tokenizer
-threads of service/core/tokenizing.py) and answered through one future when its last row is scored; a
-finished batch wakes each waiting event loop once. Admitted rows count until the engine takes them.
+by `max_queue_rows` and, per client, by `max_client_rows`; OVERLOADED at once when either is full), queued
+once tokenized (`submit`, from the tokenizer threads of service/core/tokenizing.py) and answered through
+one future when its last row is scored; a finished batch wakes each waiting event loop once. Admitted rows
+count until the engine takes them.
 
-Policy (after TEI's queue): a batch is formed as soon as the engine is free, from the waiting rows sorted
-by length, within `max_batch_tokens` (padded length x rows), `max_batch_size` and `max_padding_ratio`
-(padding costs compute, which on a CPU is all the cost); it always holds the oldest waiting row, so no
-row starves. Optionally the collector waits up to `max_wait_ms` for a batch to fill. While the engine
-runs one batch the next is collected, padded and topped up with newcomers (prefetch depth 1); an idle
-engine forms its batch itself. Rows of departed clients or past their deadline are dropped and counted.
-
-`collate` is a plain function over a list, tested without threads; `Batcher` owns the threads.
+Policy (after TEI's queue, with turns between clients): a batch is formed as soon as the engine is free,
+from the waiting rows sorted by length, within `max_batch_tokens` (padded length x rows), `max_batch_size`
+and `max_padding_ratio` (padding costs compute, which on a CPU is all the cost), around the oldest row of
+the client whose turn it is (batch_policy.py), so no client's rows starve behind another's. Optionally the
+collector waits up to `max_wait_ms` for a batch to fill. While the engine runs one batch the next is
+collected, padded and topped up with newcomers (prefetch depth 1); an idle engine forms its batch itself.
+Rows of departed clients or past their deadline are dropped and counted.
 """
 
 from __future__ import annotations
@@ -21,113 +21,18 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.batch_policy import BatchPolicy, Job, Turns, WorkItem, collate
+from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
 from rmserve.service.core.inputs import Batch
 
+__all__ = ["Batcher", "BatchObserver", "BatchPolicy", "Job", "WorkItem", "collate"]
+
 log = logging.getLogger("rmserve.batcher")
-
-
-@dataclass(eq=False)
-class Job:
-    """The rows of one request, answered together through `future` (on the event loop that admitted
-    them) with their rewards in row order. The timings are filled in before the future resolves:
-    `queue_seconds` is the longest wait of its rows before their batch started, `inference_seconds` the
-    engine time of the batches its rows ran in (each batch counted once), `tokenize_seconds` the time of
-    the tokenizer calls that held its rows."""
-
-    rows: int
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    deadline: float | None = None  # time.monotonic() after which its rows are dropped
-    dtype: type = np.float32  # of one row's result: object when the engine returns an array per row
-    rewards: np.ndarray = field(init=False)
-    remaining: int = field(init=False)
-    cancelled: bool = False  # the caller stopped waiting (set on its event loop)
-    settled: bool = False  # an answer is on its way to the event loop
-    queue_seconds: float = 0.0
-    inference_seconds: float = 0.0
-    tokenize_seconds: float = 0.0
-    encoded: list = field(default_factory=list)  # the tokenizer's EncodedInput of each row
-
-    def __post_init__(self) -> None:
-        self.rewards = np.zeros(self.rows, dtype=self.dtype)
-        self.remaining = self.rows
-
-    def expired(self, now: float) -> bool:
-        return self.deadline is not None and now > self.deadline
-
-
-@dataclass(eq=False)
-class WorkItem:
-    """One tokenized row waiting for a reward: row `index` of `job`."""
-
-    ids: Sequence[int]
-    job: Job
-    index: int = 0
-    enqueued: float = field(default_factory=time.monotonic)
-    seq: int = 0
-
-    @property
-    def length(self) -> int:
-        return len(self.ids)
-
-    def abandoned(self) -> bool:
-        return self.job.cancelled or self.job.settled  # a departed client, or a request already answered
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_tokens: int
-    max_batch_size: int
-    max_wait_ms: float = 0.0
-    max_queue_rows: int = 1024
-    max_padding_ratio: float = 1.0  # 1.0: no limit
-
-
-def collate(waiting: list[WorkItem], policy: BatchPolicy) -> list[WorkItem]:
-    """Choose the next batch from `waiting` (removed from it); empty only when `waiting` is.
-
-    Rows are sorted by length and a contiguous run around the oldest row is grown, one neighbour at a
-    time (the one that adds least padding first), while the padded cost (longest row x rows) fits
-    `max_batch_tokens` and padding stays within `max_padding_ratio` of it. A single row longer than the
-    budget still forms a batch of one, so every row is eventually served.
-    """
-    if not waiting:
-        return []
-    by_length = sorted(waiting, key=lambda item: (item.length, item.seq))
-    oldest = min(waiting, key=lambda item: item.seq)
-    lo = hi = by_length.index(oldest)
-    longest, real = oldest.length, oldest.length
-
-    def fits(candidate: WorkItem) -> bool:
-        rows = hi - lo + 2
-        padded = max(longest, candidate.length) * rows
-        return padded <= policy.max_batch_tokens and real + candidate.length >= (1 - policy.max_padding_ratio) * padded
-
-    while hi - lo + 1 < policy.max_batch_size:
-        left = by_length[lo - 1] if lo > 0 else None
-        right = by_length[hi + 1] if hi + 1 < len(by_length) else None
-        candidates = [c for c in (left, right) if c is not None and fits(c)]
-        if not candidates:
-            break
-        # A shorter row adds (longest - its length) padding; a longer one adds (its length - longest) per row.
-        best = min(candidates, key=lambda c: (longest - c.length) if c.length <= longest
-                   else (c.length - longest) * (hi - lo + 1))
-        if best is left:
-            lo -= 1
-        else:
-            hi += 1
-            longest = best.length
-        real += best.length
-    chosen = by_length[lo : hi + 1]
-    chosen_ids = {id(item) for item in chosen}
-    waiting[:] = [item for item in waiting if id(item) not in chosen_ids]
-    return chosen
 
 
 class Batcher:
@@ -147,12 +52,15 @@ class Batcher:
         self._engine_idle = False
         self._waiting: list[WorkItem] = []
         self._prepared: tuple[list[WorkItem], Batch] | None = None
+        self._prepared_for = ""  # the client whose row anchors the prepared batch
         self._arrivals = 0  # rows submitted so far; tells the collector that something new came
         self._stopping = False
-        # Rows admitted and not yet taken by the engine (or dropped). A lock of its own: admission runs on
-        # the event loop and must not wait while the collector sorts the queue under `_cond`.
+        # Rows admitted and not yet taken by the engine (or dropped), in all and by client. A lock of its own:
+        # admission runs on the event loop and must not wait while the collector sorts the queue under `_cond`.
         self._admitted = 0
+        self._by_client: dict[str, int] = {}
         self._count_lock = threading.Lock()
+        self._turns = Turns()
         self._threads = [
             threading.Thread(target=self._collect_loop, name="rmserve-collector", daemon=True),
             threading.Thread(target=self._inference_loop, name="rmserve-inference", daemon=True),
@@ -168,30 +76,51 @@ class Batcher:
         """Rows admitted and not yet taken by the engine: being tokenized, waiting, or prepared."""
         return self._admitted
 
-    def is_full(self) -> bool:
-        """No room for even one more row (a hint for shedding load early, before a body is read)."""
-        return self._admitted >= self.policy.max_queue_rows
+    def is_full(self, client: str = "") -> bool:
+        """No room for even one more row, in the queue or in `client`'s share of it (a hint for shedding
+        load early, before a body is read)."""
+        limit = self.policy.max_client_rows
+        return self._admitted >= self.policy.max_queue_rows or bool(
+            client and limit and self._by_client.get(client, 0) >= limit)
 
-    def admit(self, rows: int, deadline: float | None = None) -> Job:
-        """Admit a request of `rows` rows, all or none, before any of them is tokenized; OVERLOADED at once
-        when the queue has no room for all of them. Must be called on the event loop that awaits the job."""
+    def admit(self, rows: int, deadline: float | None = None, client: str = "") -> Job:
+        """Admit a request of `rows` rows from `client`, all or none, before any of them is tokenized;
+        OVERLOADED at once when the queue, or the client's share of it, has no room for all of them. Must be
+        called on the event loop that awaits the job."""
         if self._stopping:
             raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
+        limit = self.policy.max_client_rows
         with self._count_lock:
             queued = self._admitted
+            mine = self._by_client.get(client, 0)
             if rows > self.policy.max_queue_rows - queued:
                 room = max(self.policy.max_queue_rows - queued, 0)
-                self.observer.rejected(rows)
-                raise ScoringError(ErrorKind.OVERLOADED,
-                                   f"queue full: {queued} rows waiting, room for {room}, request has {rows}")
-            self._admitted = queued + rows
+                message = f"queue full: {queued} rows waiting, room for {room}, request has {rows}"
+            elif client and limit and rows > limit - mine:
+                message = (f"this client's share of the queue is full: {mine} of its {limit} rows waiting "
+                           f"(max_queue_rows_per_client), request has {rows}")
+            else:
+                message = ""
+                self._admitted = queued + rows
+                self._by_client[client] = mine + rows
+        if message:
+            self.observer.rejected(rows)
+            raise ScoringError(ErrorKind.OVERLOADED, message)
         self.observer.queue_depth(queued + rows)
         loop = asyncio.get_running_loop()
-        return Job(rows, loop, loop.create_future(), deadline, self.row_dtype)
+        return Job(rows, loop, loop.create_future(), deadline, client, self.row_dtype)
 
-    def _release(self, rows: int) -> None:
+    def _release(self, jobs: Iterable[Job]) -> None:
+        """Free the queue slots of one row per entry of `jobs` (a job once per row)."""
+        freed = Counter(job.client for job in jobs)
         with self._count_lock:
-            self._admitted -= rows
+            for client, rows in freed.items():
+                self._admitted -= rows
+                left = self._by_client.get(client, 0) - rows
+                if left > 0:
+                    self._by_client[client] = left
+                else:
+                    self._by_client.pop(client, None)
             depth = self._admitted
         self.observer.queue_depth(depth)
 
@@ -203,7 +132,7 @@ class Batcher:
             if job.cancelled or job.settled:
                 if job.cancelled:
                     self.observer.dropped("cancelled", job.rows)
-                self._release(job.rows)
+                self._release([job] * job.rows)
                 return
             items = []
             for index, ids in enumerate(rows):
@@ -218,7 +147,7 @@ class Batcher:
     def withdraw(self, job: Job, error: ScoringError | None = None) -> None:
         """Let go of an admitted job whose rows will never be submitted (its caller left, its deadline
         passed or tokenizing failed): its slots are free, and `error`, if given, is its answer."""
-        self._release(job.rows)
+        self._release([job] * job.rows)
         if error is not None:
             _settle([(job, error)])
 
@@ -240,7 +169,7 @@ class Batcher:
             self._waiting[:] = [item for item in self._waiting if item.job is not job]
             expired = job.deadline is not None and time.monotonic() >= job.deadline - 1e-3
             self.observer.dropped("expired" if expired else "cancelled", len(removed))
-            self._release(len(removed))
+            self._release(item.job for item in removed)
             self._wake_all()
 
     def _collect_loop(self) -> None:
@@ -251,8 +180,8 @@ class Batcher:
                 if self._stopping and not self._waiting and self._prepared is None:
                     self._wake_all()
                     return
-                room = self._prepared is None or len(self._prepared[0]) < self.policy.max_batch_size
-                if self._waiting and room and (self._prepared is None or self._arrivals != formed_at):
+                fresh = self._prepared is None or self._arrivals != formed_at
+                if self._waiting and fresh and (self._prepared is None or self._worth_reforming_locked()):
                     if self._prepared is None:
                         self._wait_to_fill_locked()
                     else:  # give the prepared rows back to the pool and choose again with the newcomers
@@ -260,12 +189,23 @@ class Batcher:
                         self._prepared = None
                     self._drop_dead_locked()
                     if self._waiting:
-                        items = collate(self._waiting, self.policy)
+                        anchor = self._turns.anchor(self._waiting)
+                        items = collate(self._waiting, self.policy, anchor)
                         self._prepared = (items, self._pad([item.ids for item in items]))
+                        self._prepared_for = anchor.job.client
                         formed_at = self._arrivals
                         self._engine_cond.notify_all()
                     continue
                 self._cond.wait()
+
+    def _worth_reforming_locked(self) -> bool:
+        """Newcomers may change the prepared batch: when it has room for them, or when one of them belongs to
+        a client whose turn comes before that of the client the batch was formed for (a full batch of a
+        flooding client's rows must not keep another client's row waiting for one more batch)."""
+        assert self._prepared is not None
+        if len(self._prepared[0]) < self.policy.max_batch_size:
+            return True
+        return self._turns.prefers(self._turns.anchor(self._waiting).job.client, self._prepared_for)
 
     def _wait_to_fill_locked(self) -> None:
         if self.policy.max_wait_ms <= 0:
@@ -284,7 +224,8 @@ class Batcher:
         """Items still worth scoring; the others are counted, their slots freed (when still `queued`)
         and, if someone still waits, their request answered."""
         now = time.monotonic()
-        alive, failed, dead = [], [], 0
+        alive: list[WorkItem] = []
+        failed, dead = [], []
         for item in items:
             job = item.job
             if job.expired(now):  # checked first: a deadline also cancels
@@ -292,10 +233,10 @@ class Batcher:
                 if not job.settled and not job.cancelled:
                     job.settled = True
                     failed.append((job, ScoringError(ErrorKind.TIMEOUT, "deadline passed before the row was scored")))
-                dead += 1
+                dead.append(job)
             elif item.abandoned():
                 self.observer.dropped("cancelled")
-                dead += 1
+                dead.append(job)
             else:
                 alive.append(item)
         if dead and queued:
@@ -312,8 +253,10 @@ class Batcher:
                 if self._waiting and self.policy.max_wait_ms <= 0:
                     self._drop_dead_locked()
                     if self._waiting:
-                        items = collate(self._waiting, self.policy)
-                        self._release(len(items))
+                        anchor = self._turns.anchor(self._waiting)
+                        items = collate(self._waiting, self.policy, anchor)
+                        self._turns.served(anchor.job.client)
+                        self._release(item.job for item in items)
                         if self._waiting:
                             self._cond.notify()  # the rest is prepared while this batch runs
                         return items, self._pad([item.ids for item in items])
@@ -324,7 +267,8 @@ class Batcher:
                 self._engine_cond.wait()
                 self._engine_idle = False
             taken, self._prepared = self._prepared, None
-            self._release(len(taken[0]))
+            self._turns.served(self._prepared_for)
+            self._release(item.job for item in taken[0])
             self._cond.notify_all()  # the collector prepares the next one
             return taken
 
@@ -346,9 +290,8 @@ class Batcher:
             try:
                 rewards = self._run(batch)
                 assert len(rewards) == len(items), f"batch size mismatch: {len(items)} rows, {len(rewards)} rewards"
-            except Exception as e:  # the engine failed: every request in the batch gets the error, none is lost
-                log.exception("inference failed for a batch of %d rows", len(items))
-                error = ScoringError(ErrorKind.INTERNAL, f"inference failed: {e}")
+            except Exception:  # the engine failed: every request in the batch gets the error, none is lost
+                error = internal_error(log, f"inference failed for a batch of {len(items)} rows")
                 failed = {id(item.job): item.job for item in items if not item.job.settled}
                 for job in failed.values():
                     job.settled = True

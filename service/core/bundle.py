@@ -26,8 +26,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import (
@@ -40,6 +42,15 @@ from pydantic import (
 )
 from tokenizers import Tokenizer
 
+from rmserve.service.core.bundle_files import (
+    MAX_MANIFEST_BYTES,
+    MAX_TOKENIZER_BYTES,
+    BundleDirectory,
+    PinnedModel,
+    UnsafeFile,
+    sha256_bytes,
+    sha256_fd,
+)
 from rmserve.service.core.inputs import InputEncoder, InputSpec, Prompt
 from rmserve.service.core.onnx_files import OnnxFileError, external_locations
 from rmserve.service.core.step_scores import StepRewards
@@ -51,6 +62,7 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 # A golden score must be reproduced this closely by the serving engine, or the bundle is refused.
 GOLDEN_TOLERANCE = 1e-3
+MAX_GOLDEN_EXAMPLES = 256
 
 
 class BundleError(Exception):
@@ -111,7 +123,8 @@ class Manifest(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration)
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of every file, by name.")
     provenance: dict[str, Any] = Field(default_factory=dict)
-    golden: list[GoldenExample] = Field(default_factory=list)
+    golden: list[GoldenExample] = Field(default_factory=list, max_length=MAX_GOLDEN_EXAMPLES,
+                                        description="Scored one at a time at every load: kept small.")
     steps: StepRewards | None = Field(None, description="Set for a process reward model: how step rewards are read.")
 
     @model_serializer(mode="wrap")
@@ -130,6 +143,8 @@ class Manifest(BaseModel):
 class Bundle:
     path: Path
     manifest: Manifest
+    tokenizer_json: str | None = field(default=None, repr=False)  # the verified tokenizer.json, as read
+    pinned: PinnedModel | None = field(default=None, repr=False)  # load_bundle(pin_model=True): what to load
 
     @property
     def model_path(self) -> Path:
@@ -139,11 +154,40 @@ class Bundle:
     def tokenizer_path(self) -> Path:
         return self.path / TOKENIZER_FILE
 
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer, made from the bytes that were verified (never read from disk again)."""
+        if self.tokenizer_json is not None:
+            return Tokenizer.from_str(self.tokenizer_json)
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
     def encoder(self) -> InputEncoder:
-        return InputEncoder(Tokenizer.from_file(str(self.tokenizer_path)), self.manifest.input)
+        return InputEncoder(self.tokenizer(), self.manifest.input)
 
     def golden_rows(self) -> list[tuple[Prompt, str]]:
         return [(g.prompt, g.response) for g in self.manifest.golden]  # type: ignore[misc]
+
+
+# An absolute, home-relative or ./-relative path, or one of two or more components (a hub model id has one
+# slash: "org/name"); only provenance and base_model hold paths.
+_PATH = re.compile(r"^(/|~|\.{1,2}[/\\]|[A-Za-z]:[/\\])|[/\\][^/\\]+[/\\]")
+
+
+def _hide_paths(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _hide_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hide_paths(item) for item in value]
+    return "(path hidden)" if isinstance(value, str) and _PATH.search(value) else value
+
+
+def public_manifest(manifest: Manifest, expose_paths: bool = False) -> dict[str, Any]:
+    """The manifest as clients see it (/v1/model, GetModelInfo): without the filesystem paths that
+    provenance and base_model record (where the model was trained, its data), unless `expose_paths`."""
+    data = manifest.model_dump(mode="json")
+    if not expose_paths:
+        data["provenance"] = _hide_paths(data["provenance"])
+        data["model"]["base_model"] = _hide_paths(data["model"]["base_model"])
+    return data
 
 
 def sha256_file(path: Path) -> str:
@@ -192,61 +236,141 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
-def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
-    """Read and verify a bundle directory; raise BundleError naming the first failed check."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise BundleError(f"bundle directory {directory} does not exist")
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"missing file: {manifest_path} (not a bundle; build one with `rmserve export`)")
+def _outside(tensor: str, location: str) -> BundleError:
+    return BundleError(f"external data outside the bundle: {MODEL_FILE} stores tensor {tensor!r} in {location!r}, "
+                       "which is not a file inside the bundle directory; a bundle's files must all be inside it")
+
+
+def load_bundle(path: str | Path, verify_hashes: bool = True, pin_model: bool = False,
+                within: Path | None = None) -> Bundle:
+    """Read and verify a bundle directory; raise BundleError naming the first failed check (files are named
+    relative to the bundle, so that the message can go to a client). Every file is read once, from inside
+    the directory and never through a link (bundle_files.py); tokenizer.json is kept as it was verified.
+    `pin_model`: keep model.onnx's verified bytes and its external data pinned for the engine to load
+    (`Bundle.pinned`). `within`: the directory must lie inside it (the reload endpoint's bundle_root)."""
     try:
-        raw = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{manifest_path} is not valid JSON: {e}") from e
+        directory = BundleDirectory(Path(path), within)
+    except (FileNotFoundError, NotADirectoryError):
+        raise BundleError("bundle directory does not exist") from None
+    except UnsafeFile as e:
+        raise BundleError(str(e)) from None
+    pinned = None
+    try:
+        manifest = _read_manifest(directory)
+        pinned, external = _verify_model(directory, manifest, verify_hashes, pin_model)
+        tokenizer_json = _read(directory, TOKENIZER_FILE, MAX_TOKENIZER_BYTES, "tokenizer.json")
+        _check_hash(manifest, TOKENIZER_FILE, sha256_bytes(tokenizer_json), verify_hashes)
+        for tensor, location in external:
+            _verify_external(directory, manifest, tensor, location, verify_hashes, pinned)
+        for name in manifest.files:
+            if name not in (MODEL_FILE, TOKENIZER_FILE) and name not in {loc for _, loc in external}:
+                _verify_other(directory, manifest, name, verify_hashes)
+        text = tokenizer_json.decode("utf-8", errors="strict")
+        _check_tokenizer(text, manifest)
+    except BaseException:
+        if pinned is not None:
+            pinned.release()
+        raise
+    finally:
+        directory.close()
+    return Bundle(path=Path(path), manifest=manifest, tokenizer_json=text, pinned=pinned)
+
+
+def _read(directory: BundleDirectory, name: str, limit: int | None, what: str) -> bytes:
+    try:
+        return directory.read(name, limit, what)
+    except FileNotFoundError:
+        raise BundleError(f"missing file: {name}" + (" (not a bundle; build one with `rmserve export`)"
+                                                      if name == MANIFEST else "")) from None
+    except UnsafeFile as e:
+        raise BundleError(str(e)) from None
+
+
+def _read_manifest(directory: BundleDirectory) -> Manifest:
+    try:
+        raw = json.loads(_read(directory, MANIFEST, MAX_MANIFEST_BYTES, "the manifest"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{MANIFEST} is not valid JSON: {e}") from e
     if not isinstance(raw, dict):
-        raise BundleError(f"{manifest_path} must hold a JSON object")
+        raise BundleError(f"{MANIFEST} must hold a JSON object")
     version = raw.get("format_version")
     if version not in READABLE_VERSIONS:
         raise BundleError(
-            f"wrong format version: {manifest_path} has format_version {version!r}, "
+            f"wrong format version: {MANIFEST} has format_version {version!r}, "
             f"this rmserve reads versions {', '.join(map(str, READABLE_VERSIONS))}; re-export the bundle with this version"
         )
     try:
-        manifest = Manifest.model_validate(raw)
+        return Manifest.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise BundleError(f"invalid manifest {manifest_path}: field '{field}': {first['msg']}") from e
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(f"invalid manifest {MANIFEST}: field '{where}': {first['msg']}") from e
 
-    def verify(name: str) -> None:
-        file_path = directory / name
-        if not file_path.resolve().is_relative_to(directory.resolve()):
-            raise BundleError(f"manifest {manifest_path} lists {name!r}, a file outside the bundle directory")
-        if not file_path.is_file():
-            raise BundleError(f"missing file: {file_path}")
-        expected = manifest.files.get(name)
-        if expected is None:
-            raise BundleError(f"manifest {manifest_path} lists no sha256 for {name}")
-        if verify_hashes:
-            actual = sha256_file(file_path)
-            if actual != expected:
-                raise BundleError(
-                    f"bad hash: {file_path} has sha256 {actual[:16]}…, manifest expects {expected[:16]}… "
-                    "(file changed after export)"
-                )
 
-    # model.onnx first: a changed graph is reported as such before its external-data locations are read.
-    verify(MODEL_FILE)
-    verify(TOKENIZER_FILE)
-    for name in dict.fromkeys([*external_data_files(directory), *manifest.files]):
-        if name not in (MODEL_FILE, TOKENIZER_FILE):
-            verify(name)
+def _check_hash(manifest: Manifest, name: str, actual: str, verify: bool) -> None:
+    expected = manifest.files.get(name)
+    if expected is None:
+        raise BundleError(f"manifest {MANIFEST} lists no sha256 for {name}")
+    if verify and actual != expected:
+        raise BundleError(f"bad hash: {name} has sha256 {actual[:16]}…, manifest expects {expected[:16]}… "
+                          "(file changed after export)")
 
+
+def _verify_model(directory: BundleDirectory, manifest: Manifest, verify: bool,
+                  pin: bool) -> tuple[PinnedModel | None, list[tuple[str, str]]]:
+    """model.onnx first: a changed graph is reported as such before its external-data locations are read."""
+    data = _read(directory, MODEL_FILE, None, MODEL_FILE)
+    _check_hash(manifest, MODEL_FILE, sha256_bytes(data) if verify else "", verify)
     try:
-        tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        located = external_locations(data, MODEL_FILE)
+    except OnnxFileError as e:
+        raise BundleError(str(e)) from e
+    external: list[tuple[str, str]] = []
+    for tensor, location in located:
+        parts = PurePosixPath(location).parts
+        if not parts or Path(location).is_absolute() or ".." in parts:
+            raise _outside(tensor, location)
+        if location not in {loc for _, loc in external}:
+            external.append((tensor, location))
+    return (PinnedModel(data) if pin else None), external
+
+
+def _verify_external(directory: BundleDirectory, manifest: Manifest, tensor: str, location: str, verify: bool,
+                     pinned: PinnedModel | None) -> None:
+    try:
+        fd = directory.open(location)
+    except FileNotFoundError:
+        raise BundleError(f"missing file: {location} (external data of {MODEL_FILE})") from None
+    except UnsafeFile:
+        raise _outside(tensor, location) from None
+    if pinned is None:
+        try:
+            _check_hash(manifest, location, sha256_fd(fd) if verify else "", verify)
+        finally:
+            os.close(fd)
+        return
+    pinned.pin(location, fd)  # closed by pinned.release()
+    _check_hash(manifest, location, sha256_bytes(pinned.external[location]) if verify else "", verify)
+
+
+def _verify_other(directory: BundleDirectory, manifest: Manifest, name: str, verify: bool) -> None:
+    try:
+        fd = directory.open(name)
+    except FileNotFoundError:
+        raise BundleError(f"missing file: {name}") from None
+    except UnsafeFile as e:
+        raise BundleError(f"manifest {MANIFEST} lists {name!r}: {e}") from None
+    try:
+        _check_hash(manifest, name, sha256_fd(fd) if verify else "", verify)
+    finally:
+        os.close(fd)
+
+
+def _check_tokenizer(text: str, manifest: Manifest) -> None:
+    try:
+        tokenizer = Tokenizer.from_str(text)
     except Exception as e:  # tokenizers raises a bare Exception on a malformed file
-        raise BundleError(f"cannot read {directory / TOKENIZER_FILE}: {e}") from e
+        raise BundleError(f"cannot read {TOKENIZER_FILE}: {e}") from e
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     if vocab > manifest.model.vocab_size:
         raise BundleError(
@@ -261,10 +385,9 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
                 f"{manifest.model.vocab_size}-token vocabulary"
             )
     if (manifest.steps is None) != (manifest.input.step_separator is None):
-        raise BundleError(f"invalid manifest {manifest_path}: a process reward model needs both 'steps' and "
+        raise BundleError(f"invalid manifest {MANIFEST}: a process reward model needs both 'steps' and "
                           "the input spec's step_separator, an outcome reward model neither")
     try:  # the spec must work with this tokenizer: special tokens found, chat template compiles
         InputEncoder(tokenizer, manifest.input)
     except ValueError as e:
-        raise BundleError(f"invalid input spec in {manifest_path}: {e}") from e
-    return Bundle(path=directory, manifest=manifest)
+        raise BundleError(f"invalid input spec in {MANIFEST}: {e}") from e

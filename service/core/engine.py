@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -64,8 +64,10 @@ class OnnxRewardModel:
     """Runs padded batches through the bundle's ONNX model and returns one float32 reward per row, or, for a
     process reward model (`step_separator_id`), per row the float32 array of its step scores (an object array)."""
 
-    def __init__(self, model_path: str, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0,
-                 step_separator_id: int | None = None):
+    def __init__(self, model_path: str | bytes, device: Device = "auto", intra_op_threads: int = 0, nice: int = 0,
+                 external_data: dict[str, Any] | None = None, step_separator_id: int | None = None):
+        """`model_path`: model.onnx's path, or its bytes (as a bundle verified them: `Bundle.pinned`), with
+        `external_data` then mapping each external-data location to the buffer ONNX Runtime copies it from."""
         wanted = [CUDA, CPU] if device in ("auto", "cuda") else [CPU]
         if device == "auto" and not nvidia_device_present():
             wanted = [CPU]  # trying CUDA without a GPU only fills the log with loader errors
@@ -75,9 +77,12 @@ class OnnxRewardModel:
         if device == "cuda" and CUDA not in providers:
             raise RuntimeError(f"device=cuda but this onnxruntime offers only {available}")
         threads_before = _thread_ids()
-        self.session = ort.InferenceSession(
-            model_path, sess_options=_session_options(intra_op_threads), providers=providers
-        )
+        options = _session_options(intra_op_threads)
+        if external_data:
+            names = list(external_data)
+            buffers = [external_data[name] for name in names]
+            options.add_external_initializers_from_files_in_memory(names, buffers, [len(b) for b in buffers])
+        self.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
         self.nice = nice
         self._reniced = threading.local()
         if nice:
@@ -103,8 +108,11 @@ class OnnxRewardModel:
     @classmethod
     def for_bundle(cls, bundle: Bundle, device: Device = "auto", intra_op_threads: int = 0,
                    nice: int = 0) -> OnnxRewardModel:
-        """The engine of `bundle`, reading step scores when it is a process reward model."""
-        return cls(str(bundle.model_path), device, intra_op_threads, nice,
+        """The engine of `bundle`, reading step scores when it is a process reward model; from the bytes that
+        were verified when the bundle was loaded with `pin_model`."""
+        pinned = bundle.pinned
+        model, external = (pinned.onnx, pinned.external) if pinned is not None else (str(bundle.model_path), None)
+        return cls(model, device, intra_op_threads, nice, external_data=external,
                    step_separator_id=bundle.manifest.input.step_separator_id)
 
     @property

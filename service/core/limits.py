@@ -6,8 +6,9 @@ JSON body itself (strict UTF-8, no NaN/Infinity, bounded nesting), and the deadl
 `X-Request-Timeout` header (HTTP) or the call's deadline (gRPC), else the `request_timeout_seconds`
 setting. Every refusal is a VALIDATION `ScoringError` whose field and message name the limit.
 
-The HTTP deadline travels to the scoring core through a context variable set by the request guard
-(`service/transports/http/guard.py`), so that no route has to thread it through by hand.
+The HTTP deadline, and the client a request came from (for per-client queue limits), travel to the scoring
+core through context variables set by the transports' guards, so that no route threads them by hand. A
+deadline a caller chose is cut to `max_request_timeout_seconds`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from rmserve.service.settings import Settings
 
 # time.monotonic() after which the current HTTP request's work is dropped; None: no header was sent.
 request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
+# Who sent the current request, for per-client queue limits: its API key's name, or its connection when
+# there are no keys (set by the transport's guard; "" when unknown).
+request_client: contextvars.ContextVar[str] = contextvars.ContextVar("request_client", default="")
 
 
 class _Row(Protocol):
@@ -78,11 +82,11 @@ def check_rows(rows: Sequence[_Row], settings: Settings) -> None:
 
 
 def effective_deadline(explicit: float | None, settings: Settings) -> float | None:
-    """The deadline work is held to: the caller's (gRPC), the request header's (HTTP), else the default."""
-    if explicit is not None:
-        return explicit
-    from_header = request_deadline.get()
-    if from_header is not None:
-        return from_header
+    """The deadline work is held to: the caller's (gRPC), the request header's (HTTP), else the default;
+    one the caller chose is cut to `max_request_timeout_seconds` from now."""
+    chosen = explicit if explicit is not None else request_deadline.get()
+    now = time.monotonic()
+    if chosen is not None:
+        return min(chosen, now + settings.max_request_timeout_seconds)
     default = settings.request_timeout_seconds
-    return time.monotonic() + default if default > 0 else None
+    return now + default if default > 0 else None

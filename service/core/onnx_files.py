@@ -79,23 +79,25 @@ def _tensors_of_nodes(nodes: Any):
                 yield from _tensors_of_graph(graph)
 
 
-def external_locations(model_path: str | Path) -> list[tuple[str, str]]:
-    """(tensor name, location) of every tensor stored outside model.onnx, in file order."""
-    model = _model_class()()
+def external_locations(model: str | Path | bytes, name: str | None = None) -> list[tuple[str, str]]:
+    """(tensor name, location) of every tensor stored outside model.onnx, in file order. `model` is the
+    file's path or its bytes (`name` then names it in errors)."""
+    name = name or str(model if not isinstance(model, bytes) else "model.onnx")
+    parsed = _model_class()()
     try:
-        model.ParseFromString(Path(model_path).read_bytes())
+        parsed.ParseFromString(model if isinstance(model, bytes) else Path(model).read_bytes())
     except Exception as e:  # protobuf's DecodeError and friends: the file is not an ONNX model
-        raise OnnxFileError(f"{model_path} is not a readable ONNX model: {e}") from e
-    graphs = [model.graph] + [g for info in model.training_info for g in (info.initialization, info.algorithm)]
+        raise OnnxFileError(f"{name} is not a readable ONNX model: {e}") from e
+    graphs = [parsed.graph] + [g for info in parsed.training_info for g in (info.initialization, info.algorithm)]
     tensors = [t for graph in graphs for t in _tensors_of_graph(graph)]
-    tensors += list(_tensors_of_nodes(n for function in model.functions for n in function.node))
+    tensors += list(_tensors_of_nodes(n for function in parsed.functions for n in function.node))
     found = []
     for tensor in tensors:
         if tensor.data_location != _EXTERNAL:
             continue
         location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
         if not location:
-            raise OnnxFileError(f"{model_path}: tensor {tensor.name!r} is stored outside the file but names no location")
+            raise OnnxFileError(f"{name}: tensor {tensor.name!r} is stored outside the file but names no location")
         found.append((tensor.name, location))
     return found
 

@@ -1,7 +1,7 @@
 """The scoring core: the one place where requests become rewards, whatever the transport.
 
-Validates rows, admits them to the one batcher that every request shares (refused at once when the queue
-is full, before any tokenizing), has them rendered and tokenized off the event loop by the tokenizer
+Validates rows, admits them to the one batcher that every request shares (refused at once when the queue,
+or the sending client's share of it, is full, before any tokenizing), has them rendered and tokenized off the event loop by the tokenizer
 threads (service/core/tokenizing.py) and waits for their rewards; turns raw rewards into normalized rewards
 and preference probabilities with the bundle's constants. Transports are thin adapters over `Scorer`.
 
@@ -21,18 +21,19 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 from rmserve.group_stats import ValueKind
 from rmserve.service.core.batcher import Batcher, BatchPolicy, Job
-from rmserve.service.core.bundle import Bundle, load_bundle
+from rmserve.service.core.bundle import Bundle, BundleError, load_bundle
 from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.groups import RewardSummary, summarize
 from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
-from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field
+from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field, request_client
 from rmserve.service.core.metrics import Metrics, MetricsObserver
 from rmserve.service.core.step_scores import activate, aggregate_all, step_text
 from rmserve.service.core.tokenizing import Tokenizing
@@ -106,6 +107,7 @@ class Scorer:
                 max_wait_ms=settings.max_wait_ms,
                 max_queue_rows=settings.max_queue_rows,
                 max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
+                max_client_rows=settings.client_queue_rows,
             ),
             observer=MetricsObserver(metrics, self.normalize, None if self.steps is None else self._default_rewards),
             row_dtype=np.float32 if self.steps is None else object,
@@ -114,15 +116,25 @@ class Scorer:
         self.tokenizing = Tokenizing(self.encoder.encode, self.batcher, tokenizer_threads(), self._tokenized)
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> Scorer:
-        """Load and verify the bundle, start the engine, and prove it with the golden set."""
-        bundle = load_bundle(settings.bundle)
-        engine = OnnxRewardModel.for_bundle(bundle, settings.device, settings.intra_op_threads, settings.inference_nice)
+    def load(cls, settings: Settings, metrics: Metrics, within: Path | None = None) -> Scorer:
+        """Load and verify the bundle, start the engine on exactly the bytes that were verified, and prove it
+        with the golden set. `within`: the bundle must lie inside this directory (reloads' bundle_root)."""
+        bundle = load_bundle(settings.bundle, pin_model=True, within=within)
+        pinned = bundle.pinned
+        assert pinned is not None
+        try:
+            engine = OnnxRewardModel.for_bundle(bundle, settings.device, settings.intra_op_threads,
+                                                settings.inference_nice)
+            changed = pinned.changed()
+            if changed is not None:
+                raise BundleError(f"{changed} changed while the bundle was loading; load it again once it is complete")
+        finally:
+            pinned.release()
         worst = check_golden(bundle, engine, bundle.encoder())
         warm_up(engine, bundle.manifest.input.max_length, bundle.manifest.input.pad_id, settings)
         scorer = cls(bundle, engine, settings, metrics)
-        log.info("bundle %s loaded from %s; golden set reproduced within %.1e on %s; batches ≤%d rows, "
-                 "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, bundle.path, worst, engine.provider,
+        log.info("bundle %s loaded from %r; golden set reproduced within %.1e on %s; batches ≤%d rows, "
+                 "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, str(bundle.path), worst, engine.provider,
                  settings.max_batch_size, settings.max_batch_tokens, 100 * scorer.batcher.policy.max_padding_ratio)
         return scorer
 
@@ -175,7 +187,8 @@ class Scorer:
         if deadline is not None and time.monotonic() >= deadline:
             self.batcher.observer.dropped("expired", len(rows))
             raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
-        job = self.batcher.admit(len(rows), deadline)  # an overloaded service answers before tokenizing
+        # An overloaded service, or a client over its share of the queue, is answered before tokenizing.
+        job = self.batcher.admit(len(rows), deadline, request_client.get())
         # A row the model's chat template refuses answers its request with a validation error naming its prompt.
         self.tokenizing.submit(job, [(row.prompt, text) for row, text in zip(rows, texts)],
                                lambda i: prompt_field(rows[i].field))

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from rmserve.service.core.batcher import Batcher, Job
-from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
 from rmserve.service.core.inputs import EncodedInput, Prompt, RowError
 
 log = logging.getLogger("rmserve.tokenizing")
@@ -153,11 +153,11 @@ class Tokenizing:
         except RowError as e:  # one request's conversation was refused: it alone is answered, the rest go on
             self._refuse_row(jobs, e)
             return
-        except Exception as e:  # a tokenizer failure answers these requests; the stage keeps serving
-            log.exception("tokenizing %d requests failed", len(jobs))
+        except Exception:  # a tokenizer failure answers these requests; the stage keeps serving
+            error = internal_error(log, f"tokenizing {len(jobs)} requests failed")
             for job, _ in jobs:
                 self._row_names.pop(id(job), None)
-                self._batcher.withdraw(job, ScoringError(ErrorKind.INTERNAL, f"tokenizing failed: {e}"))
+                self._batcher.withdraw(job, error)
             return
         for job, _ in jobs:
             self._row_names.pop(id(job), None)

@@ -1,8 +1,12 @@
 """Model management: a new bundle goes live without a restart, or is refused while the old one serves.
 
 Triggers: `POST /admin/reload` with `{"bundle": PATH}` (or no body: the configured bundle path again),
-authenticated with an admin key (`admin_api_keys`; the endpoint is closed when none is set), and SIGHUP
-(the configured bundle path, re-read; wired in service/process/runtime.py). Reloads run one at a time.
+authenticated with an admin key (`admin_api_keys`, `admin_api_keys_file`; the endpoint is closed when none
+is set), and SIGHUP (the configured bundle path, re-read; wired in service/process/runtime.py). Reloads run
+one at a time. A PATH must lie inside `bundle_root` (a relative one is taken inside it; symlinks are
+followed before the check, so none leads out); without `bundle_root` only the configured bundle reloads.
+A refusal never names a path the client did not send, nor says whether a path outside the root exists;
+the log escapes the path the client sent.
 
 A new bundle is verified exactly as at start-up (format, sha256 of every file, golden-set parity on the
 new engine) in a thread while the old one keeps serving; a failure leaves everything as it was. On
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
+from rmserve.service.core.bundle import BundleError
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.scoring import Scorer
 from rmserve.service.transports.auth import ApiKeys
@@ -56,7 +61,9 @@ async def until_idle(scorer: Scorer, quiet: float, limit: float) -> bool:
 class Reloader:
     def __init__(self, state: ServiceState):
         self.state = state
-        self.admin_keys = ApiKeys.load(state.settings.admin_api_keys.get_secret_value(), None)
+        settings = state.settings
+        self.admin_keys = ApiKeys.load(settings.admin_api_keys.get_secret_value(), settings.admin_api_keys_file,
+                                       "admin_api_keys_file")
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
         self.reloads = Counter("rmserve_model_reloads", "Bundle reloads (admin endpoint or SIGHUP) by outcome: "
@@ -65,28 +72,58 @@ class Reloader:
         for outcome in ("ok", "refused"):
             self.reloads.labels(outcome)
 
-    async def reload(self, bundle: Path | None = None) -> tuple[Scorer, Scorer]:
-        """Load, verify and swap in `bundle` (default: the configured one); returns (old, new)."""
+    def confine(self, given: str) -> Path:
+        """The directory a reload request names, inside `bundle_root`; refused without saying more."""
+        root = self.state.settings.bundle_root
+        if root is None:
+            raise ScoringError(ErrorKind.VALIDATION, "this server reloads only its configured bundle: send no "
+                               "'bundle', or set bundle_root to the directory bundles may be loaded from", "bundle")
+        real_root = Path(root).resolve()
+        try:
+            real = (real_root / given).resolve()  # an absolute `given` replaces the root here
+        except (OSError, ValueError):
+            real = None
+        if real is None or real == real_root or not real.is_relative_to(real_root):
+            raise ScoringError(ErrorKind.VALIDATION, "the bundle must be a directory inside the server's "
+                               "bundle_root", "bundle")
+        return real
+
+    async def reload(self, bundle: str | None = None) -> tuple[Scorer, Scorer]:
+        """Load, verify and swap in `bundle` (inside bundle_root; default: the configured one); returns
+        (old, new)."""
         state = self.state
         async with self._lock:
             old = state.scorer
             if old is None or not state.ready:
                 raise ScoringError(ErrorKind.UNAVAILABLE, "no model is being served (loading or shutting down)")
-            settings = state.settings if bundle is None else state.settings.model_copy(update={"bundle": Path(bundle)})
             try:
-                new = await asyncio.to_thread(Scorer.load, settings, state.metrics)
-            except Exception as e:  # BundleError names the failed check; anything else is a refusal too
+                where = None if bundle is None else self.confine(bundle)
+            except ScoringError:
                 self.reloads.labels("refused").inc()
-                log.error("reload of %s refused, still serving %s: %s", settings.bundle, old.manifest.bundle_id, e)
-                raise ScoringError(ErrorKind.VALIDATION, f"bundle {settings.bundle} refused, still serving "
+                log.error("reload of %r refused: not inside bundle_root", bundle)
+                raise
+            settings = state.settings if where is None else state.settings.model_copy(update={"bundle": where})
+            name = "the configured bundle" if bundle is None else "the bundle"
+            try:
+                new = await asyncio.to_thread(Scorer.load, settings, state.metrics,
+                                              None if where is None else state.settings.bundle_root)
+            except BundleError as e:  # names the failed check, files relative to the bundle
+                self.reloads.labels("refused").inc()
+                log.error("reload of %r refused, still serving %s: %s", str(settings.bundle), old.manifest.bundle_id, e)
+                raise ScoringError(ErrorKind.VALIDATION, f"{name} was refused, still serving "
                                    f"{old.manifest.bundle_id}: {e}", "bundle") from None
+            except Exception:  # not a check that failed: the details are for the log only
+                self.reloads.labels("refused").inc()
+                log.exception("reload of %r refused, still serving %s", str(settings.bundle), old.manifest.bundle_id)
+                raise ScoringError(ErrorKind.VALIDATION, f"{name} was refused, still serving {old.manifest.bundle_id}: "
+                                   "it could not be loaded (the server log has the details)", "bundle") from None
             if not state.ready:  # shutdown began while the bundle loaded
                 await asyncio.to_thread(new.close)
                 raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
             state.scorer = new
             new.publish_model_info()
             self.reloads.labels("ok").inc()
-            log.info("now serving bundle %s from %s (was %s)", new.manifest.bundle_id, new.bundle.path,
+            log.info("now serving bundle %s from %r (was %s)", new.manifest.bundle_id, str(new.bundle.path),
                      old.manifest.bundle_id)
             task = asyncio.create_task(self._retire(old))
             self._retiring.add(task)

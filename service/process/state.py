@@ -33,6 +33,9 @@ class ServiceState:
         self.api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
         self.scorer: Scorer | None = None
         self._ready = False
+        self.draining = False  # shutdown began: HTTP answers close their connections
+        self.grpc_calls = 0  # gRPC calls begun so far: the end of a drain waits until they stop coming
+        self._refusals_released: asyncio.Event | None = None  # set: refusals are held until it is (close_grpc)
         self.load_error: Exception | None = None
         self.readiness_listeners: list = []  # callables(bool), e.g. the gRPC health servicer
         self.reloader = Reloader(self)
@@ -65,6 +68,19 @@ class ServiceState:
         self.metrics.ready.set(1 if ready else 0)
         for listener in self.readiness_listeners:
             listener(ready)
+
+    def hold_refusals(self) -> None:
+        """From now on a gRPC call refused as UNAVAILABLE waits for `release_refusals` before it is answered."""
+        self._refusals_released = asyncio.Event()
+
+    def release_refusals(self) -> None:
+        if self._refusals_released is not None:
+            self._refusals_released.set()
+
+    async def refusal_released(self) -> None:
+        """Return at once, unless refusals are held (the last moment of a drain)."""
+        if self._refusals_released is not None:
+            await self._refusals_released.wait()
 
     async def drain(self, limit: float) -> None:
         """Readiness is off: wait until admitted work is done, or `limit` seconds."""

@@ -1,11 +1,15 @@
 """Optional API-key authentication, shared by HTTP (`Authorization: Bearer <key>`) and gRPC (metadata
 `authorization: Bearer <key>`). Keys come from settings (`api_keys`, comma-separated) and/or a file (one
-key per line); with none configured, authentication is off. Keys are compared in constant time.
+key per line); with none configured, authentication is off. The scheme is matched in any case, as HTTP
+says; keys are compared in constant time. The same class holds the admin keys (`admin_api_keys`,
+`admin_api_keys_file`), and `exposed` tells whether a bind address needs keys at all.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import socket
 from pathlib import Path
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
@@ -16,13 +20,13 @@ class ApiKeys:
         self._keys = [k.encode() for k in keys if k]
 
     @classmethod
-    def load(cls, inline: str, file: Path | None) -> ApiKeys:
+    def load(cls, inline: str, file: Path | None, setting: str = "api_keys_file") -> ApiKeys:
         keys = [k.strip() for k in inline.split(",")]
         if file is not None:
             try:
                 lines = Path(file).read_text().splitlines()
             except OSError as e:
-                raise ValueError(f"api_keys_file {file}: {e.strerror}") from e
+                raise ValueError(f"{setting} {file}: {e.strerror}") from e
             keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         return cls([k for k in keys if k])
 
@@ -30,17 +34,37 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def check(self, authorization: str | None) -> None:
-        """Raise UNAUTHENTICATED unless `authorization` is "Bearer <a configured key>"."""
+    def check(self, authorization: str | None) -> str:
+        """Raise UNAUTHENTICATED unless `authorization` is "Bearer <a configured key>"; returns the name of
+        the key that matched ("key-N", for per-client accounting; "" when authentication is off)."""
         if not self._keys:
-            return
-        if not authorization or not authorization.startswith("Bearer "):
+            return ""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
             raise ScoringError(ErrorKind.UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <key>'",
                                "authorization")
-        token = authorization.removeprefix("Bearer ").strip().encode()
-        # Compare against every key so the time taken does not tell which prefix matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(token, key)
-        if not matched:
+        given = token.strip().encode()
+        # Compare against every key so the time taken does not tell which one matched.
+        matched = -1
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(given, key):
+                matched = index
+        if matched < 0:
             raise ScoringError(ErrorKind.UNAUTHENTICATED, "invalid API key", "authorization")
+        return f"key-{matched}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) reaches this machine only: every address it resolves to is a
+    loopback one. The empty host and 0.0.0.0 / :: listen on every interface."""
+    if host in ("", "0.0.0.0", "::"):
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)

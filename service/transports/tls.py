@@ -1,19 +1,35 @@
-"""Optional TLS: one certificate and key (settings `tls_cert_file`, `tls_key_file`) for both HTTP
-(uvicorn) and gRPC. Without them both servers speak plaintext, as behind a TLS-terminating proxy."""
+"""Optional TLS: one certificate and key (settings `tls_cert_file`, `tls_key_file`) for both HTTP (uvicorn)
+and gRPC. Without them both servers speak plaintext, as behind a TLS-terminating proxy.
+
+HTTP accepts TLS 1.2 and 1.3 only, and for TLS 1.2 only forward-secret AEAD suites (`HTTP_CIPHERS`; TLS
+1.3's suites are all of that kind). gRPC's TLS is BoringSSL's, built into grpcio, whose server already
+accepts TLS 1.2 and 1.3 only with ECDHE and AES-GCM suites; tests/integration/test_tls.py checks both ports.
+"""
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import grpc
 
 from rmserve.service.settings import Settings
 
+HTTP_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 
 def uvicorn_tls_options(settings: Settings) -> dict[str, Any]:
     if settings.tls_cert_file is None:
         return {}
-    return {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file)}
+    return {"ssl_certfile": str(settings.tls_cert_file), "ssl_keyfile": str(settings.tls_key_file),
+            "ssl_ciphers": HTTP_CIPHERS}
+
+
+def harden(context: ssl.SSLContext | None) -> None:
+    """TLS 1.2 at least, with HTTP_CIPHERS, on the context uvicorn made (None: plaintext)."""
+    if context is not None:
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(HTTP_CIPHERS)
 
 
 def add_grpc_port(server: grpc.aio.Server, settings: Settings) -> int:

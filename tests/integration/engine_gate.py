@@ -11,8 +11,11 @@ wraps the ONNX Runtime model's call and then runs the real `rmserve serve`: real
 batcher and ONNX Runtime. Nothing under service/ knows of it, so no production configuration can reach
 it (tests/integration/test_engine_gate.py checks both).
 
+The gate can also make the engine fail once (`fail_next`): the next batch raises the kind of error ONNX
+Runtime raises, for tests of what clients are told when inference fails.
+
 The test and the server process talk over a Unix socket (multiprocessing.connection): the test sends
-"hold" or "release" and gets "ok" once it took effect; the server sends ("held", rows) for each batch it
+"hold", "release" or "fail" and gets "ok" once it took effect; the server sends ("held", rows) for each batch it
 holds.
 """
 
@@ -27,6 +30,8 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 
 AUTHKEY = b"rmserve-engine-gate"
+# What fail_next makes the engine raise: ONNX Runtime's style, with internals a client must never see.
+ENGINE_FAILURE = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code running node /opt/models/secret"
 
 
 class EngineGate:
@@ -66,6 +71,10 @@ class EngineGate:
         if self._conn is not None:
             self._command("release")
 
+    def fail_next(self) -> None:
+        """The next batch the engine runs raises ENGINE_FAILURE instead of scoring."""
+        self._command("fail")
+
     def wait_held(self, timeout: float = 60.0) -> int:
         """Wait until the engine holds a batch (one not reported before); returns its rows."""
         if not self._held:
@@ -85,6 +94,7 @@ class _ServerGate:
     def __init__(self, address: str):
         self._open = threading.Event()
         self._open.set()
+        self._fail = threading.Event()
         self._send_lock = threading.Lock()
         self._conn: Connection | None = None
         self._listener = Listener(address, family="AF_UNIX", authkey=AUTHKEY)
@@ -102,6 +112,8 @@ class _ServerGate:
                 self._open.clear()
             elif command == "release":
                 self._open.set()
+            elif command == "fail":
+                self._fail.set()
             self._send("ok")
 
     def _send(self, message) -> None:
@@ -114,6 +126,9 @@ class _ServerGate:
             if not self._open.is_set():
                 self._send(("held", int(batch.input_ids.shape[0])))
                 self._open.wait()
+            if self._fail.is_set():
+                self._fail.clear()
+                raise RuntimeError(ENGINE_FAILURE)
             return call(engine, batch)
 
         return gated

@@ -37,9 +37,10 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None = None,
+def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None = None, host: str = "127.0.0.1",
                    **settings: str) -> Iterator[RunningServer]:
-    """`gate`: start the server through the test harness whose engine waits on that gate."""
+    """`gate`: start the server through the test harness whose engine waits on that gate. `host`: the address
+    it binds (it is reached on 127.0.0.1 either way)."""
     port = free_port()
     grpc_port = free_port()
     env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
@@ -47,7 +48,7 @@ def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None 
     log = open(Path(bundle).parent / f"server-{port}.log", "w+")
     entry = ["-m", "rmserve.cli"] if gate is None else ["-m", "tests.integration.engine_gate", gate.address]
     proc = subprocess.Popen(
-        [sys.executable, *entry, "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+        [sys.executable, *entry, "serve", "--bundle", str(bundle), "--host", host,
          "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )

@@ -157,3 +157,22 @@ def test_undecodable_grpc_message_without_a_key_is_unauthenticated(server):
         with pytest.raises(grpc.RpcError) as info:
             raw(b"\x12\x02\xff\xfe", timeout=10, metadata=[("authorization", "Bearer key-one")])
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_matched_whatever_its_case(server, scheme):
+    headers = {"authorization": f"{scheme} key-one"}
+    assert httpx.post(server.url + "/score", json=BODY, headers=headers).status_code == 200
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        assert grpc_calls(pb_grpc.RewardModelStub(channel))["Score"](list(headers.items()))
+
+
+def test_a_public_address_without_keys_serves_with_allow_unauthenticated_and_warns(tmp_path):
+    """The other half of the refusal (tests/unit/test_settings_cli.py): said on purpose, it starts, and the
+    log says that anyone who can reach the address can use the model."""
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, host="0.0.0.0", allow_unauthenticated="true") as server:
+        assert httpx.post(server.url + "/score", json=BODY).status_code == 200
+        log = tmp_path / f"server-{server.url.rsplit(':', 1)[1]}.log"
+        warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
+    assert any("without API keys" in line and "0.0.0.0" in line for line in warnings), warnings

@@ -113,7 +113,9 @@ NASTY_BYTES = [
     ("unknown field beside a valid request", b"\x0a\x03\x0a\x01a\x12\x02ok\xf8\x01\x01", OK),
     ("group start tag", b"\x0b\x0c", BAD),
     ("nested prompt garbage", b"\x0a\x02\x12\xff", BAD),
-    ("over max_request_bytes", b"\x0a\x03\x0a\x01a" + b"\x12\x80\x80\x04" + b"a" * 65536, BAD),
+    # gRPC's own message limit is max_request_bytes: refused by gRPC before it is read.
+    ("over max_request_bytes", b"\x0a\x03\x0a\x01a" + b"\x12\x80\x80\x04" + b"a" * 65536,
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -176,7 +178,7 @@ def test_nasty_grpc_compare_and_model_info(channel):
 
 def test_a_message_past_grpc_own_limit_is_resource_exhausted_and_the_server_lives(server, channel):
     stub = pb_grpc.RewardModelStub(channel)
-    huge = pb.ScoreRequest(prompt=TEXT, responses=["x" * (9 << 20)])  # past grpc_max_message_bytes (8 MiB)
+    huge = pb.ScoreRequest(prompt=TEXT, responses=["x" * (9 << 20)])  # far past max_request_bytes
     assert code_of(lambda: stub.Score(huge, timeout=60, metadata=AUTH)) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert code_of(lambda: stub.Score(pb.ScoreRequest(prompt=TEXT, responses=["fine"]), timeout=30, metadata=AUTH)) == OK
     no_internal_errors(server)

@@ -154,6 +154,38 @@ def test_readme_client_examples_run(server, script):
     assert "rewards:" in out.stdout
 
 
+@pytest.mark.holds_engine
+def test_message_size_and_concurrent_calls_are_capped(tmp_path):
+    """A message past max_request_bytes is refused before it is decoded, and calls past
+    grpc_max_concurrent_rpcs get RESOURCE_EXHAUSTED at once while the others wait for a busy engine."""
+    from tests.conftest import make_tiny_bundle
+    from tests.integration.engine_gate import EngineGate
+    from tests.integration.test_lifecycle import in_flight
+    from tests.waiting import wait_until
+
+    gate = EngineGate()
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, gate=gate, max_request_bytes=65536, grpc_max_concurrent_rpcs=2) as server, \
+            grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", 1 << 20)]) as channel:
+        stub = pb_grpc.RewardModelStub(channel)
+        small = pb.ScoreRequest(prompt=text("hello there"), responses=["i am fine thanks"])
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(pb.ScoreRequest(prompt=text("x" * 70_000), responses=["no"]), timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        gate.hold()
+        try:
+            held = [stub.Score.future(small, timeout=60) for _ in range(2)]
+            gate.wait_held()
+            wait_until(lambda: in_flight(server, "grpc") == 2, "both calls to be under way")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Score(small, timeout=30)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            gate.release()
+        assert all(len(call.result().rewards) == 1 for call in held)
+        assert len(stub.Score(small, timeout=30).rewards) == 1  # room again
+
+
 def test_http_and_grpc_serve_on_asyncio_own_event_loop_too(trained):
     # The default runs on uvloop when it is installed (every other test here); asyncio's loop is the fallback.
     _, bundle, _, _ = trained

@@ -58,7 +58,7 @@ def bundles(tmp_path_factory):
     manifest["format_version"] = 99
     (bad_format / MANIFEST).write_text(json.dumps(manifest))
     return {"a": a, "b": b, "bad-hash": bad_hash, "bad-golden": bad_golden, "bad-format": bad_format,
-            "missing": root / "missing"}
+            "missing": root / "missing", "root": root}
 
 
 class Load:
@@ -121,13 +121,14 @@ def reload_count(server, outcome: str) -> float:
 
 @pytest.mark.holds_engine
 def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles, tmp_path):
-    with running_server(bundles["a"], admin_api_keys="admin-key", api_keys="", max_queue_rows=4096) as server:
+    with running_server(bundles["a"], admin_api_keys="admin-key", api_keys="", max_queue_rows=4096,
+                        bundle_root=str(bundles["root"])) as server:
         with Load(server) as load:
             load.wait_for(10)
-            r = httpx.post(server.url + "/admin/reload", json={"bundle": str(bundles["b"])}, headers=ADMIN, timeout=60)
+            r = httpx.post(server.url + "/admin/reload", json={"bundle": "b"}, headers=ADMIN, timeout=60)  # in bundle_root
             assert r.status_code == 200, r.text
             assert r.json()["model"]["bundle_id"] == "bundle-b" and r.json()["previous"]["bundle_id"] == "bundle-a"
-            assert r.json()["bundle_path"] == str(bundles["b"])
+            assert str(bundles["root"]) not in r.text
             assert live(server) == "bundle-b"
             assert 'bundle_id="bundle-b"' in httpx.get(server.url + "/metrics").text
             seen = len(load.answers)
@@ -141,6 +142,7 @@ def test_reload_under_load_fails_no_request_and_bad_bundles_are_refused(bundles,
                 error = r.json()["error"]
                 assert error["field"] == "bundle" and message in error["message"], error
                 assert "still serving bundle-b" in error["message"]
+                assert str(bundles["root"]) not in r.text, "no path of the server's in the answer"
                 assert live(server) == "bundle-b"
             assert reload_count(server, "refused") == 4
 
@@ -181,3 +183,49 @@ def test_admin_endpoint_needs_an_admin_key(tmp_path):
     with running_server(bundle) as server:  # no admin key configured: closed
         r = httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN)
         assert r.status_code == 401 and "admin_api_keys" in r.json()["error"]["message"]
+
+
+def test_reload_paths_are_confined_to_bundle_root(bundles, tmp_path):
+    """A path outside bundle_root, one that leads out through a symlink, and any path when no bundle_root
+    is set are refused with one message that names no path and says nothing of what exists there; the
+    log escapes the path the client sent."""
+    outside = make_other_bundle(tmp_path / "outside", "outside", seed=5)  # a valid bundle, just not allowed
+    inside = make_other_bundle(bundles["root"] / "c", "bundle-c", seed=6)
+    link = bundles["root"] / "link-out"
+    link.symlink_to(outside, target_is_directory=True)
+    sneaky = str(bundles["root"]) + "/../" + tmp_path.name + "/outside"
+    try:
+        with running_server(bundles["b"], admin_api_keys="admin-key", bundle_root=str(bundles["root"])) as server:
+            answers = []
+            for given in (str(outside), "link-out", sneaky, "/etc", "..", str(tmp_path / "no-such-dir"),
+                          "a\n2099-01-01 INFO forged log line"):
+                r = httpx.post(server.url + "/admin/reload", json={"bundle": given}, headers=ADMIN, timeout=60)
+                assert r.status_code == 422, (given, r.text)
+                assert r.json()["error"]["message"] == "the bundle must be a directory inside the server's bundle_root" \
+                    or "does not exist" in r.json()["error"]["message"], (given, r.text)
+                assert str(tmp_path) not in r.text and str(bundles["root"]) not in r.text, r.text
+                answers.append(r.json()["error"]["message"])
+            # Outside the root, existing or not, the answer is the same.
+            assert answers[0] == answers[3] == answers[5]
+            assert live(server) == "bundle-b"
+            ok = httpx.post(server.url + "/admin/reload", json={"bundle": str(inside)}, headers=ADMIN, timeout=60)
+            assert ok.status_code == 200 and ok.json()["model"]["bundle_id"] == "bundle-c", ok.text  # absolute, inside
+            log = Path(bundles["b"]).parent / f"server-{server.url.rsplit(':', 1)[1]}.log"
+        text = log.read_text()
+        assert "forged log line" in text and "\n2099-01-01 INFO forged" not in text.replace("\\n", ""), text[-2000:]
+        with running_server(bundles["b"], admin_api_keys="admin-key") as server:  # no bundle_root: configured only
+            r = httpx.post(server.url + "/admin/reload", json={"bundle": str(inside)}, headers=ADMIN, timeout=60)
+            assert r.status_code == 422 and "bundle_root" in r.json()["error"]["message"]
+            assert str(inside) not in r.text
+            assert httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN, timeout=60).status_code == 200
+    finally:
+        link.unlink()
+
+
+def test_admin_keys_can_come_from_a_file(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    (tmp_path / "admin-keys").write_text("# operators\nfrom-file\n")
+    with running_server(bundle, admin_api_keys_file=str(tmp_path / "admin-keys")) as server:
+        assert httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN).status_code == 401
+        r = httpx.post(server.url + "/admin/reload", json={}, headers={"authorization": "bearer from-file"}, timeout=60)
+        assert r.status_code == 200, r.text

@@ -3,6 +3,8 @@ HTTPS and over gRPC with TLS, and plaintext refused on both ports."""
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
 
 import grpc
@@ -70,3 +72,32 @@ def test_tls_settings_go_together(tmp_path, certificate):
         Settings(tls_cert_file=cert)
     with pytest.raises(ValidationError, match="does not exist"):
         Settings(tls_cert_file=cert, tls_key_file=tmp_path / "missing.pem")
+
+
+def handshake(port: int, version: ssl.TLSVersion, ciphers: str | None = None) -> str:
+    """Open a TLS connection at exactly `version` (with `ciphers` for TLS 1.2): the version negotiated, or the
+    handshake's error. The client allows old versions and weak suites (security level 0), so a refusal
+    is the server's."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = version
+    context.set_ciphers((ciphers or "ALL") + ":@SECLEVEL=0")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.version() or ""
+    except (ssl.SSLError, ConnectionError) as e:
+        return f"refused: {e}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_only_tls_1_2_and_later_with_forward_secret_suites(server, protocol):
+    port = int((server.url if protocol == "http" else server.grpc_target).rsplit(":", 1)[1])
+    assert handshake(port, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+    assert handshake(port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, "ECDHE+AESGCM") == "TLSv1.2"
+    for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+        assert handshake(port, old).startswith("refused"), old
+    # TLS 1.2 without forward secrecy (RSA key exchange) or with CBC suites: refused.
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, "AES256-GCM-SHA384:AES128-SHA").startswith("refused")
+    assert handshake(port, ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA").startswith("refused")

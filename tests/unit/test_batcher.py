@@ -222,7 +222,9 @@ def test_cancelled_and_expired_rows_are_dropped_before_inference():
     (lambda batch: (_ for _ in ()).throw(RuntimeError("device lost")), "device lost"),
     (lambda batch: np.zeros(len(batch.input_ids) + 1, np.float32), "batch size mismatch"),
 ])
-def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, message):
+def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, message, caplog):
+    """Every row of the failed batch gets an INTERNAL error that names a log reference, not the engine's own
+    text (ONNX Runtime's messages, an assertion): that goes to the log."""
     calls = []
 
     def flaky(batch):
@@ -233,14 +235,19 @@ def test_engine_failure_reaches_every_row_and_the_batcher_keeps_serving(engine, 
 
     async def main():
         failing = submit(batcher, [[1], [2]])
-        with pytest.raises(ScoringError, match=message):
+        with pytest.raises(ScoringError, match=r"inference failed .*the server log has the details \(reference") as info:
             await failing.future
-        return await rewards(submit(batcher, [[7]]))
+        assert message not in info.value.message and "Error" not in info.value.message
+        reference = info.value.message.rsplit(" ", 1)[-1].rstrip(")")
+        return reference, await rewards(submit(batcher, [[7]]))
 
     try:
-        assert run_async(main()) == [7.0]
+        reference, scored = run_async(main())
+        assert scored == [7.0]
     finally:
         batcher.close()
+    logged = [r for r in caplog.records if reference in r.getMessage()]
+    assert logged and message in logged[0].exc_text
 
 
 def test_prepared_batch_is_topped_up_with_rows_that_arrive_while_the_engine_is_busy():

@@ -95,3 +95,73 @@ def test_engine_scores_do_not_depend_on_padding(tiny_bundle, tmp_path):
     together = engine(encoder.pad(encoder.encode(rows)))
     alone = np.concatenate([engine(encoder.pad(encoder.encode([r]))) for r in rows])
     np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+def test_files_swapped_right_after_their_hash_are_never_served(tiny_bundle, tmp_path, monkeypatch):
+    """The hash step is where a swap would slip in: here it replaces model.onnx (other weights) and
+    tokenizer.json (the same words under other ids) on disk right after hashing their bytes. The service
+    must load what it hashed: the golden set holds, and the scores are the original model's, not the
+    files now on disk."""
+    import rmserve.service.core.bundle as bundle_module
+    from rmserve.service.core.metrics import Metrics
+    from rmserve.service.core.scoring import Scorer
+    from rmserve.service.settings import Settings
+
+    original = load_bundle(shutil.copytree(tiny_bundle, tmp_path / "original"))
+    model_bytes = (tiny_bundle / "model.onnx").read_bytes()
+    tokenizer_bytes = (tiny_bundle / "tokenizer.json").read_bytes()
+    tokenizer = json.loads(tokenizer_bytes)
+    words = sorted((i, w) for w, i in tokenizer["model"]["vocab"].items() if i > 3)
+    tokenizer["model"]["vocab"].update({w: j for (_, w), (j, _) in zip(words, reversed(words), strict=True)})
+    swapped: list[str] = []
+    real_hash = bundle_module.sha256_bytes
+
+    def hash_then_swap(data):
+        digest = real_hash(data)
+        if bytes(data) == model_bytes:
+            build_tiny_onnx(tiny_bundle / "model.onnx", original.manifest.model.vocab_size, seed=1)
+            swapped.append("model.onnx")
+        elif bytes(data) == tokenizer_bytes:
+            (tiny_bundle / "tokenizer.json").write_text(json.dumps(tokenizer))
+            swapped.append("tokenizer.json")
+        return digest
+
+    monkeypatch.setattr(bundle_module, "sha256_bytes", hash_then_swap)
+    scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu"), Metrics())  # the golden set is checked here
+    try:
+        assert swapped == ["model.onnx", "tokenizer.json"]
+        rows = [("hello there how are you", "i am fine thanks"), ("what is this", "no")]
+        served = scorer.engine(scorer.encoder.pad(scorer.encoder.encode(rows)))
+        encoder = original.encoder()
+        expected = OnnxRewardModel(str(original.model_path), device="cpu")(encoder.pad(encoder.encode(rows)))
+        np.testing.assert_allclose(served, expected, atol=1e-6)
+        on_disk = OnnxRewardModel(str(tiny_bundle / "model.onnx"), device="cpu")(encoder.pad(encoder.encode(rows)))
+        assert not np.allclose(on_disk, expected, atol=1e-3)  # the swap would have shown
+        assert scorer.encoder.encode(rows)[0].ids == encoder.encode(rows)[0].ids
+        with pytest.raises(BundleError, match="bad hash"):  # and the files on disk are refused as they are now
+            load_bundle(tiny_bundle)
+    finally:
+        scorer.close()
+
+
+def test_manifest_and_tokenizer_past_their_size_caps_are_refused_before_parsing(tiny_bundle, monkeypatch):
+    import rmserve.service.core.bundle as bundle_module
+
+    size = (tiny_bundle / "bundle.json").stat().st_size
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", size - 1)
+    with pytest.raises(BundleError, match=f"bundle.json has {size} bytes; the manifest may have at most {size - 1}"):
+        load_bundle(tiny_bundle)
+    monkeypatch.setattr(bundle_module, "MAX_MANIFEST_BYTES", size)
+    size = (tiny_bundle / "tokenizer.json").stat().st_size
+    monkeypatch.setattr(bundle_module, "MAX_TOKENIZER_BYTES", size - 1)
+    with pytest.raises(BundleError, match=f"tokenizer.json has {size} bytes"):
+        load_bundle(tiny_bundle)
+
+
+def test_a_golden_set_past_its_cap_is_refused_naming_the_field(tiny_bundle):
+    from rmserve.service.core.bundle import MAX_GOLDEN_EXAMPLES
+
+    golden = json.loads((tiny_bundle / "bundle.json").read_text())["golden"]
+    edit_manifest(tiny_bundle, golden=golden * (MAX_GOLDEN_EXAMPLES // len(golden) + 1))
+    with pytest.raises(BundleError, match=f"field 'golden': .*at most {MAX_GOLDEN_EXAMPLES}"):
+        load_bundle(tiny_bundle)

@@ -130,7 +130,8 @@ def test_compose_wires_rmserve_prometheus_and_grafana():
     dockerfile = (ROOT / "Dockerfile").read_text()
     for variant in (rmserve["build"]["args"]["VARIANT"], compose("compose.gpu.yaml")["services"]["rmserve"]["build"]["args"]["VARIANT"]):
         assert f"AS base-{variant}\n" in dockerfile, variant
-    assert {f"{DEFAULTS['port']}:{DEFAULTS['port']}", f"{DEFAULTS['grpc_port']}:{DEFAULTS['grpc_port']}"} <= set(rmserve["ports"])
+    assert {f"127.0.0.1:{DEFAULTS['port']}:{DEFAULTS['port']}",
+            f"127.0.0.1:{DEFAULTS['grpc_port']}:{DEFAULTS['grpc_port']}"} <= set(rmserve["ports"])
     env = rmserve["environment"]
     assert env["RMSERVE_HOST"] == "0.0.0.0" and env["RMSERVE_PORT"] == str(DEFAULTS["port"])
     # The mounted bundle is the one `make bundle` builds.
@@ -148,8 +149,32 @@ def test_compose_wires_rmserve_prometheus_and_grafana():
             if host.startswith(".") and volume != bundle_mount:
                 assert (DEPLOY / host).exists(), host
     gpu = compose("compose.gpu.yaml")["services"]["rmserve"]
+    assert "ports" not in gpu  # the overlay publishes nothing of its own
     assert gpu["environment"]["RMSERVE_DEVICE"] == "cuda"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_compose_publishes_on_loopback_with_keys_and_no_default_passwords():
+    """Every published port is on 127.0.0.1; rmserve reads its keys from a compose secret (a file, never the
+    command line or the compose file); Grafana's admin password comes from the environment, with no default;
+    Prometheus has no lifecycle API (anyone reaching it could shut it down)."""
+    config = compose()
+    services = config["services"]
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+    rmserve = services["rmserve"]
+    env = rmserve["environment"]
+    assert "RMSERVE_API_KEYS" not in env and "RMSERVE_ALLOW_UNAUTHENTICATED" not in env
+    (secret,) = rmserve["secrets"]
+    assert env["RMSERVE_API_KEYS_FILE"] == f"/run/secrets/{secret}"
+    keys_file = config["secrets"][secret]["file"]
+    assert "deploy/" + keys_file.removeprefix("./") in (ROOT / ".gitignore").read_text().splitlines()  # never committed
+    Settings(**{k.removeprefix("RMSERVE_").lower(): v for k, v in env.items() if k != "RMSERVE_API_KEYS_FILE"})
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password  # required, no default
+    assert not any("lifecycle" in arg for arg in services["prometheus"]["command"])
+    assert "admin/admin" not in (DEPLOY / "compose.yaml").read_text() + (DEPLOY / "README.md").read_text()
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------
@@ -167,7 +192,7 @@ def k8s() -> dict[str, dict]:
 
 def test_kustomize_renders_every_resource(k8s):
     assert set(k8s) == {"Deployment", "Service", "Service/rmserve-headless", "HorizontalPodAutoscaler",
-                        "PodDisruptionBudget", "ServiceMonitor"}
+                        "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy"}
     assert {doc["metadata"]["name"] for doc in k8s.values()} == {"rmserve", "rmserve-headless"}
 
 
@@ -227,6 +252,41 @@ def test_deployment_ports_probes_gpu_and_drain_match_the_service(k8s):
     drain = float(env.get("RMSERVE_SHUTDOWN_GRACE_SECONDS", DEFAULTS["shutdown_grace_seconds"]))
     assert pod["spec"]["terminationGracePeriodSeconds"] > float(pre_stop[1]) + drain
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_pod_is_locked_down_and_reads_its_keys_from_a_secret(k8s):
+    pod = k8s["Deployment"]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "RMSERVE_API_KEYS" not in env and "RMSERVE_ALLOW_UNAUTHENTICATED" not in env
+    keys_file = Path(env["RMSERVE_API_KEYS_FILE"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(keys_file.parent)]
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "rmserve-api-keys" and "items" not in volume["secret"]
+    readme = (DEPLOY / "README.md").read_text()
+    assert f"kubectl create secret generic rmserve-api-keys --from-file={keys_file.name}=" in readme
+    # The root filesystem is read-only, so anything that writes gets a small emptyDir.
+    assert pod["volumes"][[v["name"] for v in pod["volumes"]].index(mounts["/tmp"]["name"])]["emptyDir"]
+
+
+def test_network_policy_admits_only_scoring_and_scrape_traffic(k8s):
+    policy = k8s["NetworkPolicy"]["spec"]
+    pod_labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert selects(policy["podSelector"], pod_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and policy["egress"] == []  # no way out
+    container_ports = {p["name"] for p in k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    scoring, scrape = policy["ingress"]
+    assert {p["port"] for p in scoring["ports"]} == container_ports == {"http", "grpc"}
+    assert [p["port"] for p in scrape["ports"]] == [k8s["ServiceMonitor"]["spec"]["endpoints"][0]["port"]]
+    for rule in (scoring, scrape):  # every rule names the pods it admits: none is open to all
+        assert rule["from"] and all(peer.get("podSelector", {}).get("matchLabels") for peer in rule["from"])
 
 
 def test_service_hpa_pdb_and_servicemonitor_point_at_the_deployment(k8s):

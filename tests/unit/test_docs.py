@@ -403,6 +403,7 @@ PATH_BASES = [ROOT, ROOT / "service", ROOT / "service" / "transports"]
 NOT_IN_THE_CHECKOUT = (
     "artifacts/",                 # the default bundle and checkpoint, built by `make serve`
     "k8s/bundle-volume.yaml",     # deploy/README.md: a kustomize patch the operator writes
+    "deploy/api-keys",            # deploy/README.md: the git-ignored keys file the operator writes
     "vllm/",                      # docs/vllm.md: files of vLLM's release, whose protocol it follows
 )
 PATH_SPAN = re.compile(r"^\.{0,2}/?[\w.-]+(?:/[\w.*-]+)*/?$")

@@ -46,6 +46,23 @@ def test_missing_api_keys_file_stops_start_up_naming_it(tiny_bundle, tmp_path, c
     assert "api_keys_file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3"])
+def test_a_public_address_without_keys_is_refused_naming_the_flag(tiny_bundle, host, capsys):
+    assert main(["serve", "--bundle", str(tiny_bundle), "--host", host, "--port", "0", "--grpc-port", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--allow-unauthenticated" in err and "RMSERVE_ALLOW_UNAUTHENTICATED" in err and host in err
+    assert "Traceback" not in err
+
+
+def test_booleans_are_switches_that_also_take_a_value():
+    from rmserve.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--allow-unauthenticated"]).allow_unauthenticated == "true"
+    assert parser.parse_args(["serve", "--allow-unauthenticated", "false"]).allow_unauthenticated == "false"
+    assert parser.parse_args(["serve"]).allow_unauthenticated is None  # the environment's, or the default
+
+
 @pytest.mark.parametrize("given, expected", [(None, 0.02), (0.3, 0.3)])
 def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
     from rmserve.service.core.metrics import Metrics

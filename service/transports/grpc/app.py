@@ -21,8 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from rmserve.proto import reward_pb2, reward_pb2_grpc
-from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.bundle import public_manifest
+from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
 from rmserve.service.core.groups import RewardSummary
+from rmserve.service.core.limits import request_client
 from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.grpc.guard import add_guarded_servicer, server_interceptors
@@ -200,7 +202,8 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
             scorer = self.state.require_scorer()
             return reward_pb2.ModelInfo(model=self._model_ref(scorer), provider=scorer.engine.provider,
                                         max_length=scorer.manifest.input.max_length,
-                                        manifest_json=json.dumps(scorer.manifest.model_dump(mode="json")),
+                                        manifest_json=json.dumps(public_manifest(scorer.manifest,
+                                                                                 scorer.settings.expose_paths)),
                                         max_responses_per_request=scorer.settings.max_responses_per_request)
 
         return await self._call("GetModelInfo", context, info())
@@ -210,35 +213,61 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
         began = time.perf_counter()
         in_flight = self._metric(metrics.in_flight, "grpc")
         in_flight.inc()
+        self.state.grpc_calls += 1
+        client = None
         try:
             if self.state.api_keys.enabled:
                 metadata = dict(context.invocation_metadata() or ())
-                self.state.api_keys.check(metadata.get("authorization"))
+                client = request_client.set(self.state.api_keys.check(metadata.get("authorization")))
+            else:  # per connection: the peer's address and port
+                client = request_client.set(context.peer())
             result = await work
         except ScoringError as e:
             if hasattr(work, "close"):
                 work.close()  # never awaited when authentication failed
             self._metric(metrics.requests, method, "grpc", e.kind.value).inc()
+            if e.kind is ErrorKind.UNAVAILABLE:
+                await self.state.refusal_released()  # at the very end of a drain: after the GOAWAY (close_grpc)
             detail = f"{e.field}: {e.message}" if e.field else e.message
             await context.abort(GRPC_STATUS[e.kind], detail)
         except asyncio.CancelledError:  # the client left or its deadline passed
             self._metric(metrics.requests, method, "grpc", "client_gone").inc()
             raise
-        except Exception:  # grpc answers UNKNOWN
+        except Exception:  # not a refusal: INTERNAL, its text to the log only
             self._metric(metrics.requests, method, "grpc", ErrorKind.INTERNAL.value).inc()
-            raise
+            await context.abort(GRPC_STATUS[ErrorKind.INTERNAL], internal_error(log, f"{method} failed").message)
         finally:
+            if client is not None:
+                request_client.reset(client)
             in_flight.dec()
             self._metric(metrics.request_duration, method, "grpc").observe(time.perf_counter() - began)
         self._metric(metrics.requests, method, "grpc", "ok").inc()
         return result
 
 
+def server_options(settings: Any) -> list[tuple[str, int]]:
+    """The gRPC server's limits: messages up to max_request_bytes (larger ones are refused by gRPC before
+    they are read, RESOURCE_EXHAUSTED), a handshake within header_timeout_seconds, keepalive pings on idle
+    connections (a peer gone silently is dropped), idle and old connections closed with GOAWAY (a client
+    then reconnects, possibly to a newer replica), and clients' own pings accepted no more often than
+    every `_MIN_CLIENT_PING_MS`."""
+    ms = 1000
+    return [("grpc.max_receive_message_length", settings.max_request_bytes),
+            ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_seconds * ms)),
+            ("grpc.keepalive_time_ms", _KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+            ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_MS),
+            ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_seconds * ms)),
+            ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_seconds * ms)),
+            ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_seconds * ms))]
+
+
+_KEEPALIVE_MS, _KEEPALIVE_TIMEOUT_MS, _MIN_CLIENT_PING_MS = 60_000, 20_000, 10_000
+
+
 async def start_grpc_server(state: ServiceState) -> grpc.aio.Server:
     settings = state.settings
-    limit = settings.grpc_max_message_bytes
-    server = grpc.aio.server(interceptors=server_interceptors(state), options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit)])
+    server = grpc.aio.server(interceptors=server_interceptors(state), options=server_options(settings),
+                             maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
     add_guarded_servicer(RewardModelServicer(state), server, state)  # undecodable or oversized: INVALID_ARGUMENT
 
     health_servicer = health.aio.HealthServicer()

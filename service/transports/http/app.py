@@ -1,23 +1,25 @@
-"""The HTTP transport's application: FastAPI over the scoring core, with its routers, its error handlers,
-the request guard, and in front of it all the scoring front.
+"""The HTTP transport's application: FastAPI over the scoring core, with its routers and error handlers, and
+in front of it all the scoring front, which every HTTP request passes first.
 
 Routers: the core routes (POST /score, /compare; GET /healthz, /readyz, /metrics, /v1/model: routes.py),
-OpenRLHF's /get_reward (openrlhf.py) and the admin endpoint (admin.py). Errors of the core map to HTTP
-statuses by one table, `common.HTTP_STATUS`; every error body is {"error": {kind, message, field}}.
+OpenRLHF's /get_reward (openrlhf.py), vLLM's pooling API (vllm.py) and the admin endpoint (admin.py). Errors
+of the core map to HTTP statuses by one table, `common.HTTP_STATUS`; every error body is
+{"error": {kind, message, field}} (vLLM's routes answer in vLLM's shape). An unexpected exception is answered
+500 without its text, which goes to the log under the reference the answer gives (errors.internal_error).
 Scoring answers carry timing headers: X-Tokenize-Time-Ms, X-Queue-Time-Ms and X-Inference-Time-Ms
 (measured for this request in the scoring core and the batcher) and X-Total-Time-Ms (the whole request).
 
-The scoring front (`ScoringFront`, the ASGI app uvicorn runs) times and counts every scoring request, sheds
-load when the queue is full, and serves a JSON POST to /score or /compare itself: the request guard's
-checks, the API key, the body model and the route's own function, with the same answers and errors as
-through FastAPI but without its per-request machinery (middleware layers, routing, dependency solving),
-which cost more event-loop time than the rest of a request (docs/performance-notes.md). Every other
-request, and a scoring request without a JSON body, goes on to FastAPI.
+The scoring front (`ScoringFront`, the ASGI app uvicorn runs) puts every request through the request guard
+(guard.py: the key from the head before any of the body is read, then the body); for the scoring routes it
+also times and counts each request, sheds load before the body is read when the queue (or the client's
+share of it) is full, and serves a JSON POST to /score or /compare itself: the body model and the route's
+own function, with the same answers and errors as through FastAPI but without its per-request machinery
+(middleware layers, routing, dependency solving), which cost more event-loop time than the rest of a
+request (docs/performance-notes.md). Every other request goes on to FastAPI with the body already read.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -25,16 +27,19 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.routing import Route
 
 from rmserve import __version__
-from rmserve.service.core.errors import ErrorKind, ScoringError
-from rmserve.service.core.limits import request_deadline
+from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
+from rmserve.service.core.limits import request_client, request_deadline
 from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.http import admin, openapi, openrlhf, routes, vllm
 from rmserve.service.transports.http.body import PARSED_JSON
 from rmserve.service.transports.http.common import ClientGone, Endpoint, error_response, get_state
-from rmserve.service.transports.http.guard import RequestGuard, header, is_json, replay
+from rmserve.service.transports.http.guard import Admitted, RequestGuard, is_json, replay
+from rmserve.service.transports.http.vllm_protocol import VLLM_PATHS
 from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
 
 log = logging.getLogger("rmserve.http")
@@ -55,17 +60,18 @@ async def _scoring_error_handler(request: Request, exc: ScoringError) -> JSONRes
     return error_response(exc)
 
 
+async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette calls this from its outermost middleware and then raises `exc` again, for the server to
+    # see; the scoring front takes it there (`_forward`).
+    return error_response(internal_error(log, f"{request.method} {request.url.path} failed"))
+
+
 def _count(request: Request, outcome: str) -> None:
     metrics = get_state(request).metrics
     metrics.requests.labels(request.url.path, "http", outcome).inc()
 
 
 SCORING_PATHS = ("/score", "/compare", "/get_reward")
-_SHED_BODY = json.dumps({"error": ScoringError(
-    ErrorKind.OVERLOADED, "queue full: retry after the Retry-After delay").to_dict()}).encode()
-_SHED_HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(_SHED_BODY)).encode()),
-                 (b"retry-after", b"1")]
-
 
 # The routes the scoring front serves itself: path -> (body model, the route's function).
 FRONT_ROUTES: dict[str, tuple[type[BaseModel], Endpoint]] = {
@@ -73,16 +79,20 @@ FRONT_ROUTES: dict[str, tuple[type[BaseModel], Endpoint]] = {
 
 
 class ScoringFront:
-    """The outermost ASGI app: for the scoring routes, times each request (metrics and the X-Total-Time-Ms
-    header), answers 429 before the body is read when the queue is already full (an overloaded service
-    spends almost nothing on the requests it refuses), and serves JSON POSTs to `FRONT_ROUTES` itself;
-    everything else goes on to `app` (FastAPI)."""
+    """The outermost ASGI app: every HTTP request passes the request guard here; for the scoring routes it
+    times each request (metrics and the X-Total-Time-Ms header), answers 429 before the body is read when
+    the queue (or the client's share of it) is already full (an overloaded service spends almost nothing on
+    the requests it refuses), and serves JSON POSTs to `FRONT_ROUTES` itself; everything else goes on to
+    `app` (FastAPI)."""
 
-    def __init__(self, app: Any, state: ServiceState, front_routes: dict | None = None):
+    def __init__(self, app: Any, state: ServiceState, front_routes: dict | None = None,
+                 methods: dict[str, set[str]] | None = None):
+        """`methods`: each route's methods (a request with another method is answered 405 by `app`)."""
         self.app = app
         self.state = state
         self.front_routes = FRONT_ROUTES if front_routes is None else front_routes
-        self.guard = RequestGuard(None, state, counted_paths=SCORING_PATHS)
+        # Refusals are counted where the routes count their answers: the scoring routes and vLLM's.
+        self.guard = RequestGuard(state, counted_paths=SCORING_PATHS + tuple(VLLM_PATHS), methods=methods)
         self._children: dict[tuple, Any] = {}  # metric children by label values: labels() costs per call
 
     def _metric(self, metric: Any, *labels: str) -> Any:
@@ -94,19 +104,19 @@ class ScoringFront:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path")
-        if scope["type"] != "http" or path not in SCORING_PATHS:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if path not in SCORING_PATHS:
+            admitted = await self.guard.admit(scope, receive, send)
+            if admitted is not None:
+                try:
+                    await self._forward(admitted, scope, receive, send)
+                except _Failed:
+                    pass  # answered 500 and logged
             return
         began = time.perf_counter()
         metrics = self.state.metrics
-        scorer = self.state.scorer
-        if scorer is not None and scorer.batcher.is_full() and self._authorized(scope):
-            self._metric(metrics.requests, path, "http", ErrorKind.OVERLOADED.value).inc()
-            scorer.batcher.observer.rejected(1)
-            # Pre-rendered: a flood of refusals must cost the event loop as little as possible.
-            await send({"type": "http.response.start", "status": 429, "headers": _SHED_HEADERS})
-            await send({"type": "http.response.body", "body": _SHED_BODY})
-            return
         status = 500
 
         async def send_timed(message: dict) -> None:
@@ -120,37 +130,62 @@ class ScoringFront:
         in_flight = self._metric(metrics.in_flight, "http")
         in_flight.inc()
         try:
+            admitted = await self.guard.admit(scope, receive, send_timed, shed=self._shed)
+            if admitted is None:
+                return
             route = self.front_routes.get(path) if scope.get("method") == "POST" and is_json(scope) else None
-            if route is None:
-                await self.app(scope, receive, send_timed)
+            if route is None or PARSED_JSON not in scope:  # FastAPI's own answers (e.g. for an empty body)
+                await self._forward(admitted, scope, receive, send_timed)
             else:
-                await self._serve(route, scope, receive, send_timed)
-        except Exception:  # not a ScoringError (those have handlers): Starlette answers 500
+                await self._serve(route, admitted, scope, receive, send_timed)
+        except _Failed:
             self._metric(metrics.requests, path, "http", ErrorKind.INTERNAL.value).inc()
-            raise
         finally:
             in_flight.dec()
             self._metric(metrics.request_duration, path, "http").observe(time.perf_counter() - began)
         if status < 400:
             self._metric(metrics.requests, path, "http", "ok").inc()
 
-    async def _serve(self, route: tuple[type[BaseModel], Endpoint], scope: dict, receive: Any, send: Any) -> None:
-        """One scoring request without FastAPI: the guard's checks, then the route's function with the
-        body model validated from the JSON the guard parsed; errors answered as the app's handlers do."""
-        admitted = await self.guard.admit(scope, receive, send)
-        if admitted is None:
-            return
-        body, deadline = admitted
+    def _shed(self, client: str) -> ScoringError | None:
+        """The refusal of a request that the queue has no room for, known before its body is read."""
+        scorer = self.state.scorer
+        if scorer is None or not scorer.batcher.is_full(client):
+            return None
+        scorer.batcher.observer.rejected(1)
+        return ScoringError(ErrorKind.OVERLOADED, "queue full: retry after the Retry-After delay")
+
+    async def _forward(self, admitted: Admitted, scope: dict, receive: Any, send: Any) -> None:
+        """The request on to FastAPI, its body already read; an exception it raises after answering (Starlette
+        raises it again once `_unexpected_handler` answered) ends here, logged there."""
+        deadline, client = request_deadline.set(admitted.deadline), request_client.set(admitted.client)
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay(admitted.body, receive), watched)
+        except Exception:
+            if not started:
+                await error_response(internal_error(log, f"{scope.get('method')} {scope.get('path')} failed"))(
+                    scope, receive, watched)
+            raise _Failed from None
+        finally:
+            request_deadline.reset(deadline)
+            request_client.reset(client)
+
+    async def _serve(self, route: tuple[type[BaseModel], Endpoint], admitted: Admitted, scope: dict, receive: Any,
+                     send: Any) -> None:
+        """One scoring request without FastAPI: the route's function with the body model validated from the
+        JSON the guard parsed; errors answered as the app's handlers do."""
         model, endpoint = route
         outcome = None
-        token = request_deadline.set(deadline)
+        deadline, client = request_deadline.set(admitted.deadline), request_client.set(admitted.client)
         try:
             request = Request(scope, replay(b"", receive))
-            if PARSED_JSON not in scope:  # an empty body: FastAPI's own answer for it
-                await self.app(scope, replay(body, receive), send)
-                return
             try:
-                self.state.api_keys.check(header(scope, b"authorization"))
                 parsed = model.model_validate(scope[PARSED_JSON])
                 response = await endpoint(parsed, self.state.require_scorer(), request)
             except ValidationError as e:
@@ -159,18 +194,20 @@ class ScoringFront:
                 outcome, response = e.kind.value, error_response(e)
             except ClientGone:
                 outcome, response = "client_gone", Response(status_code=499)
+            except Exception:
+                response = error_response(internal_error(log, f"POST {scope['path']} failed"))
+                await response(scope, receive, send)
+                raise _Failed from None
             await response(scope, receive, send)
         finally:
-            request_deadline.reset(token)
+            request_deadline.reset(deadline)
+            request_client.reset(client)
         if outcome is not None:
             self._metric(self.state.metrics.requests, scope["path"], "http", outcome).inc()
 
-    def _authorized(self, scope: dict) -> bool:
-        try:
-            self.state.api_keys.check(header(scope, b"authorization"))
-        except ScoringError:
-            return False  # the route answers 401
-        return True
+
+class _Failed(Exception):
+    """A request failed unexpectedly; its 500 is answered and its exception logged."""
 
 
 def create_app(state: ServiceState) -> ScoringFront:
@@ -182,11 +219,14 @@ def create_app(state: ServiceState) -> ScoringFront:
     app.add_exception_handler(RequestValidationError, _validation_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ScoringError, _scoring_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(ClientGone, _client_gone_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected_handler)
     openapi.install(app)  # documents the error answers this app really gives
-    app.add_middleware(RequestGuard, state=state, counted_paths=SCORING_PATHS)
-    app.include_router(routes.scoring_router)
-    app.include_router(routes.ops_router)
-    app.include_router(openrlhf.router)
-    app.include_router(vllm.router)  # vLLM's pooling API: /classify, /pooling, /v1/models
-    app.include_router(admin.router)
-    return ScoringFront(app, state)
+    # vLLM's pooling API is vllm.router: /classify, /pooling, /v1/models.
+    routers = (routes.scoring_router, routes.ops_router, openrlhf.router, vllm.router, admin.router)
+    for router in routers:
+        app.include_router(router)
+    methods: dict[str, set[str]] = {}
+    for route in [*app.routes, *(route for router in routers for route in router.routes)]:
+        if isinstance(route, (Route, APIRoute)) and route.methods:
+            methods.setdefault(route.path, set()).update(route.methods)
+    return ScoringFront(app, state, methods=methods)

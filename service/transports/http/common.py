@@ -1,5 +1,5 @@
 """What every HTTP route shares: the error table (`HTTP_STATUS`, one status per core error kind) and
-error body, the FastAPI dependencies (state, scorer, metrics, API key), the route class that reads the
+error body, the FastAPI dependencies (state, scorer, metrics), the route class that reads the
 JSON body the request guard already parsed, the answer serialized once, the departed-client watch that
 drops a request's rows before inference, and the per-request timing headers."""
 
@@ -51,10 +51,6 @@ async def get_scorer(request: Request) -> Scorer:
 
 async def get_metrics(request: Request) -> Metrics:
     return get_state(request).metrics
-
-
-async def authorized(request: Request) -> None:
-    get_state(request).api_keys.check(request.headers.get("authorization"))
 
 
 ScorerDep = Annotated[Scorer, Depends(get_scorer)]

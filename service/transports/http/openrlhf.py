@@ -24,17 +24,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import PREFORMATTED, InputSpec
 from rmserve.service.core.scoring import Row
 from rmserve.service.core.verifiers import CombinedReward
-from rmserve.service.transports.http.common import ParsedBodyRoute, ScorerDep, authorized, timing_headers
+from rmserve.service.transports.http.common import ParsedBodyRoute, ScorerDep, timing_headers
 from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks, split_at_response_prefix
 
-router = APIRouter(tags=["trainers"], dependencies=[Depends(authorized)], route_class=ParsedBodyRoute)
+# The API key is checked by the request guard before the body is read; the body is the one it parsed.
+router = APIRouter(tags=["trainers"], route_class=ParsedBodyRoute)
 
 
 class GetRewardRequest(BaseModel):

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from rmserve.service.core.bundle import public_manifest
 from rmserve.service.core.scoring import Row
 from rmserve.service.transports.http.common import (
     MetricsDep,
     ParsedBodyRoute,
     ScorerDep,
-    authorized,
     get_state,
     model_response,
     timings,
@@ -31,7 +31,8 @@ from rmserve.service.transports.schemas import (
 )
 
 # The JSON body is the one the request guard parsed; the answer is serialized once (model_response).
-scoring_router = APIRouter(tags=["scoring"], dependencies=[Depends(authorized)], route_class=ParsedBodyRoute)
+# The API key is checked by the request guard (guard.py) from the head, before any of the body is read.
+scoring_router = APIRouter(tags=["scoring"], route_class=ParsedBodyRoute)
 
 
 @scoring_router.post("/score", response_model=ScoreResponse)
@@ -83,10 +84,13 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@ops_router.get("/v1/model", dependencies=[Depends(authorized)])
+@ops_router.get("/v1/model")
 async def model_info(scorer: ScorerDep) -> dict[str, Any]:
-    return {"provider": scorer.engine.provider, "bundle_path": str(scorer.bundle.path),
-            "max_responses_per_request": scorer.settings.max_responses_per_request,
-            "manifest": scorer.manifest.model_dump(mode="json")}
-
-
+    """The bundle served: its manifest (filesystem paths hidden unless expose_paths) and the provider."""
+    expose = scorer.settings.expose_paths
+    info: dict[str, Any] = {"provider": scorer.engine.provider,
+                            "max_responses_per_request": scorer.settings.max_responses_per_request,
+                            "manifest": public_manifest(scorer.manifest, expose)}
+    if expose:
+        info["bundle_path"] = str(scorer.bundle.path)
+    return info

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -45,13 +45,13 @@ from rmserve.service.transports.http.common import (
     ClientGone,
     ParsedBodyRoute,
     ScorerDep,
-    authorized,
     get_state,
     timing_headers,
 )
 from rmserve.service.transports.http.fulltext import formatted_row, score_in_chunks
 from rmserve.service.transports.http.openapi import ErrorBody
 from rmserve.service.transports.http.vllm_protocol import (
+    VLLM_STATUS,
     ClassificationData,
     ClassificationResponse,
     ErrorResponse,
@@ -67,16 +67,6 @@ from rmserve.service.transports.http.vllm_protocol import (
     new_id,
 )
 
-# Core error kind -> (status, vLLM error type).
-_STATUS: dict[ErrorKind, tuple[int, str]] = {
-    ErrorKind.VALIDATION: (422, "UnprocessableEntityError"),
-    ErrorKind.OVERLOADED: (503, "ServiceUnavailableError"),
-    ErrorKind.UNAVAILABLE: (503, "ServiceUnavailableError"),
-    ErrorKind.TIMEOUT: (504, "TimeoutError"),
-    ErrorKind.UNAUTHENTICATED: (401, "AuthenticationError"),
-    ErrorKind.INTERNAL: (500, "InternalServerError"),
-}
-
 
 def _as_vllm(error: Exception) -> VllmError:
     """Any refusal of these routes, in vLLM's shape."""
@@ -85,7 +75,7 @@ def _as_vllm(error: Exception) -> VllmError:
     if isinstance(error, RequestValidationError):
         return malformed(error.errors())
     assert isinstance(error, ScoringError)
-    status, kind = _STATUS[error.kind]
+    status, kind = VLLM_STATUS[error.kind]
     refusal = VllmError(status, kind, error.message, error.field, outcome=error.kind.value)
     if error.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
         refusal.headers["Retry-After"] = "1"
@@ -129,7 +119,7 @@ class VllmRoute(ParsedBodyRoute):
         return handle_vllm
 
 
-router = APIRouter(tags=["vLLM pooling API"], route_class=VllmRoute, dependencies=[Depends(authorized)])
+router = APIRouter(tags=["vLLM pooling API"], route_class=VllmRoute)  # keyed by the request guard
 
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "Malformed request, or an option the bundle cannot honour; "

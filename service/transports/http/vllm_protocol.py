@@ -18,9 +18,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rmserve.service.core.errors import ErrorKind
 from rmserve.service.core.inputs import ChatMessage
 
 VLLM_VERSION = "0.33.0"
+# The routes that answer in vLLM's shapes (vllm.py), and the status and error `type` of each kind of refusal.
+# Overload and unavailability are 503 with Retry-After, not 429: verl retries 5xx answers and gives up at
+# once on a 4xx.
+VLLM_PATHS = frozenset({"/classify", "/v1/classify", "/pooling", "/v1/models"})
+VLLM_STATUS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.VALIDATION: (422, "UnprocessableEntityError"),
+    ErrorKind.OVERLOADED: (503, "ServiceUnavailableError"),
+    ErrorKind.UNAVAILABLE: (503, "ServiceUnavailableError"),
+    ErrorKind.TIMEOUT: (504, "TimeoutError"),
+    ErrorKind.UNAUTHENTICATED: (401, "AuthenticationError"),
+    ErrorKind.INTERNAL: (500, "InternalServerError"),
+}
 
 
 class PoolingRequest(BaseModel):
