@@ -272,6 +272,22 @@ def _temperature_note(calibration: dict[str, Any]) -> str:
     return f"<p>Temperature fitted on {html.escape(calibration['fitted_on'])} ({said}).</p>"
 
 
+
+def page_head(title: str) -> str:
+    """The start of an evaluation report page, up to and with its heading; both report kinds share it."""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1000px; }}
+svg {{ margin: 0.5em 1em 0.5em 0; vertical-align: top; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; font-size: 13px; }}
+td:first-child, th:first-child {{ text-align: left; }}
+.note {{ color: #a33; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+"""
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
@@ -314,18 +330,7 @@ def render_report(metrics: dict[str, Any], scored: ScoredPairs, train_log: list[
                          [[b["lo"], b["hi"], b["count"], b["predicted"], b["observed"]]
                           for b in metrics["calibration"]["bins"]])
     title = f"rmserve evaluation: {metrics.get('bundle_id', '')} on {Path(str(metrics.get('data', ''))).name}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1000px; }}
-svg {{ margin: 0.5em 1em 0.5em 0; vertical-align: top; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; font-size: 13px; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.note {{ color: #a33; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{metrics['pairs']} pairs ({metrics['ties']} ties), pairwise accuracy {_with_interval(metrics, 'accuracy')},
+    return page_head(title) + f"""<p>{metrics['pairs']} pairs ({metrics['ties']} ties), pairwise accuracy {_with_interval(metrics, 'accuracy')},
 AUC {_with_interval(metrics, 'auc')}; at T = {metrics['temperature']:.4g}: log-loss
 {_with_interval(metrics, 'log_loss')}, ECE {_with_interval(metrics, 'ece')} (at T = 1:
 {_with_interval(metrics['calibration'], 'ece_at_t1')}).</p>

@@ -9,7 +9,16 @@ import html
 from pathlib import Path
 from typing import Any
 
-from rmserve.training.report import COLORS, Chart, _cell, _table, flatten, read_train_log, training_curves
+from rmserve.training.report import (
+    COLORS,
+    Chart,
+    _cell,
+    _table,
+    flatten,
+    page_head,
+    read_train_log,
+    training_curves,
+)
 
 STEP_CURVES = ("dev_step_auc", "dev_first_error")
 
@@ -62,18 +71,7 @@ def render_step_report(metrics: dict[str, Any], train_log: list[dict[str, Any]] 
     curves_html = (f"<p>From {html.escape(source)}.</p>" + "".join(curves)) if curves else \
         f"<p class=note>No training curves ({html.escape(source)}).</p>"
     title = f"rmserve evaluation: process reward model {metrics['bundle_id']} on {Path(metrics['data']).name}"
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1000px; }}
-svg {{ margin: 0.5em 1em 0.5em 0; vertical-align: top; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; font-size: 13px; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.note {{ color: #a33; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{metrics['chains']} chains of {metrics['problems']} problems, {metrics['steps']} steps ({metrics['bad_steps']} bad),
+    return page_head(title) + f"""<p>{metrics['chains']} chains of {metrics['problems']} problems, {metrics['steps']} steps ({metrics['bad_steps']} bad),
 {metrics['steps_cut']} steps cut by truncation. Intervals: 95 %, from 1,000 bootstrap resamples of the problems.</p>
 <h2 id="steps">Step figures</h2>
 {figures}

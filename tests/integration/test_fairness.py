@@ -97,8 +97,7 @@ def test_a_flooding_client_does_not_starve_a_polite_one(tmp_path):
                                 latencies[phase].append(time.perf_counter() - began)
                             else:
                                 refused[phase] += 1
-                            # The polite client's pace (2 requests/s), not synchronization.
-                            time.sleep(max(0.0, next_at - time.monotonic()))
+                            time.sleep(max(0.0, next_at - time.monotonic()))  # pacing at 2 req/s, not synchronization
         finally:
             stopped.set()
             running.set()
