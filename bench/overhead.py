@@ -302,6 +302,16 @@ def long_prompt(bundle_dir: Path, rows: list, repeats: int = 3) -> str:
             f"{rss0:.0f} → {rss1:.0f} MB (**{rss1 - rss0:+.0f} MB** over {2 * repeats} requests)")
 
 
+def _gpu_policy() -> str:
+    from rmserve.service.core.engine import CUDA
+    from rmserve.service.core.scoring import default_padding_ratio
+
+    return f"--max-padding-ratio {default_padding_ratio(CUDA)}"
+
+
+GPU_POLICY = _gpu_policy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="artifacts/default-bundle", help="Bundle whose tokenizer and template are used.")
@@ -313,7 +323,11 @@ def main() -> None:
                         help="Concurrent requests (fewer for big requests: as many as rmserve's default queue holds).")
     parser.add_argument("--grpc-processes", type=int, default=4, help="gRPC load generator processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
-    parser.add_argument("--server-args", default="", help="Extra `rmserve serve` flags, e.g. '--max-padding-ratio 0.2'.")
+    parser.add_argument("--server-args", default=GPU_POLICY,
+                        help="`rmserve serve` flags. Default: rmserve's CUDA padding cap, since the null engine stands "
+                             "in for a GPU, where a padded token costs next to nothing (on CPU the cap is lower "
+                             "because there it costs a real token's compute, which the null engine does not have); "
+                             "'' for the CPU defaults.")
     parser.add_argument("--bare-loops", nargs="+", choices=["uvloop", "asyncio"], default=["uvloop"],
                         help="Event loops the bare endpoints run on; each adds its variants, the fastest counts.")
     parser.add_argument("--skip-extras", action="store_true", help="Skip the latency-beside-big and long-prompt runs.")

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per inference; 0 lets ONNX Runtime choose (all cores)."
     )
+    tokenizer_threads: int = Field(
+        0, ge=0, description="Threads that render and tokenize requests beside the event loop; 0: one per core "
+        "this process may use beyond the event loop's, 1 to 4."
+    )
     api_keys: SecretStr = Field(
         SecretStr(""), description="Comma-separated API keys clients must send as 'Authorization: Bearer <key>'; "
         "empty (and no file) disables authentication. /healthz, /readyz, /metrics and gRPC health stay open."

@@ -6,8 +6,6 @@ import asyncio
 import threading
 import time
 
-import pytest
-
 from rmserve.service.core.bundle import load_bundle
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.errors import ErrorKind, ScoringError
@@ -86,9 +84,7 @@ def test_a_burst_beyond_capacity_is_refused_before_tokenizing(tiny_bundle, monke
 
 def test_a_big_request_being_tokenized_does_not_hold_up_a_small_one(tiny_bundle, monkeypatch):
     encoder = GatedEncoder(holds=lambda rows: len(rows) >= 64)
-    scorer = make_scorer(tiny_bundle, monkeypatch, encoder)
-    if scorer.tokenizing.threads < 2:
-        pytest.skip("one core: one tokenizer thread")
+    scorer = make_scorer(tiny_bundle, monkeypatch, encoder, tokenizer_threads=2)  # the default on 3+ cores
 
     async def main():
         big = asyncio.ensure_future(scorer.score([Row("p", f"r {i}", f"responses.{i}") for i in range(64)]))

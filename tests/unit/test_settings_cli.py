@@ -77,6 +77,26 @@ def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
         scorer.close()
 
 
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (3, 2), (16, 4)])
+def test_tokenizer_threads_leave_a_core_to_the_event_loop(monkeypatch, cores, expected):
+    from rmserve.service.core import scoring
+
+    monkeypatch.setattr(scoring.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert scoring.tokenizer_threads() == expected
+    assert scoring.tokenizer_threads(configured=3) == 3  # --tokenizer-threads wins over the core count
+
+
+def test_tokenizer_threads_setting_reaches_the_scorer(tiny_bundle):
+    from rmserve.service.core.metrics import Metrics
+    from rmserve.service.core.scoring import Scorer
+
+    scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu", tokenizer_threads=3), Metrics())
+    try:
+        assert scorer.tokenizing.threads == 3
+    finally:
+        scorer.close()
+
+
 @pytest.mark.parametrize("choice, expected", [(None, "uvloop"), ("auto", "uvloop"), ("uvloop", "uvloop"),
                                               ("asyncio", "asyncio")])
 def test_serve_runs_on_the_chosen_event_loop(tiny_bundle, monkeypatch, choice, expected):
