@@ -113,3 +113,17 @@ def step_file(path: Path, n: int = 48) -> Path:
         rows.append({"prompt": f"hello there {i % 7}", "completions": steps, "labels": labels, "problem": f"p{i // 2}"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def train_tiny_prm(root: Path, epochs: int) -> tuple[Path, Path, Path]:
+    """Train a tiny PRM with `rmserve train --task prm` on `step_file` from `tiny_encoder_base` and export it;
+    returns (step file, checkpoint directory, bundle directory), all under `root`."""
+    from rmserve.cli import main
+
+    base = tiny_encoder_base(root / "base")
+    data = step_file(root / "steps.jsonl")
+    assert main(["train", "--task", "prm", "--base-model", str(base), "--train-data", str(data), "--dev-data",
+                 str(data), "--output-dir", str(root / "ckpt"), "--batch-size", "8", "--epochs", str(epochs),
+                 "--learning-rate", "3e-3", "--max-length", "48", "--no-progress", "--no-tensorboard",
+                 "--export-to", str(root / "bundle")]) == 0
+    return data, root / "ckpt", root / "bundle"

@@ -13,14 +13,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from rmserve.cli import main  # noqa: E402
 from rmserve.proto import reward_pb2 as pb  # noqa: E402
 from rmserve.proto import reward_pb2_grpc as pb_grpc  # noqa: E402
 from rmserve.service.core.inputs import join_steps  # noqa: E402
 from rmserve.service.core.step_scores import activate, read_step_scores  # noqa: E402
 from rmserve.training.step_model import load_step_checkpoint  # noqa: E402
 from tests.integration.server import running_server  # noqa: E402
-from tests.prm_bundles import SEPARATOR, step_file, tiny_encoder_base  # noqa: E402
+from tests.prm_bundles import SEPARATOR, train_tiny_prm  # noqa: E402
 
 PROMPT = "hello there 3"
 CHAINS = [["one two"], ["three four", "no five six seven", "eight nine", "ten"], ["ten", "one two three"],
@@ -29,14 +28,8 @@ CHAINS = [["one two"], ["three four", "no five six seven", "eight nine", "ten"],
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained-prm")
-    base = tiny_encoder_base(root / "base")
-    data = step_file(root / "steps.jsonl")
-    assert main(["train", "--task", "prm", "--base-model", str(base), "--train-data", str(data), "--dev-data",
-                 str(data), "--output-dir", str(root / "ckpt"), "--batch-size", "8", "--epochs", "2",
-                 "--learning-rate", "3e-3", "--max-length", "48", "--no-progress", "--no-tensorboard",
-                 "--export-to", str(root / "bundle")]) == 0
-    return root / "ckpt", root / "bundle"
+    _, checkpoint, bundle = train_tiny_prm(tmp_path_factory.mktemp("trained-prm"), epochs=2)
+    return checkpoint, bundle
 
 
 def torch_step_rewards(checkpoint, chains):

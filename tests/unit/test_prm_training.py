@@ -20,7 +20,7 @@ from rmserve.training.config import TrainConfig  # noqa: E402
 from rmserve.training.log import read_log  # noqa: E402
 from rmserve.training.step_model import load_step_checkpoint  # noqa: E402
 from rmserve.training.train_steps import train_prm  # noqa: E402
-from tests.prm_bundles import step_file, tiny_encoder_base  # noqa: E402
+from tests.prm_bundles import step_file, tiny_encoder_base, train_tiny_prm  # noqa: E402
 from tests.tiny_decoders import make_tiny_decoder  # noqa: E402
 
 SEP = "<step>"
@@ -75,12 +75,7 @@ def test_prm_trains_exports_and_matches_torch(base, tmp_path):
 
 
 def test_eval_on_a_prm_bundle_reports_step_figures(tmp_path, capsys):
-    base = tiny_encoder_base(tmp_path / "base")
-    data = step_file(tmp_path / "steps.jsonl")
-    assert main(["train", "--task", "prm", "--base-model", str(base), "--train-data", str(data), "--dev-data",
-                 str(data), "--output-dir", str(tmp_path / "ckpt"), "--batch-size", "8", "--epochs", "4",
-                 "--learning-rate", "3e-3", "--max-length", "48", "--no-progress", "--no-tensorboard",
-                 "--export-to", str(tmp_path / "bundle")]) == 0
+    data, _, _ = train_tiny_prm(tmp_path, epochs=4)
     report = tmp_path / "report.html"
     assert main(["eval", "--bundle", str(tmp_path / "bundle"), "--data", str(data), "--best-of", str(data),
                  "--json", "--report", str(report)]) == 0
