@@ -302,14 +302,12 @@ def long_prompt(bundle_dir: Path, rows: list, repeats: int = 3) -> str:
             f"{rss0:.0f} → {rss1:.0f} MB (**{rss1 - rss0:+.0f} MB** over {2 * repeats} requests)")
 
 
-def _gpu_policy() -> str:
+def gpu_policy() -> str:
+    """rmserve's CUDA padding cap as `serve` flags: the batching the null engine stands in for."""
     from rmserve.service.core.engine import CUDA
     from rmserve.service.core.scoring import default_padding_ratio
 
     return f"--max-padding-ratio {default_padding_ratio(CUDA)}"
-
-
-GPU_POLICY = _gpu_policy()
 
 
 def main() -> None:
@@ -323,7 +321,7 @@ def main() -> None:
                         help="Concurrent requests (fewer for big requests: as many as rmserve's default queue holds).")
     parser.add_argument("--grpc-processes", type=int, default=4, help="gRPC load generator processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
-    parser.add_argument("--server-args", default=GPU_POLICY,
+    parser.add_argument("--server-args", default=gpu_policy(),
                         help="`rmserve serve` flags. Default: rmserve's CUDA padding cap, since the null engine stands "
                              "in for a GPU, where a padded token costs next to nothing (on CPU the cap is lower "
                              "because there it costs a real token's compute, which the null engine does not have); "
