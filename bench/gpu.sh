@@ -22,12 +22,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 echo "== CUDA tests"
 RMSERVE_TEST_CUDA=1 timeout 120 "$PY" -m pytest -q -m cuda tests
 
-echo "== serving-layer overhead, null engine on CUDA (HTTP needs wrk: scripts/install-system-deps.sh)"
-protocols="http grpc"
-command -v wrk >/dev/null || { echo "no wrk here: gRPC only"; protocols="grpc"; }
-timeout 200 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda"
-timeout 120 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda" \
-  --server-cpus 0-1 --skip-extras
+echo "== serving-layer overhead, null engine on CUDA (wrk and h2load: scripts/install-system-deps.sh)"
+bash scripts/install-system-deps.sh || echo "could not install the load generators"
+protocols=""
+if command -v wrk >/dev/null; then protocols="http"; else echo "no wrk here: no HTTP figures"; fi
+if command -v h2load >/dev/null; then protocols="$protocols grpc"; else echo "no h2load here: no gRPC figures"; fi
+if [ -n "$protocols" ]; then
+  timeout 200 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda"
+  timeout 120 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda" \
+    --server-cpus 0-1 --skip-extras
+fi
 
 echo "== fp16 variant"
 [ -d artifacts/default-bundle-fp16 ] || timeout 120 "$PY" -m rmserve.cli quantize --bundle artifacts/default-bundle \

@@ -8,10 +8,12 @@ the limit on a GPU, where a small reward model scores tens of thousands of texts
 Yardsticks (bench/bare_endpoint.py): for HTTP, one FastAPI route under uvicorn, one worker, pydantic body,
 `encode_batch` with truncation at max_length, no batcher and no engine; in each round both its `def` and
 its `async def` variant run and the faster one counts. For gRPC, a bare grpc.aio servicer doing the same
-tokenization, in the handler or in a thread, the faster one counts. Load: `wrk` (Debian package, installed
-by scripts/install-system-deps.sh) with a Lua script cycling real HH request bodies for HTTP; for gRPC a
-multi-process Python generator, shown not to be the limit (the bare servicer's figure with twice the
-generator processes is printed beside it). Configurations alternate within each round, so that the
+tokenization, in the handler or in a thread, the faster one counts. Load: compiled generators, `wrk` with a
+Lua script cycling real HH request bodies for HTTP, `h2load` (nghttp2) for gRPC with one process per body
+(bodies at evenly spaced quantiles of size), both Debian packages installed by
+scripts/install-system-deps.sh; the bare servicer's figure with twice the h2load threads is printed beside
+it, to show the generator is not the limit. rmserve's gRPC statuses are read from its metrics afterwards
+(h2load sees HTTP statuses only). Configurations alternate within each round, so that the
 machine's drift spreads over all of them; the ratio of each round is reported and the median counts.
 
 Also measured: single-text latency while 64-response requests run beside them (does tokenizing a big
@@ -26,7 +28,6 @@ the real bundle against the same request with the prompt cut to its last 2,000 c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shlex
@@ -37,7 +38,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,56 +160,69 @@ def wrk(port: int, bodies: Path, seconds: float, connections: int, latency: bool
     return result
 
 
-def _grpc_worker(target: str, requests: list[bytes], concurrency: int, seconds: float, warmup: float, out) -> None:
+GRPC_SCORE = "/rmserve.v1.RewardModel/Score"
+
+
+def h2load(port: int, bodies: list[Path], seconds: float, connections: int, threads: int = 1) -> dict:
+    """gRPC calls/s from h2load (nghttp2's compiled HTTP/2 load generator), one process per body file sharing
+    `connections` concurrent calls (one call at a time per connection), each process on `threads` threads.
+    Fails on any HTTP-level error; gRPC statuses travel in trailers, which h2load does not read, so the
+    callers check them (`grpc_failures`, and each body scored once before the load)."""
+    share = [connections // len(bodies) + (k < connections % len(bodies)) for k in range(len(bodies))]
+    procs = [subprocess.Popen(["h2load", f"-t{min(threads, n)}", f"-c{n}", "-m1", "-D", f"{seconds:g}", "--warm-up-time", "2",
+                               "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+                               f"http://127.0.0.1:{port}{GRPC_SCORE}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+             for body, n in zip(bodies, share) if n]
+    total = 0.0
+    for proc in procs:
+        out = proc.communicate(timeout=seconds + 120)[0]
+        rate = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+        clean = re.search(r" 0 failed, 0 errored, 0 timeout", out) and re.search(r" 0 4xx, 0 5xx", out)
+        if proc.returncode or rate is None or not clean:
+            raise RuntimeError(f"h2load saw errors against port {port}:\n{out}")
+        total += float(rate.group(1))
+    return {"rps": total}
+
+
+def grpc_failures(server: Server) -> int:
+    """gRPC calls rmserve answered with an error status so far (a call h2load left unanswered when its time
+    was up counts as client_gone, not as a failure)."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics").text
+    return int(sum(float(v) for outcome, v in re.findall(
+        r'^rmserve_requests_total\{[^}]*outcome="([a-z_]+)",protocol="grpc"\} ([\d.e+]+)$', text, re.M)
+        if outcome not in ("ok", "client_gone")))
+
+
+def check_bodies(servers: list[Server], bodies: dict) -> None:
+    """Every gRPC body h2load will send is scored once by every gRPC server, with one reward per response."""
     import grpc
 
     from rmserve.proto import reward_pb2, reward_pb2_grpc
 
-    parsed = [reward_pb2.ScoreRequest.FromString(r) for r in requests]
-
-    async def main() -> tuple[int, int]:
-        async with grpc.aio.insecure_channel(target) as channel:
+    for server in (s for s in servers if s.grpc_port):
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
             stub = reward_pb2_grpc.RewardModelStub(channel)
-            ok = bad = 0
-            start_at = time.monotonic() + warmup
-            stop_at = start_at + seconds
-
-            async def client(k: int) -> None:
-                nonlocal ok, bad
-                i = k
-                while time.monotonic() < stop_at:
-                    i = (i + concurrency) % len(parsed)
-                    try:
-                        await stub.Score(parsed[i], timeout=30)
-                        ok += time.monotonic() >= start_at
-                    except grpc.aio.AioRpcError:
-                        bad += 1
-
-            await asyncio.gather(*(client(k) for k in range(concurrency)))
-            return ok, bad
-
-    out.put(asyncio.run(main()))
+            for size, made in bodies.items():
+                for frame in made.grpc:
+                    reply = stub.Score(reward_pb2.ScoreRequest.FromString(frame.read_bytes()[5:]), timeout=60)
+                    if len(reply.rewards) != size:
+                        raise RuntimeError(f"{server.name} answered {len(reply.rewards)} rewards for {size} responses")
 
 
-def grpc_load(port: int, requests: list[bytes], seconds: float, connections: int, processes: int) -> dict:
-    """Calls/s from `processes` generator processes sharing `connections` concurrent calls."""
-    ctx = get_context("spawn")
-    queue = ctx.Queue()
-    share = [connections // processes + (k < connections % processes) for k in range(processes)]
-    workers = [ctx.Process(target=_grpc_worker, args=(f"127.0.0.1:{port}", requests, n, seconds, 2.0, queue))
-               for n in share if n]
-    for w in workers:
-        w.start()
-    results = [queue.get(timeout=seconds + 120) for _ in workers]
-    for w in workers:
-        w.join()
-    ok, bad = sum(r[0] for r in results), sum(r[1] for r in results)
-    if bad:
-        raise RuntimeError(f"{bad} gRPC calls failed against port {port}")
-    return {"rps": ok / seconds}
+@dataclass
+class Bodies:
+    json: Path  # one JSON body per line, cycled by wrk's Lua script
+    grpc: list[Path]  # gRPC-framed ScoreRequests, one per h2load process
 
 
-def write_bodies(directory: Path, rows: list, sizes: list[int], count: int) -> dict[int, tuple[Path, list[bytes]]]:
+def write_bodies(directory: Path, rows: list, sizes: list[int], count: int, grpc_bodies: int) -> dict[int, Bodies]:
+    """`count` real HH request bodies per size for wrk, and `grpc_bodies` of them for h2load (which sends one
+    body per process): those at evenly spaced quantiles of size, so that their mix of lengths is the mix of all."""
+    import struct
+
     from rmserve.proto import reward_pb2 as pb
 
     made = {}
@@ -222,7 +235,14 @@ def write_bodies(directory: Path, rows: list, sizes: list[int], count: int) -> d
                 f.write(score_body(prompt, responses).decode() + "\n")
                 protos.append(pb.ScoreRequest(prompt=pb.Prompt(text=prompt), responses=responses).SerializeToString())
         path.with_suffix(".lua").write_text(LUA)
-        made[size] = (path, protos)
+        by_size = sorted(protos, key=len)
+        frames = []
+        for k in range(grpc_bodies):
+            message = by_size[(2 * k + 1) * len(by_size) // (2 * grpc_bodies)]
+            frame = directory / f"grpc-{size}-{k}.bin"
+            frame.write_bytes(b"\0" + struct.pack(">I", len(message)) + message)  # uncompressed, 4-byte length
+            frames.append(frame)
+        made[size] = Bodies(path, frames)
     return made
 
 
@@ -235,21 +255,20 @@ def concurrency(connections: int, size: int) -> int:
     return max(1, min(connections, Settings.model_fields["max_queue_rows"].default // size))
 
 
-def measure_round(servers: list[Server], bodies: dict, sizes: list[int], protocols: list[str], seconds: float,
-                  connections: int, processes: int, order: int) -> dict:
+def measure_round(servers: list[Server], bodies: dict[int, Bodies], sizes: list[int], protocols: list[str],
+                  seconds: float, connections: int, order: int) -> dict:
     """One round: every server at every size and protocol, in alternating order; {(protocol, size, name): rps}."""
     figures = {}
     for size in sizes:
-        path, protos = bodies[size]
         clients = concurrency(connections, size)
         for protocol in protocols:
             prefix = {"http": "bare HTTP", "grpc": "bare gRPC"}[protocol]
             group = [s for s in servers if s.name == "rmserve" or s.name.startswith(prefix)]
             for server in (group if order % 2 == 0 else group[::-1]):
                 if protocol == "http":
-                    rps = wrk(server.port, path, seconds, clients)["rps"]
+                    rps = wrk(server.port, bodies[size].json, seconds, clients)["rps"]
                 else:
-                    rps = grpc_load(server.grpc_port, protos, seconds, clients, processes)["rps"]
+                    rps = h2load(server.grpc_port, bodies[size].grpc, seconds, clients)["rps"]
                 figures[(protocol, size, server.name)] = rps
                 print(f"  {protocol} x{size} {server.name}: {rps:.0f} req/s = {rps * size:.0f} texts/s", flush=True)
     return figures
@@ -258,7 +277,7 @@ def measure_round(servers: list[Server], bodies: dict, sizes: list[int], protoco
 def latency_beside_big(servers: list[Server], bodies: dict, seconds: float) -> list[str]:
     """Single-text latency at c=16 alone, and with two clients sending 64-response requests beside them."""
     lines = []
-    single, big = bodies[1][0], bodies[64][0]
+    single, big = bodies[1].json, bodies[64].json
     for server in (s for s in servers if s.name in ("rmserve", "bare HTTP def", "bare HTTP async")):
         alone = wrk(server.port, single, seconds, 16, latency=True)
         beside = subprocess.Popen(["wrk", "-t1", "-c2", f"-d{seconds + 2:g}s", "--timeout", "60s", "-s", str(big.with_suffix(".lua")),
@@ -319,7 +338,8 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", choices=["http", "grpc"], default=["http", "grpc"])
     parser.add_argument("--connections", type=int, default=32,
                         help="Concurrent requests (fewer for big requests: as many as rmserve's default queue holds).")
-    parser.add_argument("--grpc-processes", type=int, default=4, help="gRPC load generator processes.")
+    parser.add_argument("--grpc-bodies", type=int, default=8,
+                        help="Distinct gRPC request bodies per size: h2load sends one per process, so as many processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default=gpu_policy(),
                         help="`rmserve serve` flags. Default: rmserve's CUDA padding cap, since the null engine stands "
@@ -332,31 +352,36 @@ def main() -> None:
     parser.add_argument("--note", default="", help="A remark for the record, e.g. that the machine was shared.")
     parser.add_argument("--no-write", action="store_true", help="Do not append to docs/benchmarks.md.")
     args = parser.parse_args()
-    if shutil.which("wrk") is None and "http" in args.protocols:
-        sys.exit("bench/overhead.py needs wrk: run scripts/install-system-deps.sh (Debian package wrk)")
+    for tool, protocol, package in (("wrk", "http", "wrk"), ("h2load", "grpc", "nghttp2-client")):
+        if shutil.which(tool) is None and protocol in args.protocols:
+            sys.exit(f"bench/overhead.py needs {tool} for {protocol}: run scripts/install-system-deps.sh "
+                     f"(Debian package {package})")
 
     work = Path(tempfile.mkdtemp(prefix="rmserve-overhead-"))
     bundle_dir = ROOT / args.bundle
     null_dir = build_null_bundle(bundle_dir, work / "null-bundle")
     rows = hh_rows(3000)
     sizes = sorted(set(args.sizes) | ({1, 64} if not args.skip_extras and "http" in args.protocols else set()))
-    bodies = write_bodies(work, rows, sizes, 200)
+    bodies = write_bodies(work, rows, sizes, 200, args.grpc_bodies)
     print(f"null-engine bundle {null_dir} (from {bundle_dir}); servers on CPUs {args.server_cpus or 'all'}", flush=True)
     servers = start_servers(null_dir, args.server_cpus, args.protocols, shlex.split(args.server_args), args.bare_loops)
     rounds = []
     generator_check = ""
     try:
-        if "grpc" in args.protocols:  # the generator is not the limit: twice its processes, same bare figure
+        if "grpc" in args.protocols:  # the generator is not the limit: twice its threads, same bare figure
+            check_bodies(servers, {size: bodies[size] for size in args.sizes})
             bare = next(s for s in servers if s.name.startswith("bare gRPC inline"))
-            base = grpc_load(bare.grpc_port, bodies[1][1], args.seconds, args.connections, args.grpc_processes)["rps"]
-            more = grpc_load(bare.grpc_port, bodies[1][1], args.seconds, args.connections, 2 * args.grpc_processes)["rps"]
-            generator_check = (f"gRPC generator check, bare servicer x1: {base:.0f} calls/s with {args.grpc_processes} "
-                               f"generator processes, {more:.0f} with {2 * args.grpc_processes}")
+            base = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections)["rps"]
+            more = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections, threads=2)["rps"]
+            generator_check = (f"gRPC generator check, bare servicer x1: {base:.0f} calls/s from {args.grpc_bodies} "
+                               f"h2load processes of one thread, {more:.0f} with two threads each")
             print(generator_check, flush=True)
         for r in range(args.rounds):
             print(f"round {r + 1}", flush=True)
-            rounds.append(measure_round(servers, bodies, args.sizes, args.protocols, args.seconds, args.connections,
-                                        args.grpc_processes, r))
+            rounds.append(measure_round(servers, bodies, args.sizes, args.protocols, args.seconds, args.connections, r))
+        failed = sum(grpc_failures(s) for s in servers if s.name == "rmserve") if "grpc" in args.protocols else 0
+        if failed:
+            raise RuntimeError(f"rmserve answered {failed} gRPC calls with an error status under load")
         latency = [] if args.skip_extras or "http" not in args.protocols else latency_beside_big(servers, bodies, args.seconds)
     finally:
         for server in servers:
@@ -395,7 +420,7 @@ def main() -> None:
     print("\n".join(notes))
     if not args.no_write:
         record_run("Serving-layer overhead (null engine)", f"null-engine copy of `{args.bundle}`, wrk for HTTP, "
-                   f"{args.grpc_processes}-process Python generator for gRPC" + (f"; {args.note}" if args.note else ""),
+                   f"h2load for gRPC ({args.grpc_bodies} bodies per size)" + (f"; {args.note}" if args.note else ""),
                    text + "\n\n" + "\n".join(notes))
     shutil.rmtree(work, ignore_errors=True)
 

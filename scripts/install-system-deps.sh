@@ -5,6 +5,7 @@
 #   openssl                    <- package `openssl`          (self-signed certificates for the TLS tests)
 #   wrk                        <- package `wrk`              (HTTP load for bench/overhead.py: a C load generator
 #                                                             that is not the bottleneck of a fast endpoint)
+#   h2load                     <- package `nghttp2-client`   (gRPC load for bench/overhead.py: the same, over HTTP/2)
 # Idempotent: a tool already on PATH is left alone (another kubectl, e.g. a cloud SDK's, is kept:
 # Debian's package would collide with its /usr/bin/kubectl). Uses sudo only when not root.
 set -euo pipefail
@@ -14,6 +15,7 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || missing+=(
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
@@ -37,4 +39,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Without recommends: the prometheus package would also pull in node-exporter and its collectors.
 "${as_root[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v kubectl >/dev/null && command -v openssl >/dev/null \
-    && command -v wrk >/dev/null
+    && command -v wrk >/dev/null && command -v h2load >/dev/null
