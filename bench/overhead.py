@@ -370,11 +370,13 @@ def main() -> None:
     try:
         if "grpc" in args.protocols:  # the generator is not the limit: twice its threads, same bare figure
             check_bodies(servers, {size: bodies[size] for size in args.sizes})
-            bare = next(s for s in servers if s.name.startswith("bare gRPC inline"))
-            base = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections)["rps"]
-            more = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections, threads=2)["rps"]
-            generator_check = (f"gRPC generator check, bare servicer x1: {base:.0f} calls/s from {args.grpc_bodies} "
-                               f"h2load processes of one thread, {more:.0f} with two threads each")
+            checks = []
+            for bare in (s for s in servers if s.name.startswith("bare gRPC")):
+                base = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections)["rps"]
+                more = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections, threads=2)["rps"]
+                checks.append(f"{bare.name} {base:.0f} → {more:.0f} calls/s")
+            generator_check = (f"gRPC generator check, single texts, {args.grpc_bodies} h2load processes of one thread "
+                               f"→ two threads each: {'; '.join(checks)}")
             print(generator_check, flush=True)
         for r in range(args.rounds):
             print(f"round {r + 1}", flush=True)
