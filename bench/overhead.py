@@ -147,9 +147,9 @@ def wait_grpc(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"gRPC server on port {port} did not come up")
 
 
-def wrk(port: int, bodies: Path, seconds: float, connections: int, latency: bool = False) -> dict:
+def wrk(port: int, bodies: Path, seconds: float, connections: int, latency: bool = False, threads: int = 1) -> dict:
     """Requests/s (and latency percentiles in ms with `latency`) from one wrk run; fails on any non-2xx."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "-s", str(bodies.with_suffix(".lua")),
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s", "-s", str(bodies.with_suffix(".lua")),
            *(["--latency"] if latency else []), f"http://127.0.0.1:{port}/score"]
     out = subprocess.run(cmd, env={**os.environ, "BODIES": str(bodies)}, capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
@@ -361,22 +361,29 @@ def main() -> None:
     bundle_dir = ROOT / args.bundle
     null_dir = build_null_bundle(bundle_dir, work / "null-bundle")
     rows = hh_rows(3000)
-    sizes = sorted(set(args.sizes) | ({1, 64} if not args.skip_extras and "http" in args.protocols else set()))
+    # Single texts always: the generator check uses them, as do the extras (with 64-response requests).
+    sizes = sorted(set(args.sizes) | {1} | ({64} if not args.skip_extras and "http" in args.protocols else set()))
     bodies = write_bodies(work, rows, sizes, 200, args.grpc_bodies)
     print(f"null-engine bundle {null_dir} (from {bundle_dir}); servers on CPUs {args.server_cpus or 'all'}", flush=True)
     servers = start_servers(null_dir, args.server_cpus, args.protocols, shlex.split(args.server_args), args.bare_loops)
     rounds = []
     generator_check = ""
     try:
-        if "grpc" in args.protocols:  # the generator is not the limit: twice its threads, same bare figure
+        # The generators are not the limit: with twice their threads, the bare endpoints answer as many.
+        checks = []
+        if "http" in args.protocols:
+            for bare in (s for s in servers if s.name.startswith("bare HTTP")):
+                base, more = (wrk(bare.port, bodies[1].json, args.seconds, args.connections, threads=t)["rps"] for t in (1, 2))
+                checks.append(f"{bare.name} {base:.0f} → {more:.0f} req/s")
+        if "grpc" in args.protocols:
             check_bodies(servers, {size: bodies[size] for size in args.sizes})
-            checks = []
             for bare in (s for s in servers if s.name.startswith("bare gRPC")):
-                base = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections)["rps"]
-                more = h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections, threads=2)["rps"]
+                base, more = (h2load(bare.grpc_port, bodies[1].grpc, args.seconds, args.connections, threads=t)["rps"]
+                              for t in (1, 2))
                 checks.append(f"{bare.name} {base:.0f} → {more:.0f} calls/s")
-            generator_check = (f"gRPC generator check, single texts, {args.grpc_bodies} h2load processes of one thread "
-                               f"→ two threads each: {'; '.join(checks)}")
+        if checks:
+            generator_check = (f"generator check, single texts, wrk and each of {args.grpc_bodies} h2load processes on one "
+                               f"thread → two: {'; '.join(checks)}")
             print(generator_check, flush=True)
         for r in range(args.rounds):
             print(f"round {r + 1}", flush=True)
