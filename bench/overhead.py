@@ -11,8 +11,8 @@ its `async def` variant run and the faster one counts. For gRPC, a bare grpc.aio
 tokenization, in the handler or in a thread, the faster one counts. Load: compiled generators, `wrk` with a
 Lua script cycling real HH request bodies for HTTP, `h2load` (nghttp2) for gRPC with one process per body
 (bodies at evenly spaced quantiles of size), both Debian packages installed by
-scripts/install-system-deps.sh; the bare servicer's figure with twice the h2load threads is printed beside
-it, to show the generator is not the limit. rmserve's gRPC statuses are read from its metrics afterwards
+scripts/install-system-deps.sh; each bare endpoint's single-text figure with the generator on one thread
+and on two is printed, to show the generator is not the limit. rmserve's gRPC statuses are read from its metrics afterwards
 (h2load sees HTTP statuses only). Configurations alternate within each round, so that the
 machine's drift spreads over all of them; the ratio of each round is reported and the median counts.
 
