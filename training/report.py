@@ -272,7 +272,6 @@ def _temperature_note(calibration: dict[str, Any]) -> str:
     return f"<p>Temperature fitted on {html.escape(calibration['fitted_on'])} ({said}).</p>"
 
 
-
 def page_head(title: str) -> str:
     """The start of an evaluation report page, up to and with its heading; both report kinds share it."""
     return f"""<!DOCTYPE html>
@@ -287,6 +286,7 @@ td:first-child, th:first-child {{ text-align: left; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 """
+
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
