@@ -18,6 +18,7 @@ from rmserve.proto import reward_pb2_grpc as pb_grpc
 from rmserve.service.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import build_tiny_onnx, make_tiny_bundle
 from tests.integration.server import running_server
+from tests.integration.test_observability import value
 from tests.integration.slow_bundle import make_slow_bundle
 from tests.waiting import wait_until
 
@@ -178,8 +179,16 @@ def test_admin_endpoint_needs_an_admin_key(tmp_path):
         for headers in ({}, {"authorization": "Bearer scoring-key"}, {"authorization": "Bearer wrong"}):
             r = httpx.post(server.url + "/admin/reload", json={}, headers=headers)
             assert r.status_code == 401 and r.json()["error"]["kind"] == "unauthenticated"
+            # The guard's refusal is written like every other answer: compact JSON.
+            assert r.content == json.dumps(r.json(), separators=(",", ":")).encode(), r.content
         r = httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN, timeout=60)  # no body: the configured one
         assert r.status_code == 200 and r.json()["model"]["bundle_id"] == "tiny"
+        r = httpx.post(server.url + "/admin/reload", json={"bundle": "/etc"}, headers=ADMIN)
+        assert r.status_code == 422
+        counted = {outcome: value(httpx.get(server.url + "/metrics", headers={"authorization": "Bearer scoring-key"}).text,
+                                  "rmserve_requests_total", endpoint="/admin/reload", protocol="http", outcome=outcome)
+                   for outcome in ("unauthenticated", "ok", "validation")}
+        assert counted == {"unauthenticated": 3, "ok": 1, "validation": 1}, counted
     with running_server(bundle) as server:  # no admin key configured: closed
         r = httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN)
         assert r.status_code == 401 and "admin_api_keys" in r.json()["error"]["message"]

@@ -31,6 +31,8 @@ router = APIRouter(tags=["admin"], route_class=ParsedBodyRoute)
 async def reload_bundle(request: Request, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load a bundle, verify it (format, hashes, golden set) and swap it in between batches; a bundle that
     fails verification, or lies outside bundle_root, is refused (422) and the old one keeps serving."""
-    reloader: Reloader = request.app.state.service.reloader
+    state = request.app.state.service
+    reloader: Reloader = state.reloader
     old, new = await reloader.reload(body.bundle if body and body.bundle else None)
+    state.metrics.requests.labels("/admin/reload", "http", "ok").inc()  # refusals: the guard and the error handler
     return ReloadResponse(model=ModelRef.of(new.manifest), previous=ModelRef.of(old.manifest))

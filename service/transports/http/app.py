@@ -38,7 +38,7 @@ from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.http import admin, openapi, openrlhf, routes, vllm
 from rmserve.service.transports.http.body import PARSED_JSON
 from rmserve.service.transports.http.common import ClientGone, Endpoint, error_response, get_state
-from rmserve.service.transports.http.guard import Admitted, RequestGuard, is_json, replay
+from rmserve.service.transports.http.guard import ADMIN_PATHS, Admitted, RequestGuard, is_json, replay
 from rmserve.service.transports.http.vllm_protocol import VLLM_PATHS
 from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
 
@@ -91,8 +91,9 @@ class ScoringFront:
         self.app = app
         self.state = state
         self.front_routes = FRONT_ROUTES if front_routes is None else front_routes
-        # Refusals are counted where the routes count their answers: the scoring routes and vLLM's.
-        self.guard = RequestGuard(state, counted_paths=SCORING_PATHS + tuple(VLLM_PATHS), methods=methods)
+        # Refusals are counted where the routes count their answers: the scoring routes, vLLM's and the admin one.
+        self.guard = RequestGuard(state, counted_paths=SCORING_PATHS + tuple(VLLM_PATHS) + ADMIN_PATHS,
+                                  methods=methods)
         self._children: dict[tuple, Any] = {}  # metric children by label values: labels() costs per call
 
     def _metric(self, metric: Any, *labels: str) -> Any:

@@ -21,7 +21,6 @@ uvicorn's httptools protocol, with:
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import select
 import socket
@@ -30,7 +29,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from starlette.responses import JSONResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from rmserve.service.core.errors import ErrorKind, ScoringError
 
 log = logging.getLogger("rmserve.http")
 
@@ -43,8 +45,9 @@ def discard_limit(max_request_bytes: int) -> int:
 
 
 def _timeout_answer(what: str, seconds: float, setting: str) -> bytes:
-    body = json.dumps({"error": {"kind": "timeout", "field": "body" if setting.startswith("body") else None,
-                                 "message": f"{what} not received within {seconds:g} s ({setting})"}}).encode()
+    error = ScoringError(ErrorKind.TIMEOUT, f"{what} not received within {seconds:g} s ({setting})",
+                         "body" if setting.startswith("body") else None)
+    body = JSONResponse({"error": error.to_dict()}).body
     return (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 

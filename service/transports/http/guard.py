@@ -22,10 +22,11 @@ connection. Every refusal has the service's error body, naming the field and the
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
+
+from starlette.responses import JSONResponse
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.limits import invalid
@@ -174,10 +175,10 @@ class RequestGuard:
         if path in VLLM_PATHS and status is None and error.kind != ErrorKind.VALIDATION:
             # vLLM's shape and statuses; a body that is not strict JSON is refused in rmserve's (openapi.py)
             status, kind = VLLM_STATUS[error.kind]
-            body = json.dumps(VllmError(status, kind, error.message, error.field).body()).encode()
+            body = JSONResponse(VllmError(status, kind, error.message, error.field).body()).body
         else:
             status = status or HTTP_STATUS[error.kind]
-            body = json.dumps({"error": error.to_dict()}).encode()
+            body = JSONResponse({"error": error.to_dict()}).body  # written as every other answer is
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if error.kind in (ErrorKind.OVERLOADED, ErrorKind.UNAVAILABLE):
             headers.append((b"retry-after", b"1"))
