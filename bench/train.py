@@ -30,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +173,9 @@ def run_one(name: str, seed: int, args: argparse.Namespace, trl_pairs_file: Path
     cmd += ["--limit-dev", str(args.limit_dev)] if args.limit_dev else []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     print(f"--- {name}, seed {seed}: {' '.join(cmd[1:])}", flush=True)
+    began = time.strftime("%Y-%m-%d %H:%M")
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
-    return {"trainer": name, "seed": seed, **json.loads(result.read_text())}
+    return {"trainer": name, "seed": seed, "measured_at": began, **json.loads(result.read_text())}
 
 
 def recipe_key(recipe: TrainConfig, args: argparse.Namespace) -> str:
@@ -243,6 +245,7 @@ def main() -> None:
           f"{BATCH_PAIRS} pairs, seeds {args.seeds}, {args.threads} torch threads; {len(dev)} dev pairs")
 
     runs: dict[str, list[dict]] = {}
+    resumed: list[str] = []  # runs kept from an earlier invocation: their speed was measured then
     for seed in args.seeds:  # seed-outer: a run stopped early still has every trainer on the same seeds
         for name in args.trainers:
             # A scored run is kept under its recipe's name, so the same command again (after a stop) resumes.
@@ -250,6 +253,7 @@ def main() -> None:
             if scored.is_file():
                 result = json.loads(scored.read_text())
                 print(f"--- {name}, seed {seed}: done before ({scored})", flush=True)
+                resumed.append(f"{name} seed {seed} ({result.get('measured_at', 'time not recorded')})")
             else:
                 result = run_one(name, seed, args, trl_pairs_file)
                 result["credit"] = dev_credit(result, dev, recipe.max_length)
@@ -280,6 +284,10 @@ def main() -> None:
         f"Δ: difference of the seed means; [95 % interval]: percentile bootstrap, {DIFFERENCE_RESAMPLES} resamples, "
         "each drawing the dev prompts (the same for both sides: paired) and each trainer's seeds with replacement",
     ]
+    if resumed:  # accuracy does not depend on when a run trained; its speed depends on the machine's state then
+        notes.append(f"resumed: {len(resumed)} of {sum(len(rs) for rs in runs.values())} runs were kept from an earlier "
+                     f"invocation, and their train s and pairs/s were measured then, not beside the others: "
+                     f"{'; '.join(resumed)}")
     print(text)
     print("\n".join(f"- {n}" for n in notes))
     if args.json:

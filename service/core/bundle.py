@@ -86,7 +86,9 @@ class Normalization(BaseModel):
     mean: float = 0.0
     std: float = Field(1.0, gt=0.0)
     computed_on: str = "none"
-    version: str = Field("none", description="Identifies these stats: sha of the reference set + count.")
+    version: str = Field("none", description="Names the reference set the stats were computed on: the sha of its "
+                         "contents + its count (a quantized bundle appends its precision). The stats also depend on "
+                         "the model: with model_sha256 it identifies them.")
 
 
 class Calibration(BaseModel):
