@@ -1,37 +1,74 @@
 #!/usr/bin/env bash
-# One prepared run for a machine with an NVIDIA GPU (under 10 minutes): the CUDA tests, the serving-layer
-# overhead (bench/overhead.py: a null-engine bundle on CUDA against the bare endpoints, all cores, then two),
-# then the serving benchmark on the CUDA provider with the fp32 and fp16 bundles, concurrency up to 256.
-# Needs: the default bundle and checkpoint under artifacts/ (build them here with `make bundle`) and a
-# Python environment with rmserve[train,dev] (`make install`); where the GPU machine has no package
-# index, carry wheels in .whl/ and they are installed from there.
-#   bash bench/gpu.sh            # figures are appended to docs/benchmarks.md with the GPU named
+# One prepared run for a lent GPU machine (under 10 minutes), whatever that machine holds:
+#   1. the serving-layer overhead (bench/overhead.py: the null-engine bundle against the bare endpoints) on
+#      every core, then on two and on one: how the Python layer scales with the cores a GPU host has;
+#   2. where onnxruntime has its CUDA provider and the real bundles are here: the CUDA tests, the serving
+#      benchmark on CUDA with the fp32 and fp16 bundles (concurrency up to 256) and an fp16 import.
+# On the lent machine (offline, Python 3.12 image, 64 MiB carried per call) pack first, here:
+#   bash scripts/pack-device.sh                      # wheels, wrk and h2load, the null-engine bundle
+#   run(command="bash bench/gpu.sh", carry=[".device"], timeout_s=600)
+# The log and docs/benchmarks.md (the figures, appended with the machine named) come back in $OUT.
+# With a development environment (`make install`, `make bundle`) it runs as it is: bash bench/gpu.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-PY=${PYTHON:-.venv/bin/python}
-if [ ! -x "$PY" ]; then
-  python3 -m venv .venv
-  if [ -d .whl ]; then .venv/bin/pip install --no-index --find-links .whl torch==2.13.0 -e '.[train,dev]'
-  else .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e '.[train,dev]'; fi
+RESULTS=${OUT:-/tmp/rmserve-gpu}
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/gpu.log") 2>&1
+trap 'cp docs/benchmarks.md "$RESULTS/" 2>/dev/null || true' EXIT
+
+PY=${PYTHON:-}
+if [ -z "$PY" ] && [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
+elif [ -z "$PY" ] && [ -d .device/wheels ]; then
+  # The lent machine: its image's python3 with what scripts/pack-device.sh carried (the machine is thrown away after).
+  python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade .device/wheels/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  PY=python3
+elif [ -z "$PY" ]; then
+  echo "no Python environment: run make install, or carry .device (bash scripts/pack-device.sh)" >&2
+  exit 1
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+if [ -d .device/bin ]; then
+  export PATH="$PWD/.device/bin:$PATH" LD_LIBRARY_PATH="$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "nvidia-smi: none"
 "$PY" -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+cuda=$("$PY" -c "import onnxruntime as o; print(int('CUDAExecutionProvider' in o.get_available_providers()))")
+device_args=""
+[ "$cuda" = 1 ] && device_args="--device cuda"
+bundle=artifacts/default-bundle
+extras=""
+if [ ! -f "$bundle/manifest.json" ]; then
+  bundle=.device/null-bundle  # the model behind the 100 KB-prompt run is not here
+  extras="--skip-extras"
+fi
+host="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true) host, onnxruntime CUDA provider: $cuda"
 
-echo "== CUDA tests"
-RMSERVE_TEST_CUDA=1 timeout 120 "$PY" -m pytest -q -m cuda tests
-
-echo "== serving-layer overhead, null engine on CUDA (wrk and h2load: scripts/install-system-deps.sh)"
-bash scripts/install-system-deps.sh || echo "could not install the load generators"
+echo "== serving-layer overhead, null engine, every core (wrk and h2load: carried, or scripts/install-system-deps.sh)"
+command -v wrk >/dev/null && command -v h2load >/dev/null || bash scripts/install-system-deps.sh ||
+  echo "could not install the load generators"
 protocols=""
 if command -v wrk >/dev/null; then protocols="http"; else echo "no wrk here: no HTTP figures"; fi
 if command -v h2load >/dev/null; then protocols="$protocols grpc"; else echo "no h2load here: no gRPC figures"; fi
 if [ -n "$protocols" ]; then
-  timeout 200 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda"
-  timeout 120 "$PY" bench/overhead.py --rounds 1 --seconds 5 --protocols $protocols --server-args "--device cuda" \
-    --server-cpus 0-1 --skip-extras
+  # rmserve serves the null engine with the CUDA padding cap either way: the batching of the GPU it stands in for.
+  timeout 240 "$PY" bench/overhead.py --bundle "$bundle" --rounds 1 --seconds 5 --protocols $protocols $extras \
+    --server-args "--max-padding-ratio 0.2 $device_args" --note "$host; every core"
+  for cpus in 0-1 0; do
+    timeout 120 "$PY" bench/overhead.py --bundle "$bundle" --rounds 1 --seconds 4 --sizes 1 16 --protocols $protocols \
+      --skip-extras --server-cpus "$cpus" --server-args "--max-padding-ratio 0.2 $device_args" --note "$host; CPUs $cpus"
+  done
 fi
+
+if [ "$cuda" != 1 ] || [ ! -f artifacts/default-bundle/manifest.json ] || [ ! -d artifacts/default-checkpoint ]; then
+  echo "== no CUDA figures: they need onnxruntime-gpu (~250 MB, more than a device call carries) and the default"
+  echo "   bundle and checkpoint (make bundle)"
+  exit 0
+fi
+
+echo "== CUDA tests"
+RMSERVE_TEST_CUDA=1 timeout 120 "$PY" -m pytest -q -m cuda tests
 
 echo "== fp16 variant"
 [ -d artifacts/default-bundle-fp16 ] || timeout 120 "$PY" -m rmserve.cli quantize --bundle artifacts/default-bundle \

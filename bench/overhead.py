@@ -430,7 +430,7 @@ def main() -> None:
     if not args.no_write:
         record_run("Serving-layer overhead (null engine)", f"null-engine copy of `{args.bundle}`, wrk for HTTP, "
                    f"h2load for gRPC ({args.grpc_bodies} bodies per size)" + (f"; {args.note}" if args.note else ""),
-                   text + "\n\n" + "\n".join(notes))
+                   text + "\n\n" + "\n".join(notes), device="cuda" if "--device cuda" in args.server_args else "cpu")
     shutil.rmtree(work, ignore_errors=True)
 
 
