@@ -9,7 +9,6 @@ hashes those files too.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from rmserve.service.core.bundle import (
     load_bundle,
     write_manifest,
 )
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import Batch, InputEncoder
 from rmserve.service.core.step_scores import StepRewards, activate, aggregate
@@ -131,11 +131,7 @@ def _stats(engine: OnnxRewardModel, contents: BundleContents) -> tuple[Normaliza
     chosen, rejected = score_pairs(engine, contents.encoder, pairs)
     labels = labels_of(pairs)
     rewards = np.concatenate([chosen, rejected])
-    normalization = Normalization(
-        mean=float(rewards.mean()), std=float(max(rewards.std(), 1e-6)),
-        computed_on=f"{contents.dev_name}: chosen+rejected of {len(pairs)} pairs",
-        version=f"{contents.dev_digest}-{len(rewards)}",
-    )
+    normalization = Normalization.over(rewards, contents.dev_name, contents.dev_digest, len(pairs))
     delta = chosen.astype(np.float64) - rejected
     calibration = (bundle_calibration(engine, contents.encoder, contents.training, delta, labels, contents.dev_name)
                    if contents.training is not None else fit_calibration(delta, labels, contents.dev_name))
@@ -170,10 +166,6 @@ def assemble_bundle(staged_model: Path, output_dir: Path, contents: BundleConten
     bundle = load_bundle(output_dir)
     check_golden(bundle, OnnxRewardModel.for_bundle(bundle, device="cpu"), bundle.encoder())
     return bundle, metrics
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str | None = None,

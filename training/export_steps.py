@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rmserve.service.core.bundle import MODEL_FILE, TOKENIZER_FILE, Bundle, ModelInfo
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.inputs import Batch, InputEncoder, join_steps
 from rmserve.service.core.step_scores import STEP_OUTPUT, StepRewards, read_step_scores
@@ -25,7 +26,6 @@ from rmserve.training.export import (
     BundleContents,
     assemble_bundle,
     compare_parity,
-    file_digest,
     torch_rewards,
 )
 from rmserve.training.onnx_graph import OPSET, export_onnx

@@ -39,6 +39,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from rmserve.service.core.bundle import MODEL_FILE, Bundle, ModelInfo
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.inputs import InputEncoder, InputSpec, RowError
 from rmserve.training.export import (
@@ -46,7 +47,6 @@ from rmserve.training.export import (
     BundleContents,
     assemble_bundle,
     compare_parity,
-    file_digest,
     parity_rows,
     torch_rewards,
 )

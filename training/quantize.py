@@ -27,9 +27,11 @@ from rmserve.service.core.bundle import (
     TOKENIZER_FILE,
     Bundle,
     GoldenExample,
+    Normalization,
     load_bundle,
     write_manifest,
 )
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.training.data import load_pairs, shipped_data
 from rmserve.training.evaluate import pair_metrics, score_pairs
@@ -95,6 +97,7 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
     shutil.copyfile(source.tokenizer_path, output_dir / TOKENIZER_FILE)
 
     rewards = np.concatenate([chosen, rejected])
+    normalization = Normalization.over(rewards, dev_path.name, file_digest(dev_path), len(pairs))  # this model's stats
     manifest = source.manifest
     golden = [
         GoldenExample(prompt=g.prompt, response=g.response,
@@ -104,10 +107,7 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
     variant = manifest.model_copy(update={
         "bundle_id": "pending",
         "model": manifest.model.model_copy(update={"precision": precision}),
-        "normalization": manifest.normalization.model_copy(update={
-            "mean": float(rewards.mean()), "std": float(max(rewards.std(), 1e-6)),
-            "version": manifest.normalization.version + f"-{precision}",
-        }),
+        "normalization": normalization.model_copy(update={"version": f"{normalization.version}-{precision}"}),
         "golden": golden,
         "provenance": {**manifest.provenance, "variant_of": manifest.bundle_id, "variant_report": report},
     })

@@ -86,9 +86,19 @@ class Normalization(BaseModel):
     mean: float = 0.0
     std: float = Field(1.0, gt=0.0)
     computed_on: str = "none"
-    version: str = Field("none", description="Names the reference set the stats were computed on: the sha of its "
-                         "contents + its count (a quantized bundle appends its precision). The stats also depend on "
-                         "the model: with model_sha256 it identifies them.")
+    version: str = Field("none", description="Identifies these stats: the reference set (a digest of its file and "
+                         "the count of rewards) and a digest of mean and std, so that two models scored on the same set "
+                         "never share a version; a quantized bundle appends its precision. (Bundles exported before 2026-11-30 name "
+                         "the reference set only.)")
+
+    @classmethod
+    def over(cls, rewards: Any, reference: str, reference_digest: str, pairs: int) -> Normalization:
+        """The stats of the chosen and rejected `rewards` (a float array) of `pairs` preference pairs from the
+        reference file `reference`, whose contents digest to `reference_digest`."""
+        mean, std = float(rewards.mean()), float(max(rewards.std(), 1e-6))
+        stats = hashlib.sha256(f"{mean!r} {std!r}".encode()).hexdigest()[:8]
+        return cls(mean=mean, std=std, computed_on=f"{reference}: chosen+rejected of {pairs} pairs",
+                   version=f"{reference_digest}-{len(rewards)}-{stats}")
 
 
 class Calibration(BaseModel):

@@ -39,6 +39,11 @@ def sha256_bytes(data: bytes | memoryview | mmap.mmap) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of a data file's sha256: how a bundle names the data it was measured on."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def sha256_fd(fd: int) -> str:
     """The sha256 of an open file, read from its start through the descriptor."""
     digest = hashlib.sha256()

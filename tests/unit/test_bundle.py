@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rmserve.service.core.bundle import BundleError, load_bundle
+from rmserve.service.core.bundle import BundleError, Normalization, load_bundle
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from tests.conftest import build_tiny_onnx
 
@@ -22,6 +22,17 @@ def test_a_good_bundle_loads_and_reproduces_its_golden_set(tiny_bundle):
     engine = OnnxRewardModel(str(bundle.model_path), device="cpu")
     assert engine.provider == "CPUExecutionProvider"
     assert check_golden(bundle, engine, bundle.encoder()) == 0.0
+
+
+def test_normalization_version_names_the_stats_not_only_the_reference_set():
+    """Two models scored on the same reference file must not share a version: a client caching by it would
+    mix their stats up."""
+    one = Normalization.over(np.array([0.5, -0.5, 1.0, 0.0]), "dev.jsonl", "abc123", pairs=2)
+    assert (one.mean, one.std) == (0.25, pytest.approx(0.5590169943749475))
+    assert one.computed_on == "dev.jsonl: chosen+rejected of 2 pairs" and one.version.startswith("abc123-4-")
+    assert Normalization.over(np.array([0.5, -0.5, 1.0, 0.0]), "dev.jsonl", "abc123", pairs=2).version == one.version
+    other = Normalization.over(np.array([0.6, -0.5, 1.0, 0.0]), "dev.jsonl", "abc123", pairs=2)
+    assert other.version != one.version
 
 
 def test_missing_directory(tmp_path):

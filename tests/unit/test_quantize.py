@@ -25,7 +25,13 @@ def test_int8_variant_is_written_with_its_own_stats_and_golden_set(tiny_bundle, 
     assert bundle.manifest.model.precision == "int8" and bundle.manifest.bundle_id.endswith("-int8")
     assert report["pairs"] == 3 and 0.0 <= report["agreement_with_fp32"] <= 1.0
     assert bundle.manifest.provenance["variant_of"] == "tiny"
-    assert bundle.manifest.normalization.version.endswith("-int8")
+    normalization = bundle.manifest.normalization
+    assert normalization.version.endswith("-int8")
+    # Its stats are this model's on the dev file given here, and its version says so (not the source's).
+    assert normalization.computed_on == "dev.jsonl: chosen+rejected of 3 pairs"
+    source = load_bundle(tiny_bundle).manifest.normalization
+    assert (normalization.mean, normalization.std) != (source.mean, source.std)
+    assert normalization.version.removesuffix("-int8") not in (source.version, "")
     load_bundle(tmp_path / "int8")  # hashes and manifest verify
 
 
