@@ -8,6 +8,9 @@ row's step separators and returns them per row (service/core/step_scores.py).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import logging
 import os
 import threading
@@ -46,6 +49,26 @@ def nvidia_device_present() -> bool:
     return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
 
 
+def load_pip_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from their pip packages (nvidia-cublas-cu13, nvidia-cudnn-cu13, ...: how torch and
+    onnxruntime-gpu's `cuda` and `cudnn` extras install them) before a CUDA session is made. ONNX Runtime's CUDA
+    provider looks for them on the system's library path only, so a virtual environment whose CUDA came from
+    pip would otherwise fall back to the CPU. Once per process; nothing to do where no such package is
+    installed (a CUDA image has them on the system path)."""
+    global _pip_cuda_loaded
+    if _pip_cuda_loaded or importlib.util.find_spec("nvidia") is None or not hasattr(ort, "preload_dlls"):
+        return
+    _pip_cuda_loaded = True
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):  # it prints each library it could not load
+        ort.preload_dlls()
+    for line in said.getvalue().splitlines():
+        log.info("loading CUDA libraries from pip packages: %s", line)
+
+
+_pip_cuda_loaded = False
+
+
 def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -76,6 +99,8 @@ class OnnxRewardModel:
         providers = [p for p in wanted if p in available]
         if device == "cuda" and CUDA not in providers:
             raise RuntimeError(f"device=cuda but this onnxruntime offers only {available}")
+        if CUDA in providers:
+            load_pip_cuda_libraries()
         threads_before = _thread_ids()
         options = _session_options(intra_op_threads)
         if external_data:

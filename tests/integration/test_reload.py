@@ -18,8 +18,8 @@ from rmserve.proto import reward_pb2_grpc as pb_grpc
 from rmserve.service.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import build_tiny_onnx, make_tiny_bundle
 from tests.integration.server import running_server
-from tests.integration.test_observability import value
 from tests.integration.slow_bundle import make_slow_bundle
+from tests.integration.test_observability import value
 from tests.waiting import wait_until
 
 ADMIN = {"authorization": "Bearer admin-key"}
