@@ -86,10 +86,10 @@ class Normalization(BaseModel):
     mean: float = 0.0
     std: float = Field(1.0, gt=0.0)
     computed_on: str = "none"
-    version: str = Field("none", description="Identifies these stats: the reference set (a digest of its file and "
-                         "the count of rewards) and a digest of mean and std, so that two models scored on the same set "
-                         "never share a version; a quantized bundle appends its precision. (Bundles exported before 2026-11-30 name "
-                         "the reference set only.)")
+    version: str = Field("none", description=(
+        "Identifies these stats: the reference set (a digest of its file and the count of rewards) and a digest of "
+        "mean and std, so that two models scored on the same set never share a version; a quantized bundle appends "
+        "its precision. Bundles exported before 2026-11-30 name the reference set only."))
 
     @classmethod
     def over(cls, rewards: Any, reference: str, reference_digest: str, pairs: int) -> Normalization:
