@@ -405,6 +405,7 @@ NOT_IN_THE_CHECKOUT = (
     "k8s/bundle-volume.yaml",     # deploy/README.md: a kustomize patch the operator writes
     "deploy/api-keys",            # deploy/README.md: the git-ignored keys file the operator writes
     "vllm/",                      # docs/vllm.md: files of vLLM's release, whose protocol it follows
+    ".device/",                   # what scripts/pack-device.sh packs for a lent GPU machine (git-ignored)
 )
 PATH_SPAN = re.compile(r"^\.{0,2}/?[\w.-]+(?:/[\w.*-]+)*/?$")
 
