@@ -290,7 +290,8 @@ class Batcher:
             try:
                 rewards = self._run(batch)
                 assert len(rewards) == len(items), f"batch size mismatch: {len(items)} rows, {len(rewards)} rewards"
-            except Exception:  # the engine failed: every request in the batch gets the error, none is lost
+            except BaseException:  # the engine failed (whatever it raised, a native library's panic
+                # too): every request in the batch gets the error, none is lost, and the thread goes on
                 error = internal_error(log, f"inference failed for a batch of {len(items)} rows")
                 failed = {id(item.job): item.job for item in items if not item.job.settled}
                 for job in failed.values():

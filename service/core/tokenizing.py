@@ -153,7 +153,9 @@ class Tokenizing:
         except RowError as e:  # one request's conversation was refused: it alone is answered, the rest go on
             self._refuse_row(jobs, e)
             return
-        except Exception:  # a tokenizer failure answers these requests; the stage keeps serving
+        except BaseException:  # a tokenizer failure answers these requests; the stage keeps serving.
+            # BaseException: a panic inside the Rust tokenizer reaches Python as pyo3's PanicException, which is
+            # not an Exception; letting it through would end this thread with the requests' queue slots held.
             error = internal_error(log, f"tokenizing {len(jobs)} requests failed")
             for job, _ in jobs:
                 self._row_names.pop(id(job), None)

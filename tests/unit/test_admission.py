@@ -128,3 +128,38 @@ def test_a_request_whose_caller_left_is_let_go_untokenized(tiny_bundle, monkeypa
     assert len(first.raw) == 1 and len(room.raw) == 2
     assert encoder.rows_seen == 1 + 2, "the departed request's rows were tokenized"
     assert scorer.metrics.dropped.labels("cancelled")._value.get() == 3
+
+
+class RustPanic(BaseException):
+    """What a panic inside the Rust tokenizer raises in Python (pyo3's PanicException): not an Exception."""
+
+
+def test_a_tokenizer_panic_answers_its_requests_and_the_stage_keeps_serving(tiny_bundle, monkeypatch):
+    original = InputEncoder.encode
+
+    def encode(self, rows):
+        if any(response == "panics" for _, response in rows):
+            raise RustPanic("the tokenizer panicked")
+        return original(self, rows)
+
+    monkeypatch.setattr(InputEncoder, "encode", encode)
+    bundle = load_bundle(tiny_bundle)
+    scorer = Scorer(bundle, OnnxRewardModel(str(bundle.model_path), "cpu"),
+                    Settings(bundle=tiny_bundle, device="cpu", max_queue_rows=2, tokenizer_threads=1), Metrics())
+
+    async def main():
+        try:
+            await scorer.score([Row("p", "panics", "responses.0"), Row("p", "fine", "responses.1")])
+        except ScoringError as e:
+            failed = e
+        queued_after = scorer.batcher.queued()
+        next_one = await scorer.score([Row("p", "one", "responses.0"), Row("p", "two", "responses.1")])
+        return failed, queued_after, next_one, [thread.is_alive() for thread in scorer.tokenizing._threads]
+
+    try:
+        failed, queued_after, next_one, alive = asyncio.run(main())
+    finally:
+        scorer.close()
+    assert failed.kind is ErrorKind.INTERNAL and "tokenizing 1 requests failed" in failed.message
+    assert queued_after == 0, "the failed request's queue slots were not freed"
+    assert len(next_one.raw) == 2 and alive == [True]  # the same single tokenizer thread served the next one
