@@ -59,6 +59,9 @@ class ServiceState:
             self.load_error = e
             raise
         self.scorer.publish_model_info()
+        if self.draining:  # shutdown began while the bundle loaded: it stays unready and serves nothing
+            log.info("bundle loaded after shutdown began: not serving it")
+            return
         self.set_ready(True)
 
     def set_ready(self, ready: bool) -> None:
