@@ -15,6 +15,7 @@ from fastapi import Request
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.inputs import PREFORMATTED, InputSpec
+from rmserve.service.core.limits import effective_deadline
 from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.transports.http.common import unless_client_leaves
 
@@ -46,9 +47,10 @@ async def score_in_chunks(scorer: Scorer, rows: Sequence[Row], request: Request)
     """Scores of any number of rows, `max_responses_per_request` at a time, one chunk after the other (so
     that one large request cannot take the whole queue); dropped when the client leaves."""
     limit = scorer.settings.max_responses_per_request
+    deadline = effective_deadline(None, scorer.settings)  # the request's, once: not a fresh one for each chunk
     parts: list[Scores] = []
     for start in range(0, len(rows), limit):
-        parts.append(await unless_client_leaves(request, scorer.score(rows[start:start + limit])))
+        parts.append(await unless_client_leaves(request, scorer.score(rows[start:start + limit], deadline)))
     if len(parts) == 1:
         return parts[0]
     return Scores(raw=np.concatenate([p.raw for p in parts]), truncated=[t for p in parts for t in p.truncated],
