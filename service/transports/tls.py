@@ -32,9 +32,14 @@ def harden(context: ssl.SSLContext | None) -> None:
         context.set_ciphers(HTTP_CIPHERS)
 
 
+def grpc_address(host: str, port: int) -> str:
+    """host:port as gRPC parses it: an IPv6 address in brackets (gRPC reads `::1:50051` as another address)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def add_grpc_port(server: grpc.aio.Server, settings: Settings) -> int:
     """Bind the gRPC port, with TLS when configured; returns the bound port."""
-    address = f"{settings.host}:{settings.grpc_port}"
+    address = grpc_address(settings.host, settings.grpc_port)
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return server.add_insecure_port(address)
     credentials = grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])

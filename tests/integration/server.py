@@ -30,8 +30,8 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class RunningServer:
-    url: str  # http://127.0.0.1:PORT (https:// with tls_cert_file)
-    grpc_target: str  # 127.0.0.1:PORT
+    url: str  # http://127.0.0.1:PORT (https:// with tls_cert_file; [::1] for an IPv6 host)
+    grpc_target: str  # 127.0.0.1:PORT ([::1]:PORT for an IPv6 host)
     process: subprocess.Popen
     verify: Any = True  # for httpx: an SSLContext trusting the server's certificate under TLS
 
@@ -40,7 +40,7 @@ class RunningServer:
 def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None = None, host: str = "127.0.0.1",
                    **settings: str) -> Iterator[RunningServer]:
     """`gate`: start the server through the test harness whose engine waits on that gate. `host`: the address
-    it binds (it is reached on 127.0.0.1 either way)."""
+    it binds (it is reached on 127.0.0.1, or on [::1] when `host` is an IPv6 address)."""
     port = free_port()
     grpc_port = free_port()
     env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
@@ -53,7 +53,8 @@ def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None 
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     tls = "tls_cert_file" in settings
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    loopback = "[::1]" if ":" in host else "127.0.0.1"
+    url = f"{'https' if tls else 'http'}://{loopback}:{port}"
     verify: Any = ssl.create_default_context(cafile=str(settings["tls_cert_file"])) if tls else True
     probe_headers = {}
     if settings.get("protect_health_and_metrics") and settings.get("api_keys"):
@@ -69,7 +70,7 @@ def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None 
         wait_until(ready, "the server to be ready", timeout, interval=0.05, ignore=(httpx.TransportError,))
         if gate is not None:
             gate.connect()
-        yield RunningServer(url=url, grpc_target=f"127.0.0.1:{grpc_port}", process=proc, verify=verify)
+        yield RunningServer(url=url, grpc_target=f"{loopback}:{grpc_port}", process=proc, verify=verify)
     finally:
         if gate is not None:
             gate.close()  # the harness opens the gate when the test's end closes: no drain waits on it

@@ -1,5 +1,7 @@
 """API keys on HTTP and gRPC: 401 / UNAUTHENTICATED without a valid key; health and metrics stay open."""
 
+import socket
+
 import grpc
 import httpx
 import pytest
@@ -176,3 +178,18 @@ def test_a_public_address_without_keys_serves_with_allow_unauthenticated_and_war
         log = tmp_path / f"server-{server.url.rsplit(':', 1)[1]}.log"
         warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
     assert any("without API keys" in line and "0.0.0.0" in line for line in warnings), warnings
+
+
+def test_an_ipv6_address_serves_http_and_grpc(tmp_path):
+    """`--host ::` (every IPv6 address; reached here on [::1]): gRPC must be given it in brackets, or it reads
+    `:::PORT` as a misformatted name and the server exits at start."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    with running_server(bundle, host="::", allow_unauthenticated="true") as server:
+        assert httpx.post(server.url + "/score", json=BODY).status_code == 200
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            assert grpc_calls(pb_grpc.RewardModelStub(channel))["Score"]([])

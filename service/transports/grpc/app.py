@@ -29,7 +29,7 @@ from rmserve.service.core.scoring import Row, Scorer, Scores
 from rmserve.service.process.state import ServiceState
 from rmserve.service.transports.grpc.guard import add_guarded_servicer, server_interceptors
 from rmserve.service.transports.schemas import CompareRequest, ScoreRequest, validation_error
-from rmserve.service.transports.tls import add_grpc_port
+from rmserve.service.transports.tls import add_grpc_port, grpc_address
 
 log = logging.getLogger("rmserve.grpc")
 
@@ -285,5 +285,5 @@ async def start_grpc_server(state: ServiceState) -> grpc.aio.Server:
     on_readiness(state.ready)
     port = add_grpc_port(server, settings)  # TLS when configured
     await server.start()
-    log.info("gRPC listening on %s:%d", settings.host, port)
+    log.info("gRPC listening on %s", grpc_address(settings.host, port))
     return server
