@@ -210,6 +210,7 @@ class Scorer:
             raise
         steps: dict = {}
         if self.steps is not None:
+            self._check_step_count(rows, texts, raw, job.encoded)
             how = aggregate or self.steps.aggregate
             step_rewards = [activate(row, self.steps.activation) for row in raw]
             raw = aggregate_all(step_rewards, how)
@@ -219,6 +220,20 @@ class Scorer:
             raise ScoringError(ErrorKind.INTERNAL, "the model produced a non-finite reward")
         return Scores(raw=raw, truncated=[e.truncated for e in job.encoded], tokenize_seconds=job.tokenize_seconds,
                       queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds, **steps)
+
+    def _check_step_count(self, rows: Sequence[Row], texts: Sequence[str], step_scores: np.ndarray,
+                          encoded: Sequence) -> None:
+        """Each step sent must come back as one score (or be counted as cut by truncation). A separator that is
+        one token on its own can still merge with the text beside it in some tokenizers ("two" + "done" read
+        as "twodone"); then the engine finds fewer separators than steps, and its scores would belong to the
+        wrong steps. Training refuses such chains (training/train_steps.py); here the request is refused."""
+        separator = self.manifest.input.step_separator
+        for row, text, scores, e in zip(rows, texts, step_scores, encoded, strict=True):
+            sent, read = text.count(separator), len(scores) + e.steps_cut
+            if read != sent:
+                raise ScoringError(ErrorKind.VALIDATION, f"{sent} steps sent, but this bundle's tokenizer reads {read} "
+                                   f"step separators: {separator!r} merges with the text beside it (end each step "
+                                   "with a space or punctuation)", row.field)
 
     def _default_rewards(self, step_scores: np.ndarray) -> np.ndarray:
         """A PRM batch's rows as rewards for the reward metrics: the bundle's default aggregate."""

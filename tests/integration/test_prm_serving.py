@@ -176,3 +176,27 @@ def test_an_outcome_bundle_refuses_steps_over_grpc(outcome_server):
         assert "outcome reward model" in info.value.details()
         reply = stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=PROMPT), responses=["no"]))
         assert not reply.step_rewards and reply.aggregate == ""
+
+
+def test_a_separator_that_merges_with_the_step_text_is_refused_not_misread(tmp_path):
+    """A separator that is one token on its own ("ten", a plain word here) merges with a step written
+    against it ("nineten" is no word of the tokenizer): the engine would find fewer separators than steps,
+    and the scores would belong to the wrong steps. The request is refused, naming the response; steps that
+    keep the separator apart score."""
+    from tokenizers import Tokenizer
+
+    from rmserve.service.core.bundle import write_manifest
+
+    directory = make_tiny_prm_bundle(tmp_path / "bundle")
+    manifest = load_bundle(directory).manifest
+    separator_id = Tokenizer.from_file(str(directory / "tokenizer.json")).token_to_id("ten")
+    write_manifest(directory, manifest.model_copy(update={
+        "input": manifest.input.model_copy(update={"step_separator": "ten", "step_separator_id": separator_id}),
+        "golden": []}))
+    with running_server(directory) as server:
+        merged = httpx.post(server.url + "/score", json={"prompt": PROMPT, "response_steps": [["one two", "nine"]]})
+        apart = httpx.post(server.url + "/score", json={"prompt": PROMPT, "response_steps": [["one two ", " nine "]]})
+    assert merged.status_code == 422, merged.text
+    error = merged.json()["error"]
+    assert error["field"] == "response_steps.0" and "2 steps sent" in error["message"], error
+    assert apart.status_code == 200 and len(apart.json()["step_rewards"][0]) == 2, apart.text
