@@ -106,9 +106,16 @@ class Tokenizing:
             arrived = list(self._inbox)
             self._inbox.clear()
         with self._cond:
-            self._pending.extend(arrived)
-            if self._idle:
-                self._cond.notify()
+            if not self._stopping:
+                self._pending.extend(arrived)
+                if self._idle:
+                    self._cond.notify()
+                return
+        # The threads have stopped (the scorer was retired, or the service is shutting down): nothing would
+        # tokenize these, and their callers would wait for their deadline, or for ever without one.
+        for job, _ in arrived:
+            self._row_names.pop(id(job), None)
+            self._batcher.withdraw(job, ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down; retry"))
 
     def _take(self) -> list[tuple[Job, Sequence[tuple[Prompt, str]]]] | None:
         with self._cond:
@@ -173,7 +180,8 @@ class Tokenizing:
             self._batcher.submit(job, [e.ids for e in job.encoded])
 
     def close(self) -> None:
-        """Tokenize what is waiting, then stop the threads."""
+        """Tokenize what is waiting (submitted requests not yet handed over too), then stop the threads."""
+        self._hand_over()
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
