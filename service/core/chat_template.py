@@ -150,5 +150,6 @@ class TemplateRenderer:
                                          documents=None, add_generation_prompt=add_generation_prompt)
         except jinja2.exceptions.TemplateError as e:
             raise TemplateError(f"the model's chat template refused the conversation: {e}") from e
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        except Exception as e:  # any failure of a template that compiled is this conversation's:
+            # it must be answered as that request's error, not fail the other requests tokenized with it
             raise TemplateError(f"the model's chat template failed on the conversation: {type(e).__name__}: {e}") from e

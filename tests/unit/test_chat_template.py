@@ -60,6 +60,15 @@ def test_raise_exception_is_a_template_error_with_the_templates_message():
         renderer(LLAMA3).render([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], True)
 
 
+@pytest.mark.parametrize("expression", ["1 // (messages | length - 2)", "(messages | length) ** 5000 * 1.0"])
+def test_any_failure_of_the_template_on_a_conversation_is_that_conversations_template_error(expression):
+    """ZeroDivisionError and OverflowError too, not only the usual TypeError / KeyError: such an error must
+    answer its own request (a validation error naming its prompt), not every request tokenized with it."""
+    failing = renderer("{{ " + expression + " }}{% for m in messages %}{{ m.content }}{% endfor %}")
+    with pytest.raises(TemplateError, match="failed on the conversation"):
+        failing.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], False)
+
+
 def test_strftime_now_reads_the_clock_or_the_pinned_time():
     template = "{{ strftime_now('%d %b %Y') }}"
     assert renderer(template).render([], False) == dt.datetime.now().strftime("%d %b %Y")
