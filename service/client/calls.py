@@ -139,7 +139,14 @@ class AsyncCalls(ClientOptions):
             async with gate:
                 return await self._send_score(*_part(prompt, rows, items, part), asked, deadline)
 
-        answers = await asyncio.gather(*(one(part) for part in parts))
+        chunks = [asyncio.ensure_future(one(part)) for part in parts]
+        try:
+            answers = await asyncio.gather(*chunks)
+        except BaseException:  # one chunk failed (or the caller left): the call is over, its other chunks too
+            for chunk in chunks:
+                chunk.cancel()
+            await asyncio.gather(*chunks, return_exceptions=True)
+            raise
         return answers[0] if len(answers) == 1 else merge(answers, values, not items)
 
     async def compare(self, prompt: Prompt, response_a: str, response_b: str, *,

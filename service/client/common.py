@@ -53,6 +53,7 @@ class ScoreResult:
     group: Group | None  # for one prompt with its responses; None for items
     model: ModelRef
     requests: int = 1  # requests sent for this call: chunks and retries included
+    verified: bool = False  # the server's verifiers were combined into `values` and the group statistics
 
 
 @dataclass(frozen=True)
@@ -232,31 +233,36 @@ def check_values(values: str) -> str:
 
 
 def plan(count: int, limit: int, values: str, grouped: bool) -> tuple[list[slice], str]:
-    """The chunks a call of `count` responses is sent in, and the values each request asks for (raw
-    when split: `merge` derives the call's values from the whole list)."""
+    """The chunks a call of `count` responses is sent in, and the values each request asks for: the call's,
+    except that a split call asking for group advantages asks for raw values (`merge` computes the group
+    over the whole list)."""
     if count == 0:
         raise InvalidRequest("at least one response is needed", field="responses")
     check_values(values)
     if values == "group" and not grouped:
         raise InvalidRequest("group values need one prompt with its responses, not items", field="values")
     parts = [slice(start, min(start + limit, count)) for start in range(0, count, limit)]
-    return parts, values if len(parts) == 1 else "raw"
+    return parts, "raw" if len(parts) > 1 and values == "group" else values
 
 
 def merge(parts: Sequence[ScoreResult], values: str, grouped: bool) -> ScoreResult:
-    """One answer from the answers to consecutive chunks of one call (each asked for raw values); group
-    statistics are computed over the whole list, with the server's arithmetic (service/core/groups.py)."""
+    """One answer from the answers to consecutive chunks of one call (asked for as `plan` says): what the call
+    sent whole would have got. Group statistics are computed over the whole list with the server's
+    arithmetic (service/core/groups.py) and on its basis: the raw rewards, or, where the server combines
+    its verifiers' results with them, the combined values the chunks returned."""
     models = {p.model.model_sha256 for p in parts}
     if len(models) > 1:
         raise RmserveError("the server's model changed while a split call was answered; retry the call")
     rewards = [r for p in parts for r in p.rewards]
     normalized = [r for p in parts for r in p.normalized_rewards]
+    answered = [v for p in parts for v in p.values]  # raw when the call asked for group values
+    verified = any(p.verified for p in parts)
     group = None
     if grouped:
-        stats = group_stats(rewards)
+        stats = group_stats(answered if verified else rewards)
         group = Group(mean=stats.mean, std=stats.std, advantages=stats.advantages.tolist(), eps=stats.eps)
-    chosen = {"raw": rewards, "normalized": normalized, "group": group.advantages if group else None}[values]
-    if chosen is None:
+    if values == "group" and group is None:
         raise ValueError("group values need one prompt with its responses")
     return ScoreResult(rewards=rewards, normalized_rewards=normalized, truncated=[t for p in parts for t in p.truncated],
-                       values=chosen, group=group, model=parts[0].model, requests=sum(p.requests for p in parts))
+                       values=group.advantages if values == "group" else answered, group=group,
+                       model=parts[0].model, requests=sum(p.requests for p in parts), verified=verified)

@@ -80,7 +80,7 @@ def _score_result(reply: pb.ScoreResponse, requests: int) -> ScoreResult:
         group = Group(mean=g.mean, std=g.std, advantages=list(g.advantages), eps=g.eps)
     return ScoreResult(rewards=list(reply.rewards), normalized_rewards=list(reply.normalized_rewards),
                        truncated=list(reply.truncated), values=list(reply.values), group=group,
-                       model=_model_ref(reply.model), requests=requests)
+                       model=_model_ref(reply.model), requests=requests, verified=len(reply.verification) > 0)
 
 
 def _compare_result(reply: pb.CompareResponse) -> CompareResult:
@@ -103,8 +103,12 @@ def _error(error: grpc.RpcError) -> RmserveError:
     if code == grpc.StatusCode.INVALID_ARGUMENT and sep and " " not in head:  # the server's "field: message"
         field, details = head, rest
     trailing = dict(error.trailing_metadata() or ()) if hasattr(error, "trailing_metadata") else {}
-    return _ERRORS.get(code, RmserveError)(details, status=code.name, field=field,
-                                           retry_after=parse_retry_after(trailing.get("retry-after")))
+    kind = _ERRORS.get(code, RmserveError)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        # gRPC itself refusing a message over the server's limit (HTTP's 413), not a full queue: sending it again
+        # cannot help. (gRPC core's words: "Received message larger than max (N vs. M)".)
+        kind, field = RmserveError, "request"
+    return kind(details, status=code.name, field=field, retry_after=parse_retry_after(trailing.get("retry-after")))
 
 
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

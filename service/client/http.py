@@ -56,7 +56,8 @@ def _score_result(data: Mapping[str, Any], requests: int) -> ScoreResult:
     group = data.get("group")
     return ScoreResult(rewards=data["rewards"], normalized_rewards=data["normalized_rewards"],
                        truncated=data["truncated"], values=data.get("values", data["rewards"]),
-                       group=Group(**group) if group else None, model=_model_ref(data["model"]), requests=requests)
+                       group=Group(**group) if group else None, model=_model_ref(data["model"]), requests=requests,
+                       verified=bool(data.get("verification")))
 
 
 def _compare_result(data: Mapping[str, Any]) -> CompareResult:

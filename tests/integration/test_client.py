@@ -25,6 +25,7 @@ from rmserve.client import (
     Overloaded,
     RetryPolicy,
     RewardClient,
+    RmserveError,
     connect,
 )
 from rmserve.group_stats import GROUP_EPS
@@ -209,3 +210,28 @@ def test_the_client_example_runs(server):
     assert lines[2].startswith("600 responses in 150 requests")  # the server takes 4 per request
     assert lines[0].split(maxsplit=1)[1] == lines[3].split(":", 1)[1].strip() == lines[4].split(":", 1)[1].strip()
     assert lines[5].startswith("TRL reward function rmserve [")
+
+
+def test_a_split_call_answers_as_the_whole_call_where_the_server_combines_verifiers(bundle, tmp_path):
+    """With verifiers configured the server's values and group statistics combine their results with the
+    model's rewards: a call split into chunks must return what the call sent whole returns. And a gRPC
+    message over the server's size limit is refused once, not retried as an overloaded server."""
+    import json
+
+    config = tmp_path / "verifiers.json"
+    config.write_text(json.dumps({"mode": "weighted_sum", "model_weight": 1.0,
+                                  "verifiers": [{"type": "regex", "name": "fine", "pattern": "four|five"}]}))
+    retries: list[int] = []
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.02, on_retry=lambda n, delay, error: retries.append(n))
+    with running_server(bundle, verifiers_config=str(config), max_request_bytes="2048") as server:
+        for make in (lambda **k: RewardClient(server.url, **k), lambda **k: GrpcRewardClient(server.grpc_target, **k)):
+            for values in ("raw", "normalized", "group"):
+                whole = make(max_responses_per_request=16).score(PROMPT, RESPONSES, values=values)
+                split = make(max_responses_per_request=3).score(PROMPT, RESPONSES, values=values)
+                assert split.requests == 4 and whole.verified and split.verified
+                assert split.values == pytest.approx(whole.values, abs=1e-12), values
+                assert split.group.mean == pytest.approx(whole.group.mean, abs=1e-12), values
+        with pytest.raises(RmserveError) as refused:
+            GrpcRewardClient(server.grpc_target, retry=policy).score(PROMPT, ["x" * 4000])
+    assert refused.value.status == "RESOURCE_EXHAUSTED" and not isinstance(refused.value, Overloaded)
+    assert retries == []

@@ -67,10 +67,13 @@ def test_retry_after_in_seconds_or_as_a_date():
     assert parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
 
 
-def test_plan_splits_at_the_limit_and_asks_raw_values_of_split_calls():
+def test_plan_splits_at_the_limit_and_asks_raw_values_of_split_group_calls():
     parts, asked = plan(10, 4, "group", grouped=True)
     assert [(p.start, p.stop) for p in parts] == [(0, 4), (4, 8), (8, 10)] and asked == "raw"
     assert plan(4, 4, "normalized", grouped=False) == ([slice(0, 4)], "normalized")
+    # Raw and normalized values are per row: every chunk asks for them (with verifiers, the server's combination
+    # of its verifiers' results with those values is one only the server can make).
+    assert plan(10, 4, "normalized", grouped=True)[1] == "normalized" and plan(10, 4, "raw", grouped=True)[1] == "raw"
     with pytest.raises(InvalidRequest, match="group values"):
         plan(3, 4, "group", grouped=False)
     with pytest.raises(InvalidRequest):
@@ -79,10 +82,12 @@ def test_plan_splits_at_the_limit_and_asks_raw_values_of_split_calls():
         plan(3, 4, "advantages", grouped=True)
 
 
-def part(rewards, sha="abc"):
+def part(rewards, sha="abc", values=None, verified=False):
+    """A chunk's answer; `values`: what it asked for (raw by default)."""
     model = ModelRef(bundle_id="rm", model_sha256=sha, normalization_version="v", calibration_temperature=1.0)
     return ScoreResult(rewards=rewards, normalized_rewards=[r / 2 for r in rewards], truncated=[False] * len(rewards),
-                       values=rewards, group=None, model=model, requests=2)
+                       values=rewards if values is None else values, group=None, model=model, requests=2,
+                       verified=verified)
 
 
 def test_merge_computes_group_statistics_over_the_whole_list():
@@ -91,7 +96,18 @@ def test_merge_computes_group_statistics_over_the_whole_list():
     assert merged.rewards == [1.0, 2.0, 4.0, 8.0, 0.5] and merged.requests == 4
     assert merged.group.mean == stats.mean and merged.group.std == np.std([1.0, 2.0, 4.0, 8.0, 0.5])
     assert merged.values == stats.advantages.tolist()
-    assert merge([part([1.0]), part([3.0])], "normalized", grouped=False).values == [0.5, 1.5]
+    normalized = merge([part([1.0], values=[0.5]), part([3.0], values=[1.5])], "normalized", grouped=True)
+    assert normalized.values == [0.5, 1.5] and normalized.group.mean == 2.0  # the group of the raw rewards
+
+
+def test_merge_with_the_servers_verifiers_keeps_their_combined_values_and_groups_them():
+    """Where the server combines verifier results into the values, a split call answers what the whole call
+    would: the chunks' combined values, and group statistics over them (not over the model's rewards)."""
+    combined = [[1.2, 2.8], [2.1, 0.3]]
+    merged = merge([part([0.2, 2.8], values=combined[0], verified=True),
+                    part([1.1, 0.3], values=combined[1], verified=True)], "raw", grouped=True)
+    assert merged.values == [1.2, 2.8, 2.1, 0.3] and merged.rewards == [0.2, 2.8, 1.1, 0.3] and merged.verified
+    assert merged.group.mean == group_stats([1.2, 2.8, 2.1, 0.3]).mean
     with pytest.raises(Exception, match="model changed"):
         merge([part([1.0]), part([3.0], sha="def")], "raw", grouped=True)
 
