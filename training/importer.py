@@ -239,6 +239,7 @@ def import_model(source: str | Path, output_dir: str | Path, preferences: str | 
     with stage("load the model (fp32)"):
         hf_model = load_hf_model(source).eval()
     trained = source / CHECKPOINT_META  # a checkpoint rmserve trained: its own spec, never token types
+    skip_pad_id = None
     if trained.is_file():
         spec = CheckpointMeta(**json.loads(trained.read_text())).input_spec
         encoder = InputEncoder(tokenizer, spec.model_copy(update={"max_length": max_length or spec.max_length}))
@@ -246,7 +247,10 @@ def import_model(source: str | Path, output_dir: str | Path, preferences: str | 
     else:
         encoder = InputEncoder(tokenizer, import_spec(hf_model, tokenizer, length, source, kind))
         separator = segment_separator(encoder, config)
-    model = RewardModel(hf_model, segment_separator=separator)
+        pad = getattr(config, "pad_token_id", None)
+        if kind == "decoder" and isinstance(pad, int):  # the model learned its reward where transformers reads it
+            skip_pad_id = pad
+    model = RewardModel(hf_model, segment_separator=separator, skip_pad_id=skip_pad_id)
     print(f"  input: {'the chat template' if encoder.template else 'join ' + encoder.spec.join}, "
           f"max_length {encoder.spec.max_length}" + (", token types computed in the graph" if separator else ""))
     rows = _usable_rows(encoder, parity_rows(dev_pairs) if dev_pairs else SAMPLE_ROWS)

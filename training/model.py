@@ -82,10 +82,15 @@ class RewardModel(nn.Module):
     ids in the graph, so that model.onnx keeps its two inputs. None (every model rmserve trains): all 0.
     """
 
-    def __init__(self, hf_model: nn.Module, segment_separator: int | None = None):
+    def __init__(self, hf_model: nn.Module, segment_separator: int | None = None, skip_pad_id: int | None = None):
+        """`skip_pad_id`: a decoder's reward is read at the rightmost real token that is not this id, as
+        transformers' sequence classification reads it (an imported model learned its reward there; with
+        pad = EOS and a template that ends with EOS, that is the token before it). None: at the rightmost
+        real token, as rmserve trains."""
         super().__init__()
         self.hf_model = hf_model
         self.segment_separator = segment_separator
+        self.skip_pad_id = skip_pad_id
 
     @property
     def is_decoder(self) -> bool:
@@ -108,7 +113,10 @@ class RewardModel(nn.Module):
                           use_cache=False).last_hidden_state
         # The rightmost position the mask marks real (ArgMax keeps the first of equal values, in torch and ONNX).
         positions = torch.arange(input_ids.shape[1], device=input_ids.device, dtype=torch.long)
-        last = (positions * attention_mask.long()).argmax(-1)
+        readable = attention_mask.long()
+        if self.skip_pad_id is not None:
+            readable = readable * (input_ids != self.skip_pad_id).long()
+        last = (positions * readable).argmax(-1)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device, dtype=torch.long)
         return head(hidden[rows, last])[:, 0].float()
 

@@ -24,10 +24,18 @@ from tests.chat_models import CONVERSATIONS, TRUNCATED, make_hub_model, transfor
 MAX_LENGTH = 256
 
 
-@pytest.fixture(scope="module", params=["qwen3", "mistral", "gemma2", "roberta", "deberta-v2"])
+@pytest.fixture(scope="module", params=["qwen3", "mistral", "mistral-pad-eos", "gemma2", "roberta", "deberta-v2"])
 def imported(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(f"import-{request.param}")
-    source = make_hub_model(root / "hub", request.param, seed=1)
+    source = make_hub_model(root / "hub", request.param.removesuffix("-pad-eos"), seed=1)
+    if request.param.endswith("-pad-eos"):
+        # pad = EOS, as TRL's recipes set it, and Mistral's template ends the answer with EOS: transformers
+        # reads the reward at the token before it, and so must the bundle.
+        config, tokenizer_config = (json.loads((source / name).read_text())
+                                    for name in ("config.json", "tokenizer_config.json"))
+        config["pad_token_id"], tokenizer_config["pad_token"] = config["eos_token_id"], tokenizer_config["eos_token"]
+        (source / "config.json").write_text(json.dumps(config))
+        (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     report = import_model(source, root / "bundle", max_length=MAX_LENGTH)
     return request.param, source, report
 
