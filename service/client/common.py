@@ -164,14 +164,19 @@ def retry_delay(policy: RetryPolicy, attempt: int, error: RmserveError, deadline
     return delay
 
 
-def _failover(error: RmserveError, policy: RetryPolicy, failed_in_a_row: int, replicas: int) -> bool:
-    """Whether to send again at once: the error may not recur on another replica, and some replica has
-    not been tried since the last wait (each send goes to the next replica in turn)."""
-    return error.retryable and policy.max_retries > 0 and failed_in_a_row < replicas
+Replicas = int | Callable[[], int]  # how many, or how many are live now (not sitting out a failure)
+
+
+def _failover(error: RmserveError, policy: RetryPolicy, failed_in_a_row: int, replicas: Replicas) -> bool:
+    """Whether to send again at once: the error may not recur on another replica, and some live replica has
+    not been tried since the last wait (each send goes to the next replica in turn). A replica that answered
+    429 stays live: with no other live one, the call waits for the backoff and Retry-After instead."""
+    live = replicas() if callable(replicas) else replicas
+    return error.retryable and policy.max_retries > 0 and failed_in_a_row < live
 
 
 def call_with_retries(send: Callable[[float | None], T], policy: RetryPolicy, deadline: Deadline,
-                      replicas: int = 1) -> tuple[T, int]:
+                      replicas: Replicas = 1) -> tuple[T, int]:
     """`send(seconds_left)` until it answers; returns the answer and how many requests it took. With
     several `replicas`, a retryable failure is sent again at once (to the next replica) until each was
     tried; only then does the policy's backoff apply."""
@@ -193,7 +198,7 @@ def call_with_retries(send: Callable[[float | None], T], policy: RetryPolicy, de
 
 
 async def acall_with_retries(send: Callable[[float | None], Awaitable[T]], policy: RetryPolicy,
-                             deadline: Deadline, replicas: int = 1) -> tuple[T, int]:
+                             deadline: Deadline, replicas: Replicas = 1) -> tuple[T, int]:
     attempt, sent, failed_in_a_row = 0, 0, 0
     while True:
         try:

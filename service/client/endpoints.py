@@ -121,6 +121,12 @@ class HttpEndpoints:
             live = [url for url in urls if self._out_until.get(url, _NEVER) <= now] or urls
             return live[next(self._turn) % len(live)]
 
+    def live(self) -> int:
+        """Replicas not sitting out a failure (at least 1: when all are out, all are tried)."""
+        with self._lock:
+            now = time.monotonic()
+            return max(1, sum(1 for url in self._fixed + self._resolved if self._out_until.get(url, _NEVER) <= now))
+
     def pick(self) -> str:
         """The next replica's base URL (resolving the names first when due)."""
         if self._stale():

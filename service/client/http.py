@@ -168,7 +168,7 @@ class RewardClient(_HttpTransport, BlockingCalls):
                 raise self._lost(base, e) from None
             return self._sent(base, response)
 
-        return call_with_retries(send, self.retry, deadline, max(1, len(self.endpoints)))
+        return call_with_retries(send, self.retry, deadline, self.endpoints.live)
 
     def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info(self._request("GET", "/v1/model", deadline)[0])
@@ -211,7 +211,7 @@ class AsyncRewardClient(_HttpTransport, AsyncCalls):
                 raise self._lost(base, e) from None
             return self._sent(base, response)
 
-        return await acall_with_retries(send, self.retry, deadline, max(1, len(self.endpoints)))
+        return await acall_with_retries(send, self.retry, deadline, self.endpoints.live)
 
     async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info((await self._request("GET", "/v1/model", deadline))[0])

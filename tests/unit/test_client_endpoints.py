@@ -127,3 +127,26 @@ def test_final_errors_and_no_retries_do_not_move_to_another_replica():
     with pytest.raises(Unavailable):
         call_with_retries(send, RetryPolicy(max_retries=0), Deadline(None), replicas=3)
     assert len(calls) == 1
+
+
+def test_a_429_from_the_only_live_replica_waits_for_the_backoff_instead_of_a_failover():
+    """Replica a sits out a refused connection; b answers 429: sending again at once would go to b again,
+    ignoring its Retry-After. The call waits (the policy's delay, never under Retry-After) before it does."""
+    from rmserve.client import Overloaded
+
+    endpoints = HttpEndpoints(["http://a:1", "http://b:2"], cooldown_seconds=3600)
+    endpoints.failed("http://a:1")
+    events: list[str] = []
+
+    def send(left):
+        url = endpoints.pick()
+        events.append(url)
+        if len(events) == 1:
+            raise Overloaded("queue full", status=429, retry_after=0.0)
+        return "answer"
+
+    policy = RetryPolicy(initial_backoff=0.0, max_backoff=0.0, jitter=0.0,
+                         on_retry=lambda attempt, delay, error: events.append("waited"))
+    assert call_with_retries(send, policy, Deadline(None), endpoints.live) == ("answer", 2)
+    assert events == ["http://b:2", "waited", "http://b:2"]
+    assert endpoints.live() == 1
