@@ -179,6 +179,21 @@ def test_grpc_limits_are_invalid_argument_naming_the_field(server, request_, det
     assert detail in info.value.details()
 
 
+@pytest.mark.parametrize("method, request_, path, body", [
+    ("Compare", pb.CompareRequest(response_a="yes", response_b="no"), "/compare", {"response_a": "yes", "response_b": "no"}),
+    ("Score", pb.ScoreRequest(items=[pb.ScoreItem(response="ok")]), "/score", {"items": [{"response": "ok"}]}),
+    ("Score", pb.ScoreRequest(items=[pb.ScoreItem(prompt=pb.Prompt(text="hi"))]), "/score", {"items": [{"prompt": "hi"}]}),
+])
+def test_a_missing_field_is_named_in_the_same_words_over_grpc_and_http(server, method, request_, path, body):
+    """proto3 cannot tell an unset field from an empty one: both are sent as a JSON body without the field."""
+    http = httpx.post(server.url + path, json=body).json()["error"]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            getattr(pb_grpc.RewardModelStub(channel), method)(request_, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == f"{http['field']}: {http['message']}"
+
+
 def test_grpc_message_over_max_request_bytes_is_refused_before_it_is_read(server):
     """gRPC's own message limit is max_request_bytes: a larger message is refused by gRPC from its length."""
     with grpc.insecure_channel(server.grpc_target) as channel:

@@ -61,13 +61,15 @@ def _prompt(message: reward_pb2.Prompt) -> Any:
 
 
 def _item(item: reward_pb2.ScoreItem) -> dict[str, Any]:
-    out: dict[str, Any] = {"prompt": _prompt(item.prompt)}
+    # A field proto3 leaves unset (an empty string, a prompt of neither kind) is left out, as a JSON body
+    # without it: validation then names what is missing in the same words over both transports.
+    out: dict[str, Any] = {}
+    if item.HasField("prompt") and item.prompt.WhichOneof("kind") is not None:
+        out["prompt"] = _prompt(item.prompt)
     if item.HasField("steps"):
         out["steps"] = list(item.steps.steps)
-        if item.response:
-            out["response"] = item.response  # both given: refused by validation, as over HTTP
-    else:
-        out["response"] = item.response
+    if item.response:
+        out["response"] = item.response  # with steps too: refused by validation, as over HTTP
     if item.reference:
         out["reference"] = item.reference
     return out
@@ -75,7 +77,7 @@ def _item(item: reward_pb2.ScoreItem) -> dict[str, Any]:
 
 def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
     body: dict[str, Any] = {}
-    if request.HasField("prompt"):
+    if request.HasField("prompt") and request.prompt.WhichOneof("kind") is not None:
         body["prompt"] = _prompt(request.prompt)
     if request.responses:
         body["responses"] = list(request.responses)
@@ -98,8 +100,9 @@ def score_request_from_proto(request: reward_pb2.ScoreRequest) -> ScoreRequest:
 
 
 def compare_request_from_proto(request: reward_pb2.CompareRequest) -> CompareRequest:
-    body = {"prompt": _prompt(request.prompt) if request.HasField("prompt") else None,
-            "response_a": request.response_a, "response_b": request.response_b}
+    body: dict[str, Any] = {"response_a": request.response_a, "response_b": request.response_b}
+    if request.HasField("prompt") and request.prompt.WhichOneof("kind") is not None:
+        body["prompt"] = _prompt(request.prompt)
     try:
         return CompareRequest.model_validate(body)
     except ValidationError as e:
