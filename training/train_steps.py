@@ -69,10 +69,10 @@ def encode_chains(encoder: InputEncoder, chains: list[StepChain]) -> list[Encode
     encoded = []
     for chain, row in zip(chains, encoder.encode(rows)):
         labels = [float(good) for good in chain.labels[row.steps_cut :]]
-        found = row.ids.count(encoder.step_id)
-        if found != len(labels):
-            raise ValueError(f"{chain.source}: {found} step separators in the row for {len(labels)} steps; the "
-                             "separator must not occur in the prompt or the template")
+        if encoder.steps_read(row) != len(chain.labels):
+            raise ValueError(f"{chain.source}: {row.ids.count(encoder.step_id)} step separators in the row for "
+                             f"{len(labels)} steps; the separator must not occur in the prompt or the template, "
+                             "nor merge with the text beside it")
         encoded.append(EncodedChain(row.ids, labels, row.steps_cut))
     return encoded
 

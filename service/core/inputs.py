@@ -313,6 +313,13 @@ class InputEncoder:
                 out[i] = self._finish(prompt_ids, response_ids, whole=False)
         return out  # type: ignore[return-value]
 
+    def steps_read(self, row: EncodedInput) -> int:
+        """The steps a tokenized row holds: one per separator token kept, and those truncation cut. Fewer than
+        the steps written when the separator merged with the text beside it ("two" + "ten" read as "twoten"),
+        more when it occurs in the prompt or the template: either way a score would belong to the wrong step."""
+        assert self.step_id is not None, "a step spec only"
+        return row.ids.count(self.step_id) + row.steps_cut
+
     def steps_cut(self, response: list[int], response_cut: int) -> int:
         """Step separators among the first `response_cut` tokens of a response (0 for an outcome spec)."""
         return 0 if self.step_id is None or not response_cut else response[:response_cut].count(self.step_id)

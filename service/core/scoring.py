@@ -32,7 +32,7 @@ from rmserve.service.core.bundle import Bundle, BundleError, load_bundle
 from rmserve.service.core.engine import CUDA, OnnxRewardModel, check_golden
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.groups import RewardSummary, summarize
-from rmserve.service.core.inputs import Batch, InputEncoder, Prompt
+from rmserve.service.core.inputs import Batch, EncodedInput, InputEncoder, Prompt
 from rmserve.service.core.limits import check_rows, effective_deadline, prompt_field, request_client
 from rmserve.service.core.metrics import Metrics, MetricsObserver
 from rmserve.service.core.step_scores import activate, aggregate_all, step_text
@@ -210,7 +210,7 @@ class Scorer:
             raise
         steps: dict = {}
         if self.steps is not None:
-            self._check_step_count(rows, texts, raw, job.encoded)
+            self._check_step_count(rows, texts, job.encoded)
             how = aggregate or self.steps.aggregate
             step_rewards = [activate(row, self.steps.activation) for row in raw]
             raw = aggregate_all(step_rewards, how)
@@ -221,15 +221,13 @@ class Scorer:
         return Scores(raw=raw, truncated=[e.truncated for e in job.encoded], tokenize_seconds=job.tokenize_seconds,
                       queue_seconds=job.queue_seconds, inference_seconds=job.inference_seconds, **steps)
 
-    def _check_step_count(self, rows: Sequence[Row], texts: Sequence[str], step_scores: np.ndarray,
-                          encoded: Sequence) -> None:
-        """Each step sent must come back as one score (or be counted as cut by truncation). A separator that is
-        one token on its own can still merge with the text beside it in some tokenizers ("two" + "done" read
-        as "twodone"); then the engine finds fewer separators than steps, and its scores would belong to the
-        wrong steps. Training refuses such chains (training/train_steps.py); here the request is refused."""
+    def _check_step_count(self, rows: Sequence[Row], texts: Sequence[str], encoded: Sequence[EncodedInput]) -> None:
+        """Each step sent must be one the row holds (`InputEncoder.steps_read`, as training checks its chains),
+        or its score would belong to another step: the request is refused naming the response."""
         separator = self.manifest.input.step_separator
-        for row, text, scores, e in zip(rows, texts, step_scores, encoded, strict=True):
-            sent, read = text.count(separator), len(scores) + e.steps_cut
+        assert separator is not None
+        for row, text, e in zip(rows, texts, encoded, strict=True):
+            sent, read = text.count(separator), self.encoder.steps_read(e)
             if read != sent:
                 raise ScoringError(ErrorKind.VALIDATION, f"{sent} steps sent, but this bundle's tokenizer reads {read} "
                                    f"step separators: {separator!r} merges with the text beside it (end each step "
