@@ -52,12 +52,13 @@ protocols=""
 if command -v wrk >/dev/null; then protocols="http"; else echo "no wrk here: no HTTP figures"; fi
 if command -v h2load >/dev/null; then protocols="$protocols grpc"; else echo "no h2load here: no gRPC figures"; fi
 if [ -n "$protocols" ]; then
-  # rmserve serves the null engine with the CUDA padding cap either way: the batching of the GPU it stands in for.
+  # rmserve serves the null engine with its CUDA batching either way: the batching of the GPU it stands in for.
+  policy="$("$PY" -c 'import sys; sys.path.insert(0, "."); from bench.overhead import gpu_policy; print(gpu_policy())')"
   timeout 240 "$PY" bench/overhead.py --bundle "$bundle" --rounds 1 --seconds 5 --protocols $protocols $extras \
-    --server-args "--max-padding-ratio 0.2 $device_args" --note "$host; every core"
+    --server-args "$policy $device_args" --note "$host; every core"
   for cpus in 0-1 0; do
     timeout 120 "$PY" bench/overhead.py --bundle "$bundle" --rounds 1 --seconds 4 --sizes 1 16 --protocols $protocols \
-      --skip-extras --server-cpus "$cpus" --server-args "--max-padding-ratio 0.2 $device_args" --note "$host; CPUs $cpus"
+      --skip-extras --server-cpus "$cpus" --server-args "$policy $device_args" --note "$host; CPUs $cpus"
   done
 fi
 

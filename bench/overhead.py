@@ -322,11 +322,12 @@ def long_prompt(bundle_dir: Path, rows: list, repeats: int = 3) -> str:
 
 
 def gpu_policy() -> str:
-    """rmserve's CUDA padding cap as `serve` flags: the batching the null engine stands in for."""
+    """rmserve's CUDA batching defaults as `serve` flags: the batching the null engine stands in for."""
     from rmserve.service.core.engine import CUDA
-    from rmserve.service.core.scoring import default_padding_ratio
+    from rmserve.service.core.scoring import provider_batching
 
-    return f"--max-padding-ratio {default_padding_ratio(CUDA)}"
+    cuda = provider_batching(CUDA)
+    return f"--max-padding-ratio {cuda.max_padding_ratio} --max-batch-tokens {cuda.max_batch_tokens}"
 
 
 def main() -> None:
@@ -342,9 +343,10 @@ def main() -> None:
                         help="Distinct gRPC request bodies per size: h2load sends one per process, so as many processes.")
     parser.add_argument("--server-cpus", default=None, help="taskset CPU list for every server, e.g. 0 or 0-1.")
     parser.add_argument("--server-args", default=gpu_policy(),
-                        help="`rmserve serve` flags. Default: rmserve's CUDA padding cap, since the null engine stands "
-                             "in for a GPU, where a padded token costs next to nothing (on CPU the cap is lower "
-                             "because there it costs a real token's compute, which the null engine does not have); "
+                        help="`rmserve serve` flags. Default: rmserve's CUDA batching (padding cap and token budget), "
+                             "since the null engine stands in for a GPU, where a padded token costs next to nothing "
+                             "(on CPU both are lower because there a token costs real compute, which the null "
+                             "engine does not have); "
                              "'' for the CPU defaults.")
     parser.add_argument("--bare-loops", nargs="+", choices=["uvloop", "asyncio"], default=["uvloop"],
                         help="Event loops the bare endpoints run on; each adds its variants, the fastest counts.")

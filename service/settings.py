@@ -120,15 +120,18 @@ class Settings(BaseSettings):
         3600.0, gt=0.0, description="A gRPC connection older than this is asked to reconnect (GOAWAY), so clients "
         "spread over new replicas; calls under way get shutdown_grace_seconds to finish.",
     )
-    max_batch_tokens: int = Field(
-        4096, ge=1, description="Most padded tokens (longest row x rows) in one inference batch."
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="Most padded tokens (longest row x rows) in one inference batch. Default by "
+        "provider: 1024 on CPU, where larger batches run slower per token (measured in docs/benchmarks.md); "
+        "4096 on CUDA.",
     )
     max_batch_size: int = Field(32, ge=1, description="Most rows in one inference batch.")
     max_padding_ratio: float | None = Field(
         None, gt=0.0, le=1.0,
         description="Most padding a batch may carry, as a share of its padded tokens; a row that would exceed it "
-        "waits for the next batch. Default by provider: 0.02 on CPU, where padding is wasted compute and "
-        "batching gains nothing (measured in docs/benchmarks.md); 0.2 on CUDA, where rows run in parallel.",
+        "waits for the next batch; a batch of two rows may carry three times as much (a row alone is the "
+        "costliest shape per token). Default by provider: 0.02 on CPU, where padding is wasted compute "
+        "(measured in docs/benchmarks.md); 0.2 on CUDA, where rows run in parallel.",
     )
     max_wait_ms: float = Field(
         0.0, ge=0.0, description="How long a batch may wait to fill once rows are waiting; 0 runs at once."

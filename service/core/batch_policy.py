@@ -76,6 +76,15 @@ class BatchPolicy:
     max_queue_rows: int = 1024
     max_padding_ratio: float = 1.0  # 1.0: no limit
     max_client_rows: int = 0  # rows one client may have admitted and not yet in the engine; 0: no limit
+    # A batch of exactly two rows may carry this much padding (None: max_padding_ratio). One row alone is
+    # the costliest shape per token, so pairing it pays for more padding than a third or fourth row does.
+    max_pair_padding_ratio: float | None = None
+
+    def padding_allowed(self, rows: int) -> float:
+        """The share of a batch of `rows` rows that may be padding."""
+        if rows == 2 and self.max_pair_padding_ratio is not None:
+            return max(self.max_pair_padding_ratio, self.max_padding_ratio)
+        return self.max_padding_ratio
 
 
 class Turns:
@@ -114,7 +123,7 @@ def collate(waiting: list[WorkItem], policy: BatchPolicy, anchor: WorkItem | Non
     Rows are sorted by length and a contiguous run around the anchor row (by default the oldest row;
     `Turns.anchor` chooses it between clients) is grown, one neighbour at a time (the one that adds least
     padding first), while the padded cost (longest row x rows) fits `max_batch_tokens` and padding stays
-    within `max_padding_ratio` of it. A single row longer than the budget still forms a batch of one, so
+    within `policy.padding_allowed` of it. A single row longer than the budget still forms a batch of one, so
     every row is eventually served.
     """
     if not waiting:
@@ -127,7 +136,7 @@ def collate(waiting: list[WorkItem], policy: BatchPolicy, anchor: WorkItem | Non
     def fits(candidate: WorkItem) -> bool:
         rows = hi - lo + 2
         padded = max(longest, candidate.length) * rows
-        return padded <= policy.max_batch_tokens and real + candidate.length >= (1 - policy.max_padding_ratio) * padded
+        return padded <= policy.max_batch_tokens and real + candidate.length >= (1 - policy.padding_allowed(rows)) * padded
 
     while hi - lo + 1 < policy.max_batch_size:
         left = by_length[lo - 1] if lo > 0 else None

@@ -64,13 +64,13 @@ class Scores:
     aggregate: str | None = None  # a PRM bundle: how `raw` was made from the step rewards
 
 
-def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, settings: Settings) -> None:
+def warm_up(engine: OnnxRewardModel, max_length: int, pad_id: int, policy: BatchPolicy) -> None:
     """Run one batch of the costliest shape the batcher can form (longest rows, as many as the token budget
     allows: attention grows with length squared), so that ONNX Runtime's memory pool reaches its working
     size before traffic. Without it the pool grows in steps as new shapes arrive, and the process's memory
     kept rising for minutes under load (bench/soak.py)."""
-    length = max(1, min(max_length, settings.max_batch_tokens))
-    rows = max(1, min(settings.max_batch_size, settings.max_batch_tokens // length))
+    length = max(1, min(max_length, policy.max_batch_tokens))
+    rows = max(1, min(policy.max_batch_size, policy.max_batch_tokens // length))
     ids = np.full((rows, length), pad_id, dtype=np.int64)
     engine(Batch(input_ids=ids, attention_mask=np.ones_like(ids)))
 
@@ -87,10 +87,42 @@ def tokenizer_threads(configured: int = 0) -> int:
     return max(1, min(4, cores - 1))
 
 
-def default_padding_ratio(provider: str) -> float:
-    """On CPU a padded token costs as much as a real one and batching gains nothing, so batches stay
-    nearly pad-free; on a GPU rows run in parallel and a fuller batch is worth some padding."""
-    return 0.2 if provider == CUDA else 0.02
+class ProviderBatching(NamedTuple):
+    """The batching defaults that depend on where the model runs."""
+
+    max_batch_tokens: int
+    max_padding_ratio: float
+
+
+# A batch of two rows may carry this many times max_padding_ratio: one row alone is the costliest shape per
+# token, so pairing it pays for more padding than adding a third or fourth row does.
+PAIR_PADDING_FACTOR = 3.0
+
+
+def provider_batching(provider: str) -> ProviderBatching:
+    """Measured on the CPU (docs/benchmarks.md, 2026-11-30): a padded token costs a real one's compute, so
+    batches stay nearly pad-free; a row alone costs ~12 % more per token than two rows together, so a pair may
+    carry three times the padding; and past ~1,024 tokens a batch runs slower per token (16 rows of 256
+    tokens: 88 µs a token, against 78 for 4 rows). On a GPU rows run in parallel, so a fuller batch is worth
+    more padding and more tokens."""
+    if provider == CUDA:
+        return ProviderBatching(max_batch_tokens=4096, max_padding_ratio=0.2)
+    return ProviderBatching(max_batch_tokens=1024, max_padding_ratio=0.02)
+
+
+def batch_policy(settings: Settings, provider: str) -> BatchPolicy:
+    """The batcher's limits: the settings, with what they leave unset chosen for `provider`."""
+    defaults = provider_batching(provider)
+    padding = settings.max_padding_ratio or defaults.max_padding_ratio
+    return BatchPolicy(
+        max_batch_tokens=settings.max_batch_tokens or defaults.max_batch_tokens,
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue_rows=settings.max_queue_rows,
+        max_padding_ratio=padding,
+        max_pair_padding_ratio=min(1.0, padding * PAIR_PADDING_FACTOR),
+        max_client_rows=settings.client_queue_rows,
+    )
 
 
 class Scorer:
@@ -107,14 +139,7 @@ class Scorer:
         self.batcher = Batcher(
             run=engine,
             pad=self.encoder.pad,
-            policy=BatchPolicy(
-                max_batch_tokens=settings.max_batch_tokens,
-                max_batch_size=settings.max_batch_size,
-                max_wait_ms=settings.max_wait_ms,
-                max_queue_rows=settings.max_queue_rows,
-                max_padding_ratio=settings.max_padding_ratio or default_padding_ratio(engine.provider),
-                max_client_rows=settings.client_queue_rows,
-            ),
+            policy=batch_policy(settings, engine.provider),
             observer=MetricsObserver(metrics, self.normalize, None if self.steps is None else self._default_rewards),
             row_dtype=np.float32 if self.steps is None else object,
         )
@@ -138,11 +163,13 @@ class Scorer:
         finally:
             pinned.release()
         worst = check_golden(bundle, engine, bundle.encoder())
-        warm_up(engine, bundle.manifest.input.max_length, bundle.manifest.input.pad_id, settings)
+        policy = batch_policy(settings, engine.provider)
+        warm_up(engine, bundle.manifest.input.max_length, bundle.manifest.input.pad_id, policy)
         scorer = cls(bundle, engine, settings, metrics)
         log.info("bundle %s loaded from %r; golden set reproduced within %.1e on %s; batches ≤%d rows, "
-                 "≤%d tokens, padding ≤%.0f%%", bundle.manifest.bundle_id, str(bundle.path), worst, engine.provider,
-                 settings.max_batch_size, settings.max_batch_tokens, 100 * scorer.batcher.policy.max_padding_ratio)
+                 "≤%d tokens, padding ≤%.0f%% (≤%.0f%% for two rows)", bundle.manifest.bundle_id, str(bundle.path),
+                 worst, engine.provider, policy.max_batch_size, policy.max_batch_tokens,
+                 100 * policy.max_padding_ratio, 100 * policy.padding_allowed(2))
         return scorer
 
     def publish_model_info(self) -> None:

@@ -118,6 +118,18 @@ def test_collate_groups_similar_lengths():
     assert sorted(i.length for i in batch) == [5, 5, 6, 6]
 
 
+def test_a_pair_may_carry_more_padding_than_a_larger_batch():
+    # 100 + 95 tokens padded to 200: 2.5 % padding. Adding 90: 5 %.
+    strict = BatchPolicy(max_batch_tokens=10_000, max_batch_size=8, max_padding_ratio=0.02)
+    assert [i.length for i in collate([item(100, 1), item(95, 2), item(90, 3)], strict)] == [100]
+    pairs = BatchPolicy(max_batch_tokens=10_000, max_batch_size=8, max_padding_ratio=0.02, max_pair_padding_ratio=0.06)
+    assert sorted(i.length for i in collate([item(100, 1), item(95, 2), item(90, 3)], pairs)) == [95, 100]
+    # Three rows within 2 % still form one batch, and a pair allowance below the cap does not lower it.
+    assert len(collate([item(100, 1), item(99, 2), item(98, 3)], pairs)) == 3
+    lower = BatchPolicy(max_batch_tokens=10_000, max_batch_size=8, max_padding_ratio=0.05, max_pair_padding_ratio=0.01)
+    assert len(collate([item(100, 1), item(95, 2)], lower)) == 2
+
+
 def test_over_budget_row_forms_a_batch_of_one():
     assert [i.length for i in collate([item(100, 1), item(100, 2)], POLICY)] == [100]
 

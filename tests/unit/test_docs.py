@@ -456,7 +456,7 @@ def config_table() -> dict[str, tuple[str, str]]:
 
 def test_every_setting_is_documented_with_its_real_default():
     from rmserve.service.core.engine import CPU, CUDA
-    from rmserve.service.core.scoring import default_padding_ratio
+    from rmserve.service.core.scoring import provider_batching
     from rmserve.service.settings import Settings
 
     table = config_table()
@@ -465,9 +465,9 @@ def test_every_setting_is_documented_with_its_real_default():
         env, default = table["--" + name.replace("_", "-")]
         assert env == f"RMSERVE_{name.upper()}", name
         value = field.default
-        if name == "max_padding_ratio":  # None in the settings: chosen by the provider at start-up
-            assert default == (f"by provider: `{default_padding_ratio(CPU)}` CPU, "
-                               f"`{default_padding_ratio(CUDA)}` CUDA"), default
+        if name in ("max_padding_ratio", "max_batch_tokens"):  # None in the settings: chosen by the provider
+            assert default == (f"by provider: `{getattr(provider_batching(CPU), name)}` CPU, "
+                               f"`{getattr(provider_batching(CUDA), name)}` CUDA"), default
             continue
         value = getattr(value, "get_secret_value", lambda v=value: v)()
         expected = str(value).lower() if isinstance(value, bool) else str(value)

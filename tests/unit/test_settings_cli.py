@@ -63,16 +63,20 @@ def test_booleans_are_switches_that_also_take_a_value():
     assert parser.parse_args(["serve"]).allow_unauthenticated is None  # the environment's, or the default
 
 
-@pytest.mark.parametrize("given, expected", [(None, 0.02), (0.3, 0.3)])
-def test_padding_ratio_defaults_by_provider(tiny_bundle, given, expected):
+@pytest.mark.parametrize("given, expected", [({}, (1024, 0.02, 0.06)),
+                                             ({"max_padding_ratio": 0.3, "max_batch_tokens": 500}, (500, 0.3, 0.9)),
+                                             ({"max_padding_ratio": 0.5}, (1024, 0.5, 1.0))])
+def test_batching_defaults_by_provider(tiny_bundle, given, expected):
     from rmserve.service.core.metrics import Metrics
-    from rmserve.service.core.scoring import Scorer, default_padding_ratio
+    from rmserve.service.core.scoring import Scorer, provider_batching
 
-    assert default_padding_ratio("CUDAExecutionProvider") == 0.2
-    scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu", max_padding_ratio=given), Metrics())
+    assert provider_batching("CUDAExecutionProvider") == (4096, 0.2)
+    scorer = Scorer.load(Settings(bundle=tiny_bundle, device="cpu", **given), Metrics())
     try:
         assert scorer.engine.provider == "CPUExecutionProvider"
-        assert scorer.batcher.policy.max_padding_ratio == expected
+        policy = scorer.batcher.policy
+        assert (policy.max_batch_tokens, policy.max_padding_ratio, policy.padding_allowed(2)) == pytest.approx(expected)
+        assert policy.padding_allowed(1) == policy.padding_allowed(3) == policy.max_padding_ratio
     finally:
         scorer.close()
 
