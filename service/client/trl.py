@@ -4,6 +4,8 @@ an rmserve client (HTTP or gRPC, by the URL's scheme)."""
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +41,9 @@ class TrlRewardFunction:
     ({role, content} messages) are rendered by the bundle's chat template, and a conversational
     completion is the text of its messages. Empty or whitespace-only completions, which rmserve refuses,
     get `empty_reward` (None: TRL treats it as NaN and leaves the sample to other reward functions).
-    `values`: "raw", "normalized" or "group" (advantages within each prompt's completions).
+    `values`: "raw", "normalized" or "group" (advantages within each prompt's completions in this call; TRL
+    splits a batch between processes, and a prompt's completions with it, so over several processes leave
+    grouping to TRL, which gathers every process's rewards first).
     Picklable: the connection is opened on first use in each process."""
 
     def __init__(self, url: str, *, values: str = "raw", name: str = "rmserve", empty_reward: float | None = None,
@@ -63,6 +67,11 @@ class TrlRewardFunction:
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         self.calls += 1
+        processes = os.environ.get("WORLD_SIZE", "1")  # set by torchrun and accelerate for each process
+        if self.calls == 1 and self.values == "group" and processes.isdigit() and int(processes) > 1:
+            warnings.warn(f"values='group' in one of {processes} training processes: TRL gives each process a "
+                          "slice of the batch, so a prompt's completions may be grouped in parts; values='raw' "
+                          "lets TRL form the groups over all processes", stacklevel=2)
         rewards: list[float | None] = [self.empty_reward] * len(completions)
         rows = [(i, _trl_prompt(p), _trl_completion(c)) for i, (p, c) in enumerate(zip(prompts, completions))]
         rows = [row for row in rows if row[2].strip()]

@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,19 @@ def test_trl_reward_function_has_a_name_and_pickles_without_its_connection():
     assert copy([""], ["   "]) == [None]  # empty completions are never sent
     with pytest.raises(ValueError):
         TrlRewardFunction("http://x", values="best")
+
+
+def test_trl_group_values_over_several_processes_warn_once(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.warns(UserWarning, match="one of 2 training processes"):
+        TrlRewardFunction("http://127.0.0.1:9", values="group")([""], ["  "])
+    func = TrlRewardFunction("http://127.0.0.1:9", values="raw")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    grouped = TrlRewardFunction("http://127.0.0.1:9", values="group")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        func([""], ["  "])
+        grouped([""], ["  "])
 
 
 def test_the_client_imports_no_server_or_torch_stack():
