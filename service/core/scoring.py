@@ -223,9 +223,11 @@ class Scorer:
             raise ScoringError(ErrorKind.TIMEOUT, "deadline passed before the request was queued")
         # An overloaded service, or a client over its share of the queue, is answered before tokenizing.
         job = self.batcher.admit(len(rows), deadline, request_client.get())
-        # A row the model's chat template refuses answers its request with a validation error naming its prompt.
+        # A row the model's chat template refuses answers its request with a validation error naming its prompt;
+        # a PRM row whose steps the tokenizer does not read apart is refused before inference.
+        check = None if self.steps is None else lambda encoded: self._check_step_count(rows, texts, encoded)
         self.tokenizing.submit(job, [(row.prompt, text) for row, text in zip(rows, texts)],
-                               lambda i: prompt_field(rows[i].field))
+                               lambda i: prompt_field(rows[i].field), check)
         try:
             raw = await _until(deadline, job.future)
         except BaseException:
@@ -237,7 +239,6 @@ class Scorer:
             raise
         steps: dict = {}
         if self.steps is not None:
-            self._check_step_count(rows, texts, job.encoded)
             how = aggregate or self.steps.aggregate
             step_rewards = [activate(row, self.steps.activation) for row in raw]
             raw = aggregate_all(step_rewards, how)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from rmserve.service.core.batcher import Batcher, Job
 from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
@@ -26,6 +27,15 @@ log = logging.getLogger("rmserve.tokenizing")
 
 Encode = Callable[[Sequence[tuple[Prompt, str]]], list[EncodedInput]]
 NameRow = Callable[[int], str]  # the request field of row i's prompt, for a refusal naming it
+# A request's own check of its encoded rows, before they reach the batcher; it raises ScoringError to refuse.
+CheckRows = Callable[[Sequence[EncodedInput]], None]
+
+
+class Hooks(NamedTuple):
+    """What a request brings to this stage besides its rows."""
+
+    name_row: NameRow | None = None
+    check: CheckRows | None = None
 
 
 class Tokenizing:
@@ -39,7 +49,7 @@ class Tokenizing:
         self._max_rows = max_rows
         self._tokenized = tokenized
         self._inbox: list[tuple[Job, Sequence[tuple[Prompt, str]]]] = []  # submitted, not yet handed over
-        self._row_names: dict[int, NameRow] = {}  # id(job) -> how to name its rows, while it is here
+        self._hooks: dict[int, Hooks] = {}  # id(job) -> its hooks, while it is here
         self._inbox_lock = threading.Lock()
         self._cond = threading.Condition()
         self._pending: deque[tuple[Job, Sequence[tuple[Prompt, str]]]] = deque()
@@ -50,14 +60,17 @@ class Tokenizing:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, job: Job, rows: Sequence[tuple[Prompt, str]], name_row: NameRow | None = None) -> None:
+    def submit(self, job: Job, rows: Sequence[tuple[Prompt, str]], name_row: NameRow | None = None,
+               check: CheckRows | None = None) -> None:
         """Queue an admitted job's (prompt, response) rows for tokenizing. Called on the job's event loop;
         the jobs submitted in one turn of the loop reach the threads together, at its end, with one
         wake-up (waking a thread costs the loop more than the bookkeeping of a request). `name_row(i)`
-        names row i's prompt field when the encoder refuses that row (a chat template's own error)."""
+        names row i's prompt field when the encoder refuses that row (a chat template's own error);
+        `check(encoded)`, the request's own check of its tokenized rows, runs on the tokenizer thread before
+        they reach the batcher, and a ScoringError it raises answers the request without inference."""
         with self._inbox_lock:
-            if name_row is not None:
-                self._row_names[id(job)] = name_row
+            if name_row is not None or check is not None:
+                self._hooks[id(job)] = Hooks(name_row, check)
             self._inbox.append((job, rows))
             if len(self._inbox) > 1:
                 return  # a hand-over is already scheduled
@@ -80,7 +93,7 @@ class Tokenizing:
                     self._pending.remove(found[0])
         if not found:
             return False
-        self._row_names.pop(id(job), None)
+        self._hooks.pop(id(job), None)
         self._batcher.observer.dropped("cancelled", job.rows)
         self._batcher.withdraw(job)
         return True
@@ -91,7 +104,7 @@ class Tokenizing:
         start = 0
         for index, (job, rows) in enumerate(jobs):
             if start <= error.row < start + len(rows):
-                name_row = self._row_names.pop(id(job), None)
+                name_row = self._hooks.pop(id(job), Hooks()).name_row
                 field = name_row(error.row - start) if name_row is not None else None
                 self._batcher.withdraw(job, ScoringError(ErrorKind.VALIDATION, str(error), field))
                 rest = jobs[:index] + jobs[index + 1:]
@@ -114,7 +127,7 @@ class Tokenizing:
         # The threads have stopped (the scorer was retired, or the service is shutting down): nothing would
         # tokenize these, and their callers would wait for their deadline, or for ever without one.
         for job, _ in arrived:
-            self._row_names.pop(id(job), None)
+            self._hooks.pop(id(job), None)
             self._batcher.withdraw(job, ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down; retry"))
 
     def _take(self) -> list[tuple[Job, Sequence[tuple[Prompt, str]]]] | None:
@@ -140,7 +153,7 @@ class Tokenizing:
             live = []
             for job, rows in taken:
                 if job.cancelled or job.expired(now):
-                    self._row_names.pop(id(job), None)
+                    self._hooks.pop(id(job), None)
                 if job.cancelled:
                     self._batcher.observer.dropped("cancelled", job.rows)
                     self._batcher.withdraw(job)
@@ -165,18 +178,26 @@ class Tokenizing:
             # not an Exception; letting it through would end this thread with the requests' queue slots held.
             error = internal_error(log, f"tokenizing {len(jobs)} requests failed")
             for job, _ in jobs:
-                self._row_names.pop(id(job), None)
+                self._hooks.pop(id(job), None)
                 self._batcher.withdraw(job, error)
             return
-        for job, _ in jobs:
-            self._row_names.pop(id(job), None)
+        checks = [self._hooks.pop(id(job), Hooks()).check for job, _ in jobs]
         seconds = time.perf_counter() - began
         start = 0
-        for job, rows in jobs:
+        for (job, rows), check in zip(jobs, checks):
             job.encoded = encoded[start:start + len(rows)]
             start += len(rows)
             job.tokenize_seconds = seconds
             self._tokenized(job)
+            if check is not None:
+                try:
+                    check(job.encoded)
+                except ScoringError as refused:  # refused before its rows take the engine's time
+                    self._batcher.withdraw(job, refused)
+                    continue
+                except BaseException:
+                    self._batcher.withdraw(job, internal_error(log, "checking a request's tokenized rows failed"))
+                    continue
             self._batcher.submit(job, [e.ids for e in job.encoded])
 
     def close(self) -> None:

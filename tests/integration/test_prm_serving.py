@@ -178,6 +178,11 @@ def test_an_outcome_bundle_refuses_steps_over_grpc(outcome_server):
         assert not reply.step_rewards and reply.aggregate == ""
 
 
+def scored_rows(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return float(re.search(r"^rmserve_scored_rows_total (\S+)$", text, re.M).group(1))
+
+
 def test_a_separator_that_merges_with_the_step_text_is_refused_not_misread(tmp_path):
     """A separator that is one token on its own ("ten", a plain word here) merges with a step written
     against it ("nineten" is no word of the tokenizer): the engine would find fewer separators than steps,
@@ -194,8 +199,12 @@ def test_a_separator_that_merges_with_the_step_text_is_refused_not_misread(tmp_p
         "input": manifest.input.model_copy(update={"step_separator": "ten", "step_separator_id": separator_id}),
         "golden": []}))
     with running_server(directory) as server:
+        before = scored_rows(server.url)
         merged = httpx.post(server.url + "/score", json={"prompt": PROMPT, "response_steps": [["one two", "nine"]]})
+        refused_without_inference = scored_rows(server.url) == before
         apart = httpx.post(server.url + "/score", json={"prompt": PROMPT, "response_steps": [["one two ", " nine "]]})
+        assert scored_rows(server.url) == before + 1
+    assert refused_without_inference  # the refusal comes from the tokenized rows, before the engine
     assert merged.status_code == 422, merged.text
     error = merged.json()["error"]
     assert error["field"] == "response_steps.0" and "2 steps sent" in error["message"], error
