@@ -85,8 +85,9 @@ async def metrics_endpoint(metrics: MetricsDep) -> Response:
 
 
 @ops_router.get("/v1/model")
-async def model_info(scorer: ScorerDep) -> dict[str, Any]:
+async def model_info(scorer: ScorerDep, request: Request) -> dict[str, Any]:
     """The bundle served: its manifest (filesystem paths hidden unless expose_paths) and the provider."""
+    get_state(request).metrics.requests.labels("/v1/model", "http", "ok").inc()  # refusals: guard and handlers
     expose = scorer.settings.expose_paths
     info: dict[str, Any] = {"provider": scorer.engine.provider,
                             "max_responses_per_request": scorer.settings.max_responses_per_request,
