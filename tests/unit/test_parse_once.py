@@ -48,3 +48,4 @@ def test_a_json_body_is_parsed_once(tiny_bundle, monkeypatch, path):
     answer = asyncio.run(post())
     assert answer.status_code == 200, answer.text
     assert parsed == [path]
+

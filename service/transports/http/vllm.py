@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from rmserve.service.core.errors import ErrorKind, ScoringError
+from rmserve.service.core.errors import ErrorKind, ScoringError, internal_error
 from rmserve.service.core.inputs import ChatMessage
 from rmserve.service.core.limits import check_rows
 from rmserve.service.core.scoring import Row, Scorer, Scores
@@ -66,6 +67,8 @@ from rmserve.service.transports.http.vllm_protocol import (
     malformed,
     new_id,
 )
+
+log = logging.getLogger("rmserve.vllm")
 
 
 def _as_vllm(error: Exception) -> VllmError:
@@ -104,8 +107,9 @@ class VllmRoute(ParsedBodyRoute):
                 except ClientGone:
                     outcome = None  # the app's handler answers and counts it
                     raise
-                except (RequestValidationError, VllmError, ScoringError) as e:
-                    refusal = _as_vllm(e)
+                except Exception as e:  # every failure in vLLM's shape; one that is no refusal is a bug: logged, 500
+                    known = isinstance(e, (RequestValidationError, VllmError, ScoringError))
+                    refusal = _as_vllm(e if known else internal_error(log, f"{request.method} {path} failed"))
                     outcome = refusal.outcome
                     response = JSONResponse(refusal.body(), status_code=refusal.status, headers=refusal.headers)
                 response.headers["X-Total-Time-Ms"] = f"{(time.perf_counter() - began) * 1000:.2f}"
