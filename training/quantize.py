@@ -56,6 +56,18 @@ def _quantize_int8(source: Path, target: Path) -> None:
     pack_onnx(raw, target)
 
 
+def default_dev_data(normalization: Normalization) -> Path:
+    """The shipped dev split, where the source bundle's normalization came from it or it has none: a variant's
+    stats are recomputed on its dev pairs, so a bundle normalized on other data would silently change the
+    reference its normalized rewards are measured against."""
+    shipped = shipped_data("dev")
+    if normalization.computed_on != "none" and not normalization.version.startswith(file_digest(shipped)):
+        raise VariantRefused(f"this bundle's normalization was computed on {normalization.computed_on!r}, not on "
+                             "the shipped dev split; give --dev-data (that file keeps the reference its normalized "
+                             "rewards are measured against)")
+    return shipped
+
+
 def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Precision,
                  dev_data: str | Path | None = None, min_agreement: float = 0.99, device: str = "cpu",
                  ratings: RatingOptions | None = None) -> tuple[Bundle, dict]:
@@ -63,7 +75,7 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
     file becomes pairs with `ratings`."""
     source = load_bundle(bundle_dir)
     output_dir = Path(output_dir)
-    dev_path = Path(dev_data) if dev_data else shipped_data("dev")
+    dev_path = Path(dev_data) if dev_data else default_dev_data(source.manifest.normalization)
     pairs = load_pairs(dev_path, skip_bad_rows=True, ratings=ratings).pairs
     encoder = source.encoder()
     reference = OnnxRewardModel(str(source.model_path), device=device)  # type: ignore[arg-type]

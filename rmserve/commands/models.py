@@ -205,7 +205,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     quantize.add_argument("--output", required=True, help="Variant bundle directory to write.")
     quantize.add_argument("--precision", choices=["int8", "fp16"], default="int8",
                           help="int8: dynamic quantization for CPU; fp16: half precision for CUDA.")
-    quantize.add_argument("--dev-data", default=None, help="Pairs for the agreement check. Default: shipped dev split.")
+    quantize.add_argument("--dev-data", default=None,
+                          help="Pairs for the agreement check and the variant's normalization stats. Default: the "
+                          "shipped dev split, for a bundle normalized on it (others must name theirs).")
     quantize.add_argument("--min-agreement", type=float, default=0.99,
                           help="Least share of dev pairs whose preferred response must stay the same (default 0.99).")
     quantize.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

@@ -39,3 +39,24 @@ def test_variant_below_the_agreement_bar_is_refused_and_not_written(tiny_bundle,
     with pytest.raises(VariantRefused, match=r"agrees with fp32 on .* of 3 dev pairs"):
         make_variant(tiny_bundle, tmp_path / "int8", "int8", dev_pairs, min_agreement=1.01)
     assert not (tmp_path / "int8").exists()
+
+
+def test_without_dev_data_the_shipped_split_is_used_only_for_a_bundle_normalized_on_it(tiny_bundle, tmp_path):
+    import shutil
+
+    from rmserve.service.core.bundle import write_manifest
+    from rmserve.service.core.bundle_files import file_digest
+    from rmserve.training.data import shipped_data
+
+    # The tiny bundle's stats come from its own reference set: quantizing it on HH would replace them.
+    with pytest.raises(VariantRefused, match=r"computed on 'test'.*give --dev-data"):
+        make_variant(tiny_bundle, tmp_path / "int8", "int8", min_agreement=0.0)
+    assert not (tmp_path / "int8").exists()
+    on_hh = tmp_path / "on-hh"
+    shutil.copytree(tiny_bundle, on_hh)
+    manifest = load_bundle(on_hh).manifest
+    write_manifest(on_hh, manifest.model_copy(update={"normalization": manifest.normalization.model_copy(update={
+        "computed_on": "dev.jsonl.gz: chosen+rejected of 203 pairs",
+        "version": f"{file_digest(shipped_data('dev'))}-406"})}))
+    bundle, report = make_variant(on_hh, tmp_path / "int8", "int8", min_agreement=0.0)
+    assert report["pairs"] > 100 and bundle.manifest.normalization.computed_on.startswith("dev.jsonl.gz")
