@@ -9,9 +9,7 @@ import json
 import httpx
 import pytest
 
-from rmserve.service.process.state import ServiceState
-from rmserve.service.settings import Settings
-from rmserve.service.transports.http.app import create_app
+from tests.app_in_process import app_client
 
 BODIES = {
     "/score": {"prompt": "the cat", "responses": ["sat on the mat", "ran fast"]},
@@ -34,16 +32,12 @@ def test_a_json_body_is_parsed_once(tiny_bundle, monkeypatch, path):
         return value
 
     async def post() -> httpx.Response:
-        state = ServiceState(Settings(bundle=tiny_bundle, device="cpu"))
-        await state.load()
-        try:
-            transport = httpx.ASGITransport(app=create_app(state))
-            async with httpx.AsyncClient(transport=transport, base_url="http://rmserve") as client:
-                monkeypatch.setattr(json, "loads", counting)
+        async with app_client(tiny_bundle) as client:
+            monkeypatch.setattr(json, "loads", counting)
+            try:
                 return await client.post(path, json=BODIES[path])
-        finally:
-            monkeypatch.setattr(json, "loads", original)
-            await state.close()
+            finally:
+                monkeypatch.setattr(json, "loads", original)
 
     answer = asyncio.run(post())
     assert answer.status_code == 200, answer.text

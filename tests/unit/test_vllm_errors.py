@@ -7,9 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from rmserve.service.process.state import ServiceState
-from rmserve.service.settings import Settings
-from rmserve.service.transports.http.app import create_app
+from tests.app_in_process import app_client
 
 
 @pytest.mark.parametrize("path", ["/classify", "/pooling"])
@@ -22,18 +20,11 @@ def test_an_unexpected_failure_of_a_vllm_route_is_a_500_in_vllms_shape(tiny_bund
         raise RuntimeError("a bug")
 
     async def post() -> tuple[httpx.Response, str]:
-        state = ServiceState(Settings(bundle=tiny_bundle, device="cpu"))
-        await state.load()
-        try:
-            transport = httpx.ASGITransport(app=create_app(state))
-            async with httpx.AsyncClient(transport=transport, base_url="http://rmserve") as client:
-                monkeypatch.setattr(Scorer, "score", broken)
-                answer = await client.post(path, json={"input": "\n\nHuman: the cat\n\nAssistant: sat"})
-                monkeypatch.undo()
-                metrics = (await client.get("/metrics")).text
-                return answer, metrics
-        finally:
-            await state.close()
+        async with app_client(tiny_bundle) as client:
+            monkeypatch.setattr(Scorer, "score", broken)
+            answer = await client.post(path, json={"input": "\n\nHuman: the cat\n\nAssistant: sat"})
+            monkeypatch.undo()
+            return answer, (await client.get("/metrics")).text
 
     answer, metrics = asyncio.run(post())
     assert answer.status_code == 500, answer.text
