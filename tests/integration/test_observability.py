@@ -65,6 +65,7 @@ def send_traffic(server) -> None:
                                                      "response_b": RESPONSES[1]}).status_code == 200
     assert httpx.post(server.url + "/score", json={"prompt": PROMPT, "responses": [" "]}).status_code == 422
     assert httpx.get(server.url + "/v1/model").status_code == 200
+    assert httpx.get(server.url + "/score").status_code == 405
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = pb_grpc.RewardModelStub(channel)
         stub.Score(pb.ScoreRequest(prompt=pb.Prompt(text=PROMPT), responses=RESPONSES), timeout=10)
@@ -100,6 +101,7 @@ def test_metrics_pass_promtool_and_count_both_protocols(server, bundle):
     assert delta("rmserve_requests_total", endpoint="/compare", protocol="http", outcome="ok") == 1
     assert delta("rmserve_requests_total", endpoint="/score", protocol="http", outcome="validation") == 1
     assert delta("rmserve_requests_total", endpoint="/v1/model", protocol="http", outcome="ok") == 1
+    assert delta("rmserve_requests_total", endpoint="/score", protocol="http", outcome="invalid") == 1  # the 405
     assert delta("rmserve_requests_total", endpoint="Score", protocol="grpc", outcome="ok") == 1
     assert delta("rmserve_requests_total", endpoint="Compare", protocol="grpc", outcome="ok") == 1
     assert delta("rmserve_requests_total", endpoint="Score", protocol="grpc", outcome="validation") == 1

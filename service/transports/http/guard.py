@@ -109,6 +109,8 @@ class RequestGuard:
         settings = self.state.settings
         allowed = self.methods.get(scope.get("path", ""))
         if allowed is not None and scope.get("method") not in allowed and not scope.get(OVER_CAPACITY):
+            if scope.get("path", "") in self.counted_paths:
+                self.state.metrics.requests.labels(scope["path"], "http", "invalid").inc()
             return Admitted(b"", None, "")  # 405, from the head
         try:
             if scope.get(OVER_CAPACITY):
