@@ -116,9 +116,9 @@ class VllmRoute(ParsedBodyRoute):
                 return response
             finally:
                 in_flight.dec()
+                metrics.request_duration.labels(path, "http").observe(time.perf_counter() - began)
                 if outcome is not None:
                     metrics.requests.labels(path, "http", outcome).inc()
-                    metrics.request_duration.labels(path, "http").observe(time.perf_counter() - began)
 
         return handle_vllm
 
