@@ -38,6 +38,9 @@ class Hooks(NamedTuple):
     check: CheckRows | None = None
 
 
+NO_HOOKS = Hooks()
+
+
 class Tokenizing:
     """`threads` tokenizer threads feeding `batcher`; `tokenized(job)` is called for each request once its
     rows are encoded (`job.encoded`, `job.tokenize_seconds`: the time of the call that held them)."""
@@ -104,7 +107,7 @@ class Tokenizing:
         start = 0
         for index, (job, rows) in enumerate(jobs):
             if start <= error.row < start + len(rows):
-                name_row = self._hooks.pop(id(job), Hooks()).name_row
+                name_row = self._hooks.pop(id(job), NO_HOOKS).name_row
                 field = name_row(error.row - start) if name_row is not None else None
                 self._batcher.withdraw(job, ScoringError(ErrorKind.VALIDATION, str(error), field))
                 rest = jobs[:index] + jobs[index + 1:]
@@ -181,7 +184,7 @@ class Tokenizing:
                 self._hooks.pop(id(job), None)
                 self._batcher.withdraw(job, error)
             return
-        checks = [self._hooks.pop(id(job), Hooks()).check for job, _ in jobs]
+        checks = [self._hooks.pop(id(job), NO_HOOKS).check for job, _ in jobs]
         seconds = time.perf_counter() - began
         start = 0
         for (job, rows), check in zip(jobs, checks):
