@@ -54,6 +54,7 @@ from rmserve.training.hf_tokenizer import check_tokenizer_parity, load_auto_toke
 from rmserve.training.model import (
     CHECKPOINT_META,
     CheckpointMeta,
+    MissingWeights,
     RewardModel,
     input_spec_for,
     load_hf_model,
@@ -65,7 +66,12 @@ from rmserve.training.onnx_graph import OPSET, export_onnx
 SUPPORTED = {"bert": "encoder", "roberta": "encoder", "deberta-v2": "encoder", "llama": "decoder",
              "qwen2": "decoder", "qwen3": "decoder", "mistral": "decoder", "gemma2": "decoder"}
 DEFAULT_MAX_LENGTH = 2048
+MIN_LENGTH = 8  # InputSpec's least max_length
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# The weight files transformers loads a model from, and the files it builds a tokenizer from.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_SOURCES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spm.model", "spiece.model",
+                     "sentencepiece.bpe.model")
 
 # Conversations for the parity batch and the golden set when no preference file is given: plain text,
 # a system message, several turns, unicode, of clearly different lengths.
@@ -120,7 +126,12 @@ class ImportReport:
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ImportRefused(f"{path} is not valid JSON: {e}") from e
 
 
 def check_importable(source: Path) -> Any:
@@ -128,6 +139,9 @@ def check_importable(source: Path) -> Any:
     if not (source / "config.json").is_file():
         raise ImportRefused(f"{source} is not a Hugging Face model directory: config.json is missing")
     raw, tokenizer_config = _json(source / "config.json"), _json(source / "tokenizer_config.json")
+    for what, names in (("weights", WEIGHT_FILES), ("tokenizer", TOKENIZER_SOURCES)):
+        if not any((source / name).is_file() for name in names):
+            raise ImportRefused(f"{source} has no {what}: none of {', '.join(names)}")
     for name, data in (("config.json", raw), ("tokenizer_config.json", tokenizer_config)):
         if data.get("auto_map"):
             raise ImportRefused(f"{source} needs trust_remote_code: its {name} maps classes to code in the directory "
@@ -164,12 +178,30 @@ def source_digest(source: Path) -> dict[str, Any]:
     return {"config_and_weights_sha256": digest.hexdigest(), "files": names}
 
 
-def default_max_length(config: Any, hf_tokenizer: Any) -> int:
+def model_positions(config: Any) -> int:
+    """The longest row the model has positions for."""
     positions = int(getattr(config, "max_position_embeddings", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH)
     if getattr(config, "model_type", "") == "roberta":
         positions -= 2  # RoBERTa's positions start after the padding index
+    return positions
+
+
+def default_max_length(config: Any, hf_tokenizer: Any) -> int:
+    positions = model_positions(config)
     declared = int(getattr(hf_tokenizer, "model_max_length", positions) or positions)
-    return max(8, min(DEFAULT_MAX_LENGTH, positions, declared))
+    return max(MIN_LENGTH, min(DEFAULT_MAX_LENGTH, positions, declared))
+
+
+def check_max_length(max_length: int | None, config: Any) -> None:
+    """A max_length the model can read, or ImportRefused: beyond its positions an encoder fails and a
+    decoder scores rows longer than any it was trained on."""
+    if max_length is None:
+        return
+    if max_length < MIN_LENGTH:
+        raise ImportRefused(f"max_length {max_length} is less than {MIN_LENGTH}")
+    if max_length > model_positions(config):
+        raise ImportRefused(f"max_length {max_length} is more than the model's {model_positions(config)} positions "
+                            "(max_position_embeddings in config.json)")
 
 
 def import_spec(hf_model: Any, tokenizer: Tokenizer, max_length: int, source: Path, kind: str) -> InputSpec:
@@ -227,22 +259,28 @@ def import_model(source: str | Path, output_dir: str | Path, preferences: str | 
 
     source, output_dir = Path(source).resolve(), Path(output_dir)
     config = check_importable(source)
+    check_max_length(max_length, config)
     kind = SUPPORTED[config.model_type]
     hf_tokenizer = load_auto_tokenizer(source)
     tokenizer_json = tokenizer_json_of(source, hf_tokenizer)
     tokenizer = Tokenizer.from_str(tokenizer_json)
     dev_pairs = load_pairs(preferences, limit_dev, skip_bad_rows=True).pairs if preferences else None
-    length = max_length or default_max_length(config, hf_tokenizer)
+    length = max_length if max_length is not None else default_max_length(config, hf_tokenizer)
 
     print(f"importing {source.name}: {config.architectures[0] if config.architectures else config.model_type} ({kind})")
     stage = Stages()
     with stage("load the model (fp32)"):
-        hf_model = load_hf_model(source).eval()
+        try:
+            hf_model = load_hf_model(source, complete=True).eval()
+        except MissingWeights as e:
+            raise ImportRefused(f"{e}: a reward model directory holds its trained head (a base or causal-LM "
+                                "checkpoint, or a value head saved under another name, has none)") from e
     trained = source / CHECKPOINT_META  # a checkpoint rmserve trained: its own spec, never token types
     skip_pad_id = None
     if trained.is_file():
         spec = CheckpointMeta(**json.loads(trained.read_text())).input_spec
-        encoder = InputEncoder(tokenizer, spec.model_copy(update={"max_length": max_length or spec.max_length}))
+        encoder = InputEncoder(tokenizer, spec.model_copy(
+            update={"max_length": max_length if max_length is not None else spec.max_length}))
         separator = None
     else:
         encoder = InputEncoder(tokenizer, import_spec(hf_model, tokenizer, length, source, kind))

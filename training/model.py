@@ -221,18 +221,31 @@ def first_layers(model_dir: str | Path, layers: int) -> dict[str, Any]:
     return {"num_hidden_layers": layers}
 
 
-def load_hf_model(model_dir: str | Path, attention: str = "eager", layers: int = 0) -> nn.Module:
+class MissingWeights(ValueError):
+    """A checkpoint that lacks weights the model needs (transformers would initialise them at random)."""
+
+
+def load_hf_model(model_dir: str | Path, attention: str = "eager", layers: int = 0,
+                  complete: bool = False) -> nn.Module:
     """Load a sequence-classification model with one output, in fp32 whatever the checkpoint's dtype
     (transformers 5 would keep a bf16 checkpoint in bf16). Training uses "sdpa" (about 25 % faster here);
     export uses "eager", the only form ONNX Runtime's optimizer fuses into its attention kernel.
-    `layers`: keep only the first N transformer layers (first_layers)."""
+    `layers`: keep only the first N transformer layers (first_layers). `complete`: every weight must come
+    from the checkpoint, else MissingWeights names those missing (a base model trained from here gets a
+    new head; a reward model imported as it is must have its own)."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected for a base model
-    return AutoModelForSequenceClassification.from_pretrained(
+    model, info = AutoModelForSequenceClassification.from_pretrained(
         str(model_dir), num_labels=1, attn_implementation=attention, dtype=torch.float32, trust_remote_code=False,
-        **first_layers(model_dir, layers))
+        output_loading_info=True, **first_layers(model_dir, layers))
+    missing = sorted(info.get("missing_keys") or [])
+    if complete and missing:
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        raise MissingWeights(f"{model_dir}: its weights lack {', '.join(missing[:4])}{more}, which transformers "
+                             "would initialise at random")
+    return model
 
 
 def disable_dropout(model: nn.Module) -> None:

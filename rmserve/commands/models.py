@@ -186,7 +186,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           "and the bundle says so.")
     importer.add_argument("--limit-dev", type=int, default=None, help="Use only the first N preference rows.")
     importer.add_argument("--max-length", type=int, default=None,
-                          help="Tokens per row. Default: the model's positions, at most 2048.")
+                          help="Tokens per row, 8 to the model's positions (more is refused). Default: the model's "
+                          "positions, at most 2048.")
     importer.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                           help="fp16: half precision for CUDA, norms, softmax and head kept in fp32; accepted only if "
                           "it keeps the fp32 preference on --min-agreement of the --preferences pairs.")

@@ -5,6 +5,7 @@ refused with the reason. (Serving imported bundles over HTTP and gRPC: tests/int
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -168,3 +169,79 @@ def test_the_cli_prints_the_refusal_and_exits_2(hub_bert, tmp_path, capsys):
     assert main(["import", str(source), "--output", str(tmp_path / "bundle")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rmserve import: ") and "num_labels = 3" in err
+
+
+@pytest.fixture(scope="module")
+def hub_qwen2(tmp_path_factory):
+    return make_hub_model(tmp_path_factory.mktemp("hub-qwen2") / "hub", "qwen2", seed=4)
+
+
+def _without_the_reward_head(source):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(source / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("score.")}, str(source / "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def _a_base_model_without_architectures(source):
+    """The backbone alone (as `AutoModel` saves it) with a config that names no class: only the weights
+    show that the reward head is not there."""
+    config = transformers.AutoConfig.from_pretrained(str(source))
+    transformers.AutoModel.from_config(config).save_pretrained(str(source))
+    raw = json.loads((source / "config.json").read_text())
+    raw.pop("architectures", None)
+    (source / "config.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("damage", [_without_the_reward_head, _a_base_model_without_architectures])
+def test_weights_without_the_reward_head_are_refused_not_initialised_at_random(hub_qwen2, tmp_path, damage):
+    """transformers fills a head missing from the checkpoint with random weights (and says so only in a
+    log line): imported, such a bundle would serve random rewards that pass every parity check."""
+    source = tmp_path / "hub"
+    shutil.copytree(hub_qwen2, source)
+    damage(source)
+    with pytest.raises(ImportRefused, match=r"lack score\.weight.*initialise.*at random"):
+        import_model(source, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("max_length, reason", [
+    (1024, "max_length 1024 is more than the model's 512 positions"),
+    (4, "max_length 4 is less than 8"),
+    (0, "max_length 0 is less than 8"),
+])
+def test_a_max_length_the_model_cannot_read_is_refused(hub_qwen2, tmp_path, max_length, reason):
+    with pytest.raises(ImportRefused, match=reason):
+        import_model(hub_qwen2, tmp_path / "bundle", max_length=max_length)
+    assert not (tmp_path / "bundle").exists()
+
+
+def _remove(*names):
+    def damage(source):
+        for name in names:
+            (source / name).unlink()
+    return damage
+
+
+def _garble(name):
+    def damage(source):
+        (source / name).write_text("{not json")
+    return damage
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_remove("model.safetensors"), r"has no weights: none of model\.safetensors"),
+    (_remove("tokenizer.json", "tokenizer_config.json"), r"has no tokenizer: none of tokenizer\.json"),
+    (_garble("config.json"), r"config\.json is not valid JSON"),
+    (_garble("tokenizer_config.json"), r"tokenizer_config\.json is not valid JSON"),
+])
+def test_a_directory_missing_its_files_is_refused_naming_them(hub_qwen2, tmp_path, capsys, damage, reason):
+    source = tmp_path / "hub"
+    shutil.copytree(hub_qwen2, source)
+    damage(source)
+    assert main(["import", str(source), "--output", str(tmp_path / "bundle")]) == 2  # a message, not a traceback
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("rmserve import: ")
+    assert re.search(reason, err), err
+    assert not (tmp_path / "bundle").exists()
