@@ -205,12 +205,12 @@ def check_max_length(max_length: int | None, config: Any) -> None:
 
 
 def import_spec(hf_model: Any, tokenizer: Tokenizer, max_length: int, source: Path, kind: str) -> InputSpec:
-    """Decoders: the model's chat template (input_spec_for), else prompt + response as one plain text with
-    nothing appended. Encoders: the pair template."""
+    """Decoders: the model's chat template (input_spec_for), else prompt text + response text tokenized as
+    one (join "text"), nothing appended. Encoders: the pair template."""
     if kind == "encoder":
         return InputSpec(max_length=max_length, pad_id=pad_id_of(tokenizer, hf_model.config))
     spec = input_spec_for(hf_model, tokenizer, max_length, model_dir=source)
-    return spec if spec.chat_template is not None else spec.model_copy(update={"eos_id": None})
+    return spec if spec.chat_template is not None else spec.model_copy(update={"eos_id": None, "join": "text"})
 
 
 def segment_separator(encoder: InputEncoder, config: Any) -> int | None:

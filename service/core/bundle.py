@@ -14,10 +14,10 @@ A process reward model's bundle (`Manifest.steps` set) has a graph that returns 
 (`token_scores`, float32 [batch, sequence]) instead of `reward`, read at the step separator its input spec
 names (service/core/step_scores.py); its golden examples record the step scores.
 
-Format versions: 1 is every bundle without a chat template or external data (all bundles written before
-those existed, and the default MiniLM bundle still); a bundle that has either is written as version 2, so
-that an older rmserve, which would ignore the template or leave the external data unverified, refuses it
-with its version message; a process reward model's bundle is version 3, which no older rmserve reads.
+Format versions: 1 is every bundle without a chat template, external data or join "text" (all bundles
+written before those existed, and the default MiniLM bundle still); a bundle that has any is written as
+version 2, so that an older rmserve, which would ignore the template or leave the external data
+unverified, refuses it with its version message; a process reward model's bundle is version 3, which no older rmserve reads.
 This rmserve reads all three.
 """
 
@@ -242,7 +242,8 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
         if not (directory / name).is_file():
             raise BundleError(f"cannot write bundle {directory}: {MODEL_FILE} names external data {name}, which is missing")
     files = {name: sha256_file(directory / name) for name in (MODEL_FILE, TOKENIZER_FILE, *external)}
-    version = 3 if manifest.steps is not None else 2 if external or manifest.input.chat_template is not None else 1
+    newer_input = manifest.input.chat_template is not None or manifest.input.join == "text"
+    version = 3 if manifest.steps is not None else 2 if external or newer_input else 1
     manifest = manifest.model_copy(update={"files": files, "format_version": version})
     (directory / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest

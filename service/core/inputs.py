@@ -15,9 +15,12 @@ Rendering, two ways:
   `response_prefix` (the HH-RLHF convention: "\\n\\nHuman: ..." turns and a trailing "\\n\\nAssistant:").
   Prompt and response are tokenized separately, then joined either by the tokenizer's own pair template
   (`join="pair"`, e.g. `[CLS] prompt [SEP] response [SEP]` for BERT-style encoders) or as one sequence
-  (`join="concat"`, for decoders that score the last token). A spec with an `eos_id` ends every row with
-  that token, after any template tokens, so a decoder reads its score at the same token whatever the
-  response; truncation keeps room for it.
+  (`join="concat"`, for decoders that score the last token); or tokenized as one text, prompt text then
+  response text (`join="text"`, a decoder imported without a chat template: its response's first word is
+  tokenized as it follows the prompt, which a SentencePiece tokenizer tokenizes differently from the same
+  word at the start of a text), and split where the response's characters begin. A spec with an `eos_id`
+  ends every row with that token, after any template tokens, so a decoder reads its score at the same
+  token whatever the response; truncation keeps room for it.
 
 Already formatted text: a row whose prompt is `PREFORMATTED` carries, as its response, a whole formatted
 conversation (what vLLM's /classify and /pooling receive as `input`). It is tokenized as is, with the
@@ -37,7 +40,7 @@ its id. Truncation is the same, so it keeps the last steps: `steps_cut` counts t
 scores) that were cut away with the start of the response. No prompt may contain the separator.
 
 A request's shared prompt is rendered and tokenized once per `encode` call, however many responses share
-it. With a template, each row's full rendering must start with the prompt's rendering (with
+it (except with `join="text"`, where every row is tokenized whole: exact, only slower). With a template, each row's full rendering must start with the prompt's rendering (with
 `add_generation_prompt`); the row's tokens are then the prompt's tokens up to its last special token
 (a boundary no pre-tokenizer or normalizer works across) followed by the tokens of the rest of the
 row's text from that special token on. A row whose rendering does not extend the prompt's, or whose
@@ -63,7 +66,7 @@ from pydantic import (
 from tokenizers import Tokenizer
 
 from rmserve.service.core.chat_template import ChatTemplate, TemplateError
-from rmserve.service.core.template_rows import TemplateRows, prompt_key
+from rmserve.service.core.template_rows import TemplateRows, prompt_key, starting_before
 
 
 class ChatMessage(BaseModel):
@@ -100,8 +103,9 @@ class InputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_length: int = Field(256, ge=8, description="Tokens per row, special tokens included.")
-    join: Literal["pair", "concat"] = Field(
-        "pair", description="pair: the tokenizer's pair template; concat: prompt tokens then response tokens."
+    join: Literal["pair", "concat", "text"] = Field(
+        "pair", description="pair: the tokenizer's pair template; concat: prompt tokens then response tokens; "
+        "text: the tokens of prompt text + response text, tokenized as one.",
     )
     role_prefixes: dict[str, str] = Field(
         default_factory=lambda: {"system": "", "user": "\n\nHuman: ", "assistant": "\n\nAssistant: "},
@@ -333,6 +337,11 @@ class InputEncoder:
                 texts[slot] = render_prompt(rows[i][0], self.spec)
         # The fast call skips character offsets (ids only: the same ids, about 20 % less CPU); the template
         # path needs offsets to find its seam and keeps encode_batch.
+        if self.spec.join == "text":  # whole, with offsets to find where each response begins
+            whole = self.tokenizer.encode_batch([texts[slot] + rows[i][1] for i, slot in zip(chosen, prompt_of)],
+                                                add_special_tokens=False)
+            cuts = [starting_before(e.offsets, len(texts[slot])) for e, slot in zip(whole, prompt_of)]
+            return [(e.ids[:cut], e.ids[cut:]) for e, cut in zip(whole, cuts)]
         encodings = self.tokenizer.encode_batch_fast(texts + [rows[i][1] for i in chosen], add_special_tokens=False)
         prompt_ids = [e.ids for e in encodings[: len(keys)]]
         return [(prompt_ids[slot], e.ids) for slot, e in zip(prompt_of, encodings[len(keys) :])]

@@ -74,7 +74,7 @@ def _common_prefix(a: str, b: str) -> int:
     return lo
 
 
-def _starting_before(offsets: list[tuple[int, int]], boundary: int) -> int:
+def starting_before(offsets: list[tuple[int, int]], boundary: int) -> int:
     """How many tokens start before character `boundary` (offsets are in order)."""
     count = 0
     for start, _ in offsets:
@@ -123,13 +123,13 @@ class TemplateRows:
         for plan, text, ok, encoding in zip(plan_of, texts, spliced, encodings):
             ids = encoding.ids
             if ok and ids and ids[0] == plan.ids[plan.seam]:  # type: ignore[index]
-                in_prompt = _starting_before(encoding.offsets, len(plan.text) - plan.seam_char)
+                in_prompt = starting_before(encoding.offsets, len(plan.text) - plan.seam_char)
                 out.append((plan.ids[: plan.seam] + ids[:in_prompt], ids[in_prompt:]))
                 continue
             if ok:  # the seam did not hold (cannot happen with tokenizers' splitting): tokenize the text whole
                 encoding = self.tokenizer.encode(text, add_special_tokens=False)
                 ids = encoding.ids
-            in_prompt = _starting_before(encoding.offsets, _common_prefix(plan.text, text))
+            in_prompt = starting_before(encoding.offsets, _common_prefix(plan.text, text))
             out.append((ids[:in_prompt], ids[in_prompt:]))
         return out
 

@@ -82,6 +82,28 @@ def test_imported_manifest_says_what_it_is_and_where_it_came_from(imported):
     assert check_golden(bundle, OnnxRewardModel(str(bundle.model_path), device="cpu"), bundle.encoder()) <= 1e-3
 
 
+def test_a_decoder_without_a_chat_template_scores_prompt_and_response_as_one_text(tmp_path):
+    """Such a model's users tokenized prompt + response as one string (BOS first, from the tokenizer): the
+    bundle does the same (join "text"), where tokenizing them apart changed Mistral's first response token."""
+    source = make_hub_model(tmp_path / "hub", "mistral", seed=3)
+    tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
+    del tokenizer_config["chat_template"]
+    (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    report = import_model(source, tmp_path / "bundle", max_length=MAX_LENGTH)
+    spec = report.bundle.manifest.input
+    assert (spec.join, spec.chat_template, spec.eos_id, report.bundle.manifest.format_version) == ("text", None, None, 2)
+    assert "no chat template" in report.summary()
+    rows = [("Human: can you help with a lock ?\n\nAssistant:", " sure , one two three ."),
+            ("hello there , how are you ?", " i am fine thanks ."), ("hi", "no")]
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(source))
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(str(source), dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = [model(**hf_tokenizer(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in rows]
+    encoder = report.bundle.encoder()
+    scores = OnnxRewardModel(str(report.bundle.model_path), device="cpu")(encoder.pad(encoder.encode(rows)))
+    assert scores == pytest.approx(expected, abs=1e-4)
+
+
 def test_the_source_digest_covers_config_and_weights(tmp_path):
     source = make_hub_model(tmp_path / "hub", "qwen2")
     before = source_digest(source)

@@ -193,6 +193,30 @@ def test_no_template_rows_equal_the_tokenizers_own_pair_and_single_encoding(name
             assert row.ids == expected
 
 
+@pytest.mark.parametrize("name", ["mistral", "gemma2", "qwen2", "llama"])
+def test_text_join_rows_are_prompt_and_response_tokenized_as_one_text(name):
+    """A decoder imported without a chat template reads prompt text + response text as one string, as its
+    users tokenized it; tokenizing them apart gives a SentencePiece tokenizer (Mistral's prepends a space
+    to a text) a different first response token."""
+    tokenizer, _ = build_tokenizer(name)
+    joined = InputEncoder(tokenizer, InputSpec(max_length=512, join="text"))
+    apart = InputEncoder(tokenizer, InputSpec(max_length=512, join="concat"))
+    rows = [(prompt, " " + response) for prompt, response in CONVERSATIONS[:-1]]
+    encoded = joined.encode(rows + [(rows[0][0], " another answer"), (rows[0][0], "")])
+    for (prompt, response), row in zip(rows + [(rows[0][0], " another answer"), (rows[0][0], "")], encoded):
+        text = prompt if isinstance(prompt, str) else render_prompt(prompt, joined.spec)
+        assert row.ids == tokenizer.encode(text + response).ids and not row.truncated
+    if name == "mistral":
+        assert any(row.ids != other.ids for row, other in zip(encoded, apart.encode(rows)))
+    # Truncation still cuts the prompt from the left and keeps the end of the response.
+    short = InputEncoder(tokenizer, InputSpec(max_length=24, join="text"))
+    prompt, response = "one two three four five six seven eight nine ten " * 6, " the end survives ."
+    [row] = short.encode([(prompt, response)])
+    whole = tokenizer.encode(prompt + response, add_special_tokens=False).ids
+    assert len(row.ids) == 24 and row.prompt_tokens_cut > 0 and row.response_tokens_cut == 0
+    assert row.ids[-len(whole[-5:]):] == whole[-5:]
+
+
 def test_preformatted_text_is_tokenized_as_is_and_cut_from_the_left(family):
     name, hf, encoder = family
     prompt, response = CONVERSATIONS[0]

@@ -35,10 +35,10 @@ def split_at_response_prefix(text: str, spec: InputSpec, field: str, advice: str
 
 def formatted_row(text: str, spec: InputSpec, field: str, advice: str) -> Row:
     """The row of a whole formatted conversation. A bundle with a chat template, or one that joins prompt
-    and response into one sequence, scores the text as it is (the core's PREFORMATTED row: tokenized as
+    and response into one sequence (join concat or text), scores the text as it is (the core's PREFORMATTED row: tokenized as
     is, cut from the left, never rendered again). A pair-template bundle needs prompt and response apart,
     so the text is split after its response prefix."""
-    if spec.chat_template is not None or spec.join == "concat":
+    if spec.chat_template is not None or spec.join != "pair":
         return Row(PREFORMATTED, text, field)
     return split_at_response_prefix(text, spec, field, advice)
 
