@@ -4,8 +4,9 @@ and common.py; this module only speaks HTTP.
 
 A client takes one URL, several, or `dns:///host:port` (endpoints.py): each request goes to the next
 replica in turn, and one that refuses the connection, closes it before answering, or answers 503 or 429
-is followed at once by the same request to another replica (scoring has no side effects, so sending a
-request twice is safe)."""
+is followed at once by the same request to another replica, one this request has not tried yet (scoring
+has no side effects, so sending a request twice is safe). A 429 makes its replica busy for its
+Retry-After: the others are preferred meanwhile."""
 
 from __future__ import annotations
 
@@ -124,9 +125,14 @@ class _HttpTransport:
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _sent(self, base: str, response: httpx.Response) -> Any:
-        if response.status_code == 503:
+        try:
+            return _answer(response)
+        except Unavailable:
             self.endpoints.failed(base)
-        return _answer(response)
+            raise
+        except Overloaded as refused:
+            self.endpoints.busy(base, refused.retry_after)
+            raise
 
     def _lost(self, base: str, error: httpx.TransportError) -> RmserveError:
         failure = _transport_error(error, base)
@@ -160,8 +166,10 @@ class RewardClient(_HttpTransport, BlockingCalls):
         self._http.close()
 
     def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        tried: set[str] = set()
+
         def send(left: float | None) -> Any:
-            base = self.endpoints.pick()
+            base = self.endpoints.pick(tried)
             try:
                 response = self._http.request(method, base + path, json=body, timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
@@ -202,8 +210,10 @@ class AsyncRewardClient(_HttpTransport, AsyncCalls):
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        tried: set[str] = set()
+
         async def send(left: float | None) -> Any:
-            base = await self.endpoints.apick()
+            base = await self.endpoints.apick(tried)
             try:
                 response = await self._http.request(method, base + path, json=body,
                                                     timeout=_timeout(left, self.connect_timeout))
