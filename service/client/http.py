@@ -6,7 +6,8 @@ A client takes one URL, several, or `dns:///host:port` (endpoints.py): each requ
 replica in turn, and one that refuses the connection, closes it before answering, or answers 503 or 429
 is followed at once by the same request to another replica, one this request has not tried yet (scoring
 has no side effects, so sending a request twice is safe). A 429 makes its replica busy for its
-Retry-After: the others are preferred meanwhile."""
+Retry-After: the others are preferred meanwhile. Each request carries the call's remaining time in
+`X-Request-Timeout`, so that the server drops its rows once the caller has stopped waiting."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from rmserve.client.common import (
 )
 from rmserve.client.endpoints import HttpEndpoints
 
+TIMEOUT_HEADER = "X-Request-Timeout"  # the server's name for a request's deadline, in seconds
 _ERRORS: dict[int, type[RmserveError]] = {422: InvalidRequest, 401: Unauthenticated, 429: Overloaded,
                                           503: Unavailable, 504: DeadlineExceeded}
 
@@ -108,6 +110,12 @@ def _timeout(left: float | None, connect: float) -> httpx.Timeout:
     return httpx.Timeout(left, connect=connect if left is None else min(left, connect))
 
 
+def _deadline_header(left: float | None) -> dict[str, str] | None:
+    """The call's remaining time, for the server to drop the request's queued rows once it has passed (as a
+    gRPC deadline does); at least a millisecond, since the server refuses a timeout of 0."""
+    return None if left is None else {TIMEOUT_HEADER: f"{max(left, 0.001):.3f}"}
+
+
 def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
                 items: Sequence[tuple[Prompt, str]] | None, values: str) -> dict[str, Any]:
     if items is not None:
@@ -171,7 +179,8 @@ class RewardClient(_HttpTransport, BlockingCalls):
         def send(left: float | None) -> Any:
             base = self.endpoints.pick(tried)
             try:
-                response = self._http.request(method, base + path, json=body, timeout=_timeout(left, self.connect_timeout))
+                response = self._http.request(method, base + path, json=body, headers=_deadline_header(left),
+                                              timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
                 raise self._lost(base, e) from None
             return self._sent(base, response)
@@ -215,7 +224,7 @@ class AsyncRewardClient(_HttpTransport, AsyncCalls):
         async def send(left: float | None) -> Any:
             base = await self.endpoints.apick(tried)
             try:
-                response = await self._http.request(method, base + path, json=body,
+                response = await self._http.request(method, base + path, json=body, headers=_deadline_header(left),
                                                     timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
                 raise self._lost(base, e) from None

@@ -144,3 +144,13 @@ def test_the_async_client_splits_again_too():
     assert result.rewards == [1.0, 2.0, 3.0, 4.0, 5.0] and limit == 2
     assert server.sent.count("model") == 1 and sorted(n for n in server.sent if n != "model")[-3:] == [2, 2, 4]
 
+
+def test_the_calls_remaining_time_travels_as_x_request_timeout():
+    server = Server(limit=8)
+    client = server.sync_client(timeout=30)
+    client.score("p", RESPONSES)
+    sent = [float(h["x-request-timeout"]) for h in server.headers]
+    assert len(sent) == 2 and all(0 < seconds <= 30 for seconds in sent)
+    server.headers.clear()
+    client.score("p", RESPONSES, timeout=None)
+    assert "x-request-timeout" not in server.headers[0]
