@@ -154,3 +154,17 @@ def test_the_calls_remaining_time_travels_as_x_request_timeout():
     server.headers.clear()
     client.score("p", RESPONSES, timeout=None)
     assert "x-request-timeout" not in server.headers[0]
+
+
+def test_a_grpc_channel_tries_a_restarted_server_again_within_what_the_default_retries_wait():
+    """gRPC fails calls at once while it waits to reconnect, and by default that wait grows to 120 s: a
+    replica back from an outage would see calls fail after the client's retries were spent. The channel's
+    cap must stay below the shortest total wait of the default RetryPolicy."""
+    from rmserve.client import RetryPolicy
+    from rmserve.client.grpc import _CHANNEL_OPTIONS
+
+    policy = RetryPolicy()
+    shortest_total = sum(min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** attempt)
+                         * (1 - policy.jitter) for attempt in range(policy.max_retries))
+    cap_ms = dict(_CHANNEL_OPTIONS).get("grpc.max_reconnect_backoff_ms")
+    assert cap_ms is not None and cap_ms / 1000 < shortest_total / 2, (cap_ms, shortest_total)
