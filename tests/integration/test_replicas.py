@@ -13,7 +13,13 @@ import threading
 import httpx
 import pytest
 
-from rmserve.client import AsyncRewardClient, GrpcRewardClient, RetryPolicy, RewardClient
+from rmserve.client import (
+    AsyncGrpcRewardClient,
+    AsyncRewardClient,
+    GrpcRewardClient,
+    RetryPolicy,
+    RewardClient,
+)
 from tests.conftest import make_tiny_bundle
 from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server
@@ -108,17 +114,19 @@ def test_stopping_a_replica_mid_run_loses_no_call(bundle, protocol):
     assert all(r == pytest.approx(expected, abs=1e-5) for r in results), sorted({tuple(r) for r in results})
 
 
-def refused(server) -> float:
+def refused(server, protocol: str) -> float:
     text = httpx.get(server.url + "/metrics", timeout=10).text
-    line = 'rmserve_requests_total{endpoint="/score",outcome="overloaded",protocol="http"}'
+    line = f'rmserve_requests_total{{endpoint="{ENDPOINT[protocol]}",outcome="overloaded",protocol="{protocol}"}}'
     return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
 
 
 @pytest.mark.holds_engine
-def test_a_chunk_refused_by_a_full_replica_goes_to_the_free_one_at_once(bundle, pair):
-    """The full replica holds one row in its engine and one queued (max_queue_rows=1), so it answers 429;
-    an asyncio call of two chunks sends one to each replica together, and the refused chunk's failover
-    must go to the free replica (the other chunk moved the client's turn back onto the full one)."""
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_chunk_refused_by_a_full_replica_goes_to_the_free_one_at_once(bundle, pair, protocol):
+    """The full replica holds one row in its engine and one queued (max_queue_rows=1), so it answers
+    429 / RESOURCE_EXHAUSTED; an asyncio call of two chunks sends one to each replica together, and the
+    refused chunk's failover must go to the free replica (the other chunk moved the client's turn back onto
+    the full one; gRPC's round_robin over one channel could not be told which replica refused)."""
     gate = EngineGate()
     free = pair[0]
     with running_server(bundle, gate=gate, max_queue_rows=1) as full:
@@ -131,16 +139,17 @@ def test_a_chunk_refused_by_a_full_replica_goes_to_the_free_one_at_once(bundle, 
         wait_until(lambda: "rmserve_queue_depth 1.0" in httpx.get(full.url + "/metrics").text, "a row to be queued")
         waits: list[float] = []
         policy = RetryPolicy(on_retry=lambda attempt, delay, error: waits.append(delay))
-        refused_before = refused(full)
+        refused_before = refused(full, protocol)
+        options = {"max_responses_per_request": 1, "max_concurrent_chunks": 2, "retry": policy}
 
         async def call():
-            async with AsyncRewardClient([full.url, free.url], max_responses_per_request=1, max_concurrent_chunks=2,
-                                         retry=policy) as client:
+            async with (AsyncRewardClient([full.url, free.url], **options) if protocol == "http" else
+                        AsyncGrpcRewardClient([full.grpc_target, free.grpc_target], **options)) as client:
                 return await client.score(PROMPT, RESPONSES)
 
         try:
             result = asyncio.run(call())
-            refusals = refused(full) - refused_before
+            refusals = refused(full, protocol) - refused_before
         finally:
             gate.release()
             for thread in busy:

@@ -11,7 +11,7 @@ import pytest
 
 from rmserve.client import InvalidRequest, RetryPolicy, Unavailable, connect
 from rmserve.client.common import Deadline, call_with_retries
-from rmserve.client.endpoints import HttpEndpoints, grpc_target, split_endpoints
+from rmserve.client.endpoints import HttpEndpoints, grpc_targets, split_endpoints
 
 
 def test_endpoints_come_as_a_list_or_with_commas():
@@ -72,19 +72,18 @@ def test_a_name_with_no_address_is_unavailable(monkeypatch):
         HttpEndpoints("dns:///no-port")
 
 
-def test_grpc_targets_for_one_name_or_a_list(monkeypatch):
-    fake_resolver(monkeypatch, {"rm-0": ["10.1.0.5"]})
-    assert grpc_target("dns:///rm-headless:50051") == ("dns:///rm-headless:50051", 1)
-    assert grpc_target("127.0.0.1:50051") == ("127.0.0.1:50051", 1)
-    assert grpc_target(["127.0.0.1:1", "rm-0:2"]) == ("ipv4:127.0.0.1:1,10.1.0.5:2", 2)
-    assert grpc_target("[::1]:1,[::2]:2") == ("ipv6:[::1]:1,[::2]:2", 2)
-    with pytest.raises(ValueError, match="IPv4 and IPv6"):
-        grpc_target(["127.0.0.1:1", "[::1]:2"])
+def test_grpc_targets_for_one_name_or_a_list():
+    assert grpc_targets("dns:///rm-headless:50051") == ["dns:///rm-headless:50051"]
+    assert grpc_targets("127.0.0.1:50051") == ["127.0.0.1:50051"]
+    assert grpc_targets(["127.0.0.1:1", "rm-0:2"]) == ["127.0.0.1:1", "rm-0:2"]
+    assert grpc_targets("[::1]:1,127.0.0.1:2") == ["[::1]:1", "127.0.0.1:2"]
+    with pytest.raises(ValueError, match="host:port"):
+        grpc_targets(["127.0.0.1:1", "rm-0"])
 
 
 def test_connect_picks_the_protocol_for_lists_too():
     with connect(["grpc://127.0.0.1:1", "grpc://127.0.0.1:2"]) as client:
-        assert client.target == "ipv4:127.0.0.1:1,127.0.0.1:2" and client.replicas == 2
+        assert client.target == "127.0.0.1:1,127.0.0.1:2" and len(client.replicas) == 2
     with connect("http://127.0.0.1:1,http://127.0.0.1:2") as client:
         assert client.url == "http://127.0.0.1:1,http://127.0.0.1:2" and len(client.endpoints) == 2
     with pytest.raises(ValueError, match="mixes"):
@@ -232,3 +231,50 @@ def test_a_chunk_refused_with_429_fails_over_to_the_free_replica_not_back_to_the
     refused = next(row for host, row in sent[:2] if host == "a")
     assert sent[2] == ("b", refused), sent  # the refused chunk went to the free replica
     assert waits == [] and result.requests == 3
+
+
+def test_a_grpc_call_refused_with_resource_exhausted_goes_to_a_replica_it_has_not_tried():
+    """One channel per listed target: a's refusal (while another call moved the turn on) is sent to b, and
+    a is avoided for its Retry-After; b's UNAVAILABLE leaves it out."""
+    import grpc
+
+    from rmserve.client import GrpcRewardClient
+    from rmserve.proto import reward_pb2 as pb
+
+    class Refusal(grpc.RpcError):
+        def __init__(self, code, retry_after=None):
+            self._code, self._retry_after = code, retry_after
+
+        def code(self):
+            return self._code
+
+        def details(self):
+            return "queue full"
+
+        def trailing_metadata(self):
+            return (("retry-after", self._retry_after),) if self._retry_after else ()
+
+    sent: list[str] = []
+    client = GrpcRewardClient("127.0.0.1:1,127.0.0.1:2", max_responses_per_request=8)
+
+    class Stub:
+        def __init__(self, target, refusals):
+            self.target, self.refusals = target, list(refusals)
+
+        def GetModelInfo(self, request, timeout=None, metadata=()):
+            sent.append(self.target)
+            if self.refusals:
+                client.replicas.pick()  # another call's pick moves the turn on meanwhile
+                raise self.refusals.pop(0)
+            return pb.ModelInfo(provider=self.target, manifest_json="{}")
+
+    a, b = "127.0.0.1:1", "127.0.0.1:2"
+    client._stubs = {a: Stub(a, [Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "30")]), b: Stub(b, [])}
+    assert client.model_info().provider == b
+    assert sent == [a, b]
+    assert {client.replicas.pick() for _ in range(4)} == {b}  # a is busy for its Retry-After
+    client._stubs[b].refusals = [Refusal(grpc.StatusCode.UNAVAILABLE)]
+    sent.clear()
+    assert client.model_info().provider == a
+    assert sent == [b, a] and client.replicas.live() == 1
+    client.close()
