@@ -39,8 +39,10 @@ from rmserve.client.common import (
 from rmserve.client.endpoints import HttpEndpoints
 
 TIMEOUT_HEADER = "X-Request-Timeout"  # the server's name for a request's deadline, in seconds
+# 502: a proxy in front of a replica (an ingress) that could not reach it, e.g. while it restarts: what gRPC
+# reports as UNAVAILABLE, and retried as such (rmserve itself never answers 502).
 _ERRORS: dict[int, type[RmserveError]] = {422: InvalidRequest, 401: Unauthenticated, 429: Overloaded,
-                                          503: Unavailable, 504: DeadlineExceeded}
+                                          502: Unavailable, 503: Unavailable, 504: DeadlineExceeded}
 
 
 def _prompt_json(prompt: Prompt) -> Any:

@@ -168,3 +168,28 @@ def test_a_grpc_channel_tries_a_restarted_server_again_within_what_the_default_r
                          * (1 - policy.jitter) for attempt in range(policy.max_retries))
     cap_ms = dict(_CHANNEL_OPTIONS).get("grpc.max_reconnect_backoff_ms")
     assert cap_ms is not None and cap_ms / 1000 < shortest_total / 2, (cap_ms, shortest_total)
+
+
+def test_a_proxys_502_is_unavailable_as_grpc_reports_it_and_goes_to_another_replica():
+    """An ingress in front of a restarting replica answers 502 with a page of its own; gRPC would say
+    UNAVAILABLE. The request goes to the next replica, and the error, once retries are spent, says why."""
+    from rmserve.client import NO_RETRIES, Unavailable
+
+    server = Server(limit=8)
+    hosts: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        hosts.append(request.url.host)
+        if request.url.host == "restarting":
+            return httpx.Response(502, text="<html>502 Bad Gateway</html>")
+        return server.answer(request)
+
+    client = RewardClient(["http://restarting:1", "http://up:2"], max_responses_per_request=8)
+    client._http = httpx.Client(transport=httpx.MockTransport(answer))
+    assert client.score("p", RESPONSES).rewards == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert hosts == ["restarting", "up"]
+    alone = RewardClient("http://restarting:1", max_responses_per_request=8, retry=NO_RETRIES)
+    alone._http = httpx.Client(transport=httpx.MockTransport(answer))
+    with pytest.raises(Unavailable) as refused:
+        alone.score("p", RESPONSES)
+    assert refused.value.status == 502 and "502 Bad Gateway" in refused.value.message
