@@ -312,19 +312,18 @@ def test_a_client_calls_timeout_is_the_servers_deadline_for_it_over_both_protoco
     busy = occupy_engine(slow, gate)
     client = RewardClient(slow.url, retry=NO_RETRIES) if protocol == "http" else \
         GrpcRewardClient(slow.grpc_target, retry=NO_RETRIES)
-    try:
-        with client, cf.ThreadPoolExecutor(1) as pool:
+    with client, cf.ThreadPoolExecutor(1) as pool:
+        try:
             client.max_responses_per_request = 8  # no model-info request
             call = pool.submit(client.score, "a", ["patient"], timeout=60)
             wait_until(lambda: metric(slow, "rmserve_queue_depth") == 1, "the client's row to be queued")
             without = httpx.post(slow.url + "/score", json={"prompt": "a", "response": "hasty"}, timeout=30)
             assert without.status_code == 504  # queued after the client's row, it met the 0.5 s default
             assert metric(slow, "rmserve_queue_depth") == 1, "the client's row is still queued"
+        finally:  # before the pool waits for the call: its row is behind the held batch
             gate.release()
-            assert len(call.result(timeout=60).rewards) == 1
-    finally:
-        gate.release()
-        busy.join(60)
+            busy.join(60)
+        assert len(call.result(timeout=60).rewards) == 1
 
 
 @pytest.mark.holds_engine
