@@ -4,11 +4,17 @@
 max_responses_per_request, merging) are the same whether the bytes go over HTTP or gRPC; a transport
 client supplies only `_send_score`, `_send_compare` and `_send_model_info` (one request each, with its
 retries) and mixes in `BlockingCalls` or `AsyncCalls`.
+
+The limit is read from the server once and kept; a server redeployed (or a replica rolled out) with a
+smaller one refuses a request for holding too many responses, naming its limit. The call then reads the
+limit again, and when it is smaller than the chunks it sent, sends the whole call again once, in chunks
+of the new limit (never more than once: a second refusal reaches the caller).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +23,7 @@ from rmserve.client.common import (
     DEFAULT_MAX_RESPONSES,
     CompareResult,
     Deadline,
+    InvalidRequest,
     ModelInfo,
     Prompt,
     RetryPolicy,
@@ -27,6 +34,22 @@ from rmserve.client.common import (
 )
 
 Items = Sequence[tuple[Prompt, str]]
+# How the server words a request over its max_responses_per_request (service/core/scoring.py, `validate`).
+_OVER_THE_LIMIT = re.compile(r"\b(\d+) responses in one request; the limit is (\d+)\b")
+
+
+def limit_named_by(error: RmserveError) -> int | None:
+    """When `error` refused a request for holding more responses than the server takes, the limit it names
+    (0 when it names none: an HTTP body with more arrays and objects than that many responses may hold);
+    else None."""
+    if not isinstance(error, InvalidRequest):
+        return None
+    named = _OVER_THE_LIMIT.search(error.message)
+    if named and error.field in ("responses", "items"):
+        return int(named.group(2))
+    if error.field == "body" and "max_responses_per_request" in error.message:
+        return 0
+    return None
 
 
 class ClientOptions:
@@ -46,6 +69,15 @@ class ClientOptions:
         if info is None:
             return DEFAULT_MAX_RESPONSES  # the server did not say: asked again next call
         self.max_responses_per_request = info.max_responses_per_request or DEFAULT_MAX_RESPONSES
+        return self.max_responses_per_request
+
+    def _smaller_limit(self, named: int, info: ModelInfo | None, sent: int) -> int | None:
+        """The limit to send a refused call again with: the smaller of the one the refusal named and the one
+        the server now reports, when it is below the `sent` responses per request; else None."""
+        told = [limit for limit in (named, info.max_responses_per_request if info else None) if limit]
+        if not told or min(told) >= sent:
+            return None
+        self.max_responses_per_request = min(told)
         return self.max_responses_per_request
 
 
@@ -87,7 +119,25 @@ class BlockingCalls(ClientOptions):
 
     def _score(self, prompt: Prompt | None, rows: list, items: bool, values: str, timeout: Any) -> ScoreResult:
         deadline = self._deadline(timeout)
-        parts, asked = plan(len(rows), self._limit(deadline), values, not items)
+        limit = self._limit(deadline)
+        try:
+            return self._score_in_chunks(prompt, rows, items, values, limit, deadline)
+        except InvalidRequest as refused:
+            named = limit_named_by(refused)
+            if named is None:
+                raise
+            try:
+                info = self._send_model_info(deadline)
+            except (RmserveError, KeyError):
+                info = None
+            smaller = self._smaller_limit(named, info, min(limit, len(rows)))
+            if smaller is None:
+                raise
+        return self._score_in_chunks(prompt, rows, items, values, smaller, deadline)
+
+    def _score_in_chunks(self, prompt: Prompt | None, rows: list, items: bool, values: str, limit: int,
+                         deadline: Deadline) -> ScoreResult:
+        parts, asked = plan(len(rows), limit, values, not items)
         answers = [self._send_score(*_part(prompt, rows, items, part), asked, deadline) for part in parts]
         return answers[0] if len(answers) == 1 else merge(answers, values, not items)
 
@@ -132,7 +182,25 @@ class AsyncCalls(ClientOptions):
 
     async def _score(self, prompt: Prompt | None, rows: list, items: bool, values: str, timeout: Any) -> ScoreResult:
         deadline = self._deadline(timeout)
-        parts, asked = plan(len(rows), await self._limit(deadline), values, not items)
+        limit = await self._limit(deadline)
+        try:
+            return await self._score_in_chunks(prompt, rows, items, values, limit, deadline)
+        except InvalidRequest as refused:
+            named = limit_named_by(refused)
+            if named is None:
+                raise
+            try:
+                info = await self._send_model_info(deadline)
+            except (RmserveError, KeyError):
+                info = None
+            smaller = self._smaller_limit(named, info, min(limit, len(rows)))
+            if smaller is None:
+                raise
+        return await self._score_in_chunks(prompt, rows, items, values, smaller, deadline)
+
+    async def _score_in_chunks(self, prompt: Prompt | None, rows: list, items: bool, values: str, limit: int,
+                               deadline: Deadline) -> ScoreResult:
+        parts, asked = plan(len(rows), limit, values, not items)
         gate = asyncio.Semaphore(self.max_concurrent_chunks)
 
         async def one(part: slice) -> ScoreResult:

@@ -169,8 +169,8 @@ Replicas = int | Callable[[], int]  # how many, or how many are live now (not si
 
 def _failover(error: RmserveError, policy: RetryPolicy, failed_in_a_row: int, replicas: Replicas) -> bool:
     """Whether to send again at once: the error may not recur on another replica, and some live replica has
-    not been tried since the last wait (each send goes to the next replica in turn). A replica that answered
-    429 stays live: with no other live one, the call waits for the backoff and Retry-After instead."""
+    not been tried since the last wait (each send goes to a replica the request has not tried). A replica
+    that answered 429 stays live: with no other live one, the call waits for the backoff and Retry-After."""
     live = replicas() if callable(replicas) else replicas
     return error.retryable and policy.max_retries > 0 and failed_in_a_row < live
 

@@ -5,16 +5,17 @@ retries, deadlines and splitting as the HTTP clients. Each keeps one channel (on
 server address, multiplexing concurrent calls); a call's remaining deadline travels with each RPC, so the
 server drops its queued rows once it has passed.
 
-The channel balances calls with gRPC's `round_robin` policy over every address of its target: a name
-that resolves to several addresses (`dns:///host:port`, e.g. a Kubernetes headless Service), or a list of
-host:port (endpoints.py). A call refused with UNAVAILABLE or RESOURCE_EXHAUSTED by one of several listed
-replicas is sent again at once, to the next.
+A channel balances calls with gRPC's `round_robin` policy over every address of its target (a name that
+resolves to several addresses: `dns:///host:port`, e.g. a Kubernetes headless Service). A list of targets
+is one channel each, taken in turn (endpoints.py `Replicas`): a call refused with UNAVAILABLE or
+RESOURCE_EXHAUSTED by one is sent again at once to another it has not tried, and the refusing one is left
+out (UNAVAILABLE) or avoided for its Retry-After (RESOURCE_EXHAUSTED) meanwhile, as the HTTP client does.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -39,7 +40,7 @@ from rmserve.client.common import (
     call_with_retries,
     parse_retry_after,
 )
-from rmserve.client.endpoints import grpc_target
+from rmserve.client.endpoints import Replicas, grpc_targets
 from rmserve.proto import reward_pb2 as pb
 from rmserve.proto import reward_pb2_grpc as pb_grpc
 
@@ -55,9 +56,13 @@ _ERRORS: dict[grpc.StatusCode, type[RmserveError]] = {
 }
 # The server sends up to 8 MiB by default (--grpc-max-message-bytes); leave room for a larger setting.
 # round_robin: one subchannel per address, calls spread over the ready ones (gRPC's default, pick_first,
-# would send everything to one replica).
+# would send everything to one replica). Reconnecting: gRPC waits 1 s, then 1.6 times longer after each
+# failed attempt, up to 120 s, and meanwhile fails every call at once with UNAVAILABLE; after a replica was
+# down 20 s, calls still failed 5.8 s after it was back (measured with grpcio 1.85), more than the default
+# RetryPolicy waits in all, and a longer outage would fail calls for up to two minutes. Capped at 2 s.
+_RECONNECT_BACKOFF_MS = 2000
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
-                    ("grpc.lb_policy_name", "round_robin")]
+                    ("grpc.lb_policy_name", "round_robin"), ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS)]
 
 
 def _prompt(prompt: Prompt) -> pb.Prompt:
@@ -111,6 +116,29 @@ def _error(error: grpc.RpcError) -> RmserveError:
     return kind(details, status=code.name, field=field, retry_after=parse_retry_after(trailing.get("retry-after")))
 
 
+class _GrpcTransport:
+    """The channels of a gRPC client (one per target) and how a call picks one and learns from its answer."""
+
+    def _init_channels(self, target: str | Sequence[str], open_channel: Callable[[str], Any]) -> None:
+        targets = grpc_targets(target)
+        self.target = ",".join(targets)
+        self._channels = {t: open_channel(t) for t in targets}
+        self._stubs = {t: pb_grpc.RewardModelStub(channel) for t, channel in self._channels.items()}
+        self.replicas = Replicas(targets)
+
+    def _rpc(self, method: str, tried: set[str]) -> tuple[str, Any]:
+        target = self.replicas.pick(tried)
+        return target, getattr(self._stubs[target], method)
+
+    def _refused(self, target: str, error: grpc.RpcError) -> RmserveError:
+        failure = _error(error)
+        if isinstance(failure, Unavailable):
+            self.replicas.failed(target)
+        elif isinstance(failure, Overloaded):
+            self.replicas.busy(target, failure.retry_after)
+        return failure
+
+
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
@@ -128,20 +156,17 @@ def _compare_request(prompt: Prompt, response_a: str, response_b: str) -> pb.Com
     return pb.CompareRequest(prompt=_prompt(prompt), response_a=response_a, response_b=response_b)
 
 
-class GrpcRewardClient(BlockingCalls):
-    """Blocking gRPC client on one channel; `credentials` (grpc.ssl_channel_credentials()) for TLS.
-    `target`: "host:port", "dns:///host:port", or several host:port (a list or commas)."""
+class GrpcRewardClient(_GrpcTransport, BlockingCalls):
+    """Blocking gRPC client on one channel per target; `credentials` (grpc.ssl_channel_credentials()) for
+    TLS. `target`: "host:port", "dns:///host:port", or several of them (a list or commas)."""
 
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
                  max_responses_per_request: int | None = None, credentials: grpc.ChannelCredentials | None = None):
-        super().__init__(timeout, retry, max_responses_per_request)
-        target, self.replicas = grpc_target(target)
-        self.target = target
+        BlockingCalls.__init__(self, timeout, retry, max_responses_per_request)
         self.metadata = _metadata(api_key)
-        self._channel = (grpc.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
-                         else grpc.insecure_channel(target, _CHANNEL_OPTIONS))
-        self._stub = pb_grpc.RewardModelStub(self._channel)
+        self._init_channels(target, lambda t: grpc.secure_channel(t, credentials, _CHANNEL_OPTIONS) if credentials
+                            else grpc.insecure_channel(t, _CHANNEL_OPTIONS))
 
     def __enter__(self) -> GrpcRewardClient:
         return self
@@ -150,18 +175,20 @@ class GrpcRewardClient(BlockingCalls):
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels.values():
+            channel.close()
 
     def _call(self, method: str, request: Any, deadline: Deadline) -> tuple[Any, int]:
-        rpc = getattr(self._stub, method)
+        tried: set[str] = set()
 
         def send(left: float | None) -> Any:
+            target, rpc = self._rpc(method, tried)
             try:
                 return rpc(request, timeout=left, metadata=self.metadata)
             except grpc.RpcError as e:
-                raise _error(e) from None
+                raise self._refused(target, e) from None
 
-        return call_with_retries(send, self.retry, deadline, self.replicas)
+        return call_with_retries(send, self.retry, deadline, self.replicas.live)
 
     def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline)[0])
@@ -173,20 +200,17 @@ class GrpcRewardClient(BlockingCalls):
         return _compare_result(self._call("Compare", _compare_request(prompt, response_a, response_b), deadline)[0])
 
 
-class AsyncGrpcRewardClient(AsyncCalls):
-    """asyncio gRPC client (grpc.aio) on one channel; create it inside the event loop that uses it."""
+class AsyncGrpcRewardClient(_GrpcTransport, AsyncCalls):
+    """asyncio gRPC client (grpc.aio) on one channel per target; create it inside the event loop that uses it."""
 
     def __init__(self, target: str | Sequence[str] = "127.0.0.1:50051", *, api_key: str | None = None,
                  timeout: float | None = 60.0, retry: RetryPolicy = RetryPolicy(),
                  max_responses_per_request: int | None = None, max_concurrent_chunks: int = 2,
                  credentials: grpc.ChannelCredentials | None = None):
-        super().__init__(timeout, retry, max_responses_per_request, max_concurrent_chunks)
-        target, self.replicas = grpc_target(target)
-        self.target = target
+        AsyncCalls.__init__(self, timeout, retry, max_responses_per_request, max_concurrent_chunks)
         self.metadata = _metadata(api_key)
-        self._channel = (grpc.aio.secure_channel(target, credentials, _CHANNEL_OPTIONS) if credentials
-                         else grpc.aio.insecure_channel(target, _CHANNEL_OPTIONS))
-        self._stub = pb_grpc.RewardModelStub(self._channel)
+        self._init_channels(target, lambda t: grpc.aio.secure_channel(t, credentials, _CHANNEL_OPTIONS)
+                            if credentials else grpc.aio.insecure_channel(t, _CHANNEL_OPTIONS))
 
     async def __aenter__(self) -> AsyncGrpcRewardClient:
         return self
@@ -195,18 +219,20 @@ class AsyncGrpcRewardClient(AsyncCalls):
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels.values():
+            await channel.close()
 
     async def _call(self, method: str, request: Any, deadline: Deadline) -> tuple[Any, int]:
-        rpc = getattr(self._stub, method)
+        tried: set[str] = set()
 
         async def send(left: float | None) -> Any:
+            target, rpc = self._rpc(method, tried)
             try:
                 return await rpc(request, timeout=left, metadata=self.metadata)
             except grpc.RpcError as e:
-                raise _error(e) from None
+                raise self._refused(target, e) from None
 
-        return await acall_with_retries(send, self.retry, deadline, self.replicas)
+        return await acall_with_retries(send, self.retry, deadline, self.replicas.live)
 
     async def _send_model_info(self, deadline: Deadline) -> ModelInfo:
         return _model_info((await self._call("GetModelInfo", pb.GetModelInfoRequest(), deadline))[0])

@@ -4,8 +4,10 @@ and common.py; this module only speaks HTTP.
 
 A client takes one URL, several, or `dns:///host:port` (endpoints.py): each request goes to the next
 replica in turn, and one that refuses the connection, closes it before answering, or answers 503 or 429
-is followed at once by the same request to another replica (scoring has no side effects, so sending a
-request twice is safe)."""
+is followed at once by the same request to another replica, one this request has not tried yet (scoring
+has no side effects, so sending a request twice is safe). A 429 makes its replica busy for its
+Retry-After: the others are preferred meanwhile. Each request carries the call's remaining time in
+`X-Request-Timeout`, so that the server drops its rows once the caller has stopped waiting."""
 
 from __future__ import annotations
 
@@ -36,8 +38,11 @@ from rmserve.client.common import (
 )
 from rmserve.client.endpoints import HttpEndpoints
 
+TIMEOUT_HEADER = "X-Request-Timeout"  # the server's name for a request's deadline, in seconds
+# 502: a proxy in front of a replica (an ingress) that could not reach it, e.g. while it restarts: what gRPC
+# reports as UNAVAILABLE, and retried as such (rmserve itself never answers 502).
 _ERRORS: dict[int, type[RmserveError]] = {422: InvalidRequest, 401: Unauthenticated, 429: Overloaded,
-                                          503: Unavailable, 504: DeadlineExceeded}
+                                          502: Unavailable, 503: Unavailable, 504: DeadlineExceeded}
 
 
 def _prompt_json(prompt: Prompt) -> Any:
@@ -107,6 +112,12 @@ def _timeout(left: float | None, connect: float) -> httpx.Timeout:
     return httpx.Timeout(left, connect=connect if left is None else min(left, connect))
 
 
+def _deadline_header(left: float | None) -> dict[str, str] | None:
+    """The call's remaining time, for the server to drop the request's queued rows once it has passed (as a
+    gRPC deadline does); at least a millisecond, since the server refuses a timeout of 0."""
+    return None if left is None else {TIMEOUT_HEADER: f"{max(left, 0.001):.3f}"}
+
+
 def _score_body(prompt: Prompt | None, responses: Sequence[str] | None,
                 items: Sequence[tuple[Prompt, str]] | None, values: str) -> dict[str, Any]:
     if items is not None:
@@ -124,9 +135,14 @@ class _HttpTransport:
         self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     def _sent(self, base: str, response: httpx.Response) -> Any:
-        if response.status_code == 503:
+        try:
+            return _answer(response)
+        except Unavailable:
             self.endpoints.failed(base)
-        return _answer(response)
+            raise
+        except Overloaded as refused:
+            self.endpoints.busy(base, refused.retry_after)
+            raise
 
     def _lost(self, base: str, error: httpx.TransportError) -> RmserveError:
         failure = _transport_error(error, base)
@@ -160,10 +176,13 @@ class RewardClient(_HttpTransport, BlockingCalls):
         self._http.close()
 
     def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        tried: set[str] = set()
+
         def send(left: float | None) -> Any:
-            base = self.endpoints.pick()
+            base = self.endpoints.pick(tried)
             try:
-                response = self._http.request(method, base + path, json=body, timeout=_timeout(left, self.connect_timeout))
+                response = self._http.request(method, base + path, json=body, headers=_deadline_header(left),
+                                              timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
                 raise self._lost(base, e) from None
             return self._sent(base, response)
@@ -202,10 +221,12 @@ class AsyncRewardClient(_HttpTransport, AsyncCalls):
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, deadline: Deadline, body: Any = None) -> tuple[Any, int]:
+        tried: set[str] = set()
+
         async def send(left: float | None) -> Any:
-            base = await self.endpoints.apick()
+            base = await self.endpoints.apick(tried)
             try:
-                response = await self._http.request(method, base + path, json=body,
+                response = await self._http.request(method, base + path, json=body, headers=_deadline_header(left),
                                                     timeout=_timeout(left, self.connect_timeout))
             except httpx.TransportError as e:
                 raise self._lost(base, e) from None

@@ -38,11 +38,12 @@ class RunningServer:
 
 @contextlib.contextmanager
 def running_server(bundle: Path, timeout: float = 60.0, gate: EngineGate | None = None, host: str = "127.0.0.1",
-                   **settings: str) -> Iterator[RunningServer]:
+                   port: int | None = None, grpc_port: int | None = None, **settings: str) -> Iterator[RunningServer]:
     """`gate`: start the server through the test harness whose engine waits on that gate. `host`: the address
-    it binds (it is reached on 127.0.0.1, or on [::1] when `host` is an IPv6 address)."""
-    port = free_port()
-    grpc_port = free_port()
+    it binds (it is reached on 127.0.0.1, or on [::1] when `host` is an IPv6 address). `port`, `grpc_port`:
+    those of a server that stopped, to start it again where its clients know it (else free ones)."""
+    port = port or free_port()
+    grpc_port = grpc_port or free_port()
     env = {**os.environ, "RMSERVE_DEVICE": "cpu", "RMSERVE_GRPC_PORT": str(grpc_port)}
     env.update({f"RMSERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log = open(Path(bundle).parent / f"server-{port}.log", "w+")

@@ -1,7 +1,8 @@
 """rmserve.client.http against real servers on 127.0.0.1 (tiny bundle): the four clients give the same typed
 answers as the raw API; long lists are split at the server's max_responses_per_request and merged with
 group statistics over the whole list; 429 / RESOURCE_EXHAUSTED are retried, honoring Retry-After;
-deadlines end calls; validation errors name the field and are not retried."""
+deadlines end calls; validation errors name the field and are not retried; a server restarted at the same
+address with a smaller limit is reached again and the limit read again."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ from rmserve.client import (
     RetryPolicy,
     RewardClient,
     RmserveError,
+    Unavailable,
     connect,
 )
 from rmserve.group_stats import GROUP_EPS
 from tests.conftest import make_tiny_bundle
-from tests.integration.server import running_server
+from tests.integration.server import free_port, running_server
+from tests.waiting import wait_until
 
 PROMPT = "\n\nHuman: how are you today?\n\nAssistant:"
 RESPONSES = [f" {w} i am fine" for w in "one two three four five six seven eight nine ten".split()]
@@ -235,3 +238,25 @@ def test_a_split_call_answers_as_the_whole_call_where_the_server_combines_verifi
             GrpcRewardClient(server.grpc_target, retry=policy).score(PROMPT, ["x" * 4000])
     assert refused.value.status == "RESOURCE_EXHAUSTED" and not isinstance(refused.value, Overloaded)
     assert retries == []
+
+
+def test_a_server_restarted_with_a_smaller_limit_is_reached_again_and_its_limit_read_again(bundle, reference):
+    """Both clients learned max_responses_per_request 8 from the server; it is redeployed at the same
+    address with 4. Their connection (pool, channel) reaches the new process, and a call split for 8 is
+    refused, the limit read again and the call split again (once), instead of failing on every call."""
+    ports = {"port": free_port(), "grpc_port": free_port()}
+    with running_server(bundle, max_responses_per_request=8, **ports) as old:
+        clients = [RewardClient(old.url), GrpcRewardClient(old.grpc_target)]
+        for client in clients:
+            assert client.score(PROMPT, RESPONSES).requests == 2 and client.max_responses_per_request == 8
+    try:
+        with running_server(bundle, max_responses_per_request=4, **ports):
+            for client in clients:
+                wait_until(lambda c=client: c.model_info(timeout=10), "the client to reach the restarted server",
+                           ignore=(Unavailable, DeadlineExceeded))
+                check_split_group(client.score(PROMPT, RESPONSES, values="group"), reference)
+                assert client.max_responses_per_request == 4
+                assert client.score(PROMPT, RESPONSES).requests == 3  # the new limit is kept
+    finally:
+        for client in clients:
+            client.close()

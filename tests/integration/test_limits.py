@@ -13,6 +13,7 @@ import grpc
 import httpx
 import pytest
 
+from rmserve.client import NO_RETRIES, GrpcRewardClient, RewardClient
 from rmserve.proto import reward_pb2 as pb
 from rmserve.proto import reward_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
@@ -300,6 +301,29 @@ def test_expired_work_is_dropped_before_inference_and_answered_504(slow, gate):
     assert expired + cancelled == 2 + 2 + 1 + 1 and expired >= 2 + 2 + 1, (expired, cancelled)
     # Only the busy request's batch and the long one's ran: the expired rows never reached the engine.
     assert metric(slow, "rmserve_batch_size_count") - batches_before == 2
+
+
+@pytest.mark.holds_engine
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_client_calls_timeout_is_the_servers_deadline_for_it_over_both_protocols(slow, gate, protocol):
+    """The client's 60 s timeout travels with its request (X-Request-Timeout, the gRPC deadline): its row
+    waits behind the busy engine past the server's 0.5 s default, which a request sent after it without a
+    deadline meets, and is scored once the engine is free."""
+    busy = occupy_engine(slow, gate)
+    client = RewardClient(slow.url, retry=NO_RETRIES) if protocol == "http" else \
+        GrpcRewardClient(slow.grpc_target, retry=NO_RETRIES)
+    with client, cf.ThreadPoolExecutor(1) as pool:
+        try:
+            client.max_responses_per_request = 8  # no model-info request
+            call = pool.submit(client.score, "a", ["patient"], timeout=60)
+            wait_until(lambda: metric(slow, "rmserve_queue_depth") == 1, "the client's row to be queued")
+            without = httpx.post(slow.url + "/score", json={"prompt": "a", "response": "hasty"}, timeout=30)
+            assert without.status_code == 504  # queued after the client's row, it met the 0.5 s default
+            assert metric(slow, "rmserve_queue_depth") == 1, "the client's row is still queued"
+        finally:  # before the pool waits for the call: its row is behind the held batch
+            gate.release()
+            busy.join(60)
+        assert len(call.result(timeout=60).rewards) == 1
 
 
 @pytest.mark.holds_engine

@@ -210,7 +210,7 @@ def selects(selector: dict, labels: dict) -> bool:
 
 
 def test_headless_service_lists_every_ready_pod_for_client_side_balancing(k8s):
-    from rmserve.client.endpoints import HttpEndpoints, grpc_target
+    from rmserve.client.endpoints import HttpEndpoints, grpc_targets
 
     service, headless = k8s["Service"], k8s["Service/rmserve-headless"]["spec"]
     assert headless["clusterIP"] == "None" and headless.get("publishNotReadyAddresses", False) is False
@@ -224,7 +224,7 @@ def test_headless_service_lists_every_ready_pod_for_client_side_balancing(k8s):
     # The names the manifest and deploy/README.md give clients are ones the client library takes.
     ports = {p["name"]: p["port"] for p in headless["ports"]}
     name = "rmserve-headless.default.svc.cluster.local"
-    assert grpc_target(f"dns:///{name}:{ports['grpc']}") == (f"dns:///{name}:{ports['grpc']}", 1)
+    assert grpc_targets(f"dns:///{name}:{ports['grpc']}") == [f"dns:///{name}:{ports['grpc']}"]
     assert repr(HttpEndpoints(f"dns:///{name}:{ports['http']}")) == f"dns:///{name}:{ports['http']}"
     text = (DEPLOY / "k8s" / "service-headless.yaml").read_text() + (DEPLOY / "README.md").read_text()
     for protocol in ("grpc", "http"):
