@@ -188,7 +188,8 @@ class Scorer:
         limit = self.settings.max_responses_per_request
         if len(rows) > limit:
             field = rows[0].field.split(".")[0] if rows else "responses"
-            raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit}", field)
+            raise ScoringError(ErrorKind.VALIDATION, f"{len(rows)} responses in one request; the limit is {limit} "
+                               "(max_responses_per_request)", field)
         if self.steps is None:
             stepped = next((row for row in rows if row.steps is not None), None)
             if stepped is not None or aggregate is not None:

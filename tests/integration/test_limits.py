@@ -168,7 +168,7 @@ def grpc_raw(server, method: str, payload: bytes, timeout: float = 10):
     (pb.ScoreRequest(prompt=pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="user", content="a")] * 4)),
                      responses=["ok"]), "prompt: 4 messages in one conversation; the limit is 3 (max_messages)"),
     (pb.ScoreRequest(prompt=pb.Prompt(messages=pb.Conversation()), responses=["ok"]), "prompt: a conversation needs at least 1 message"),
-    (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["ok"] * 5), "responses: 5 responses in one request; the limit is 4"),
+    (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["ok"] * 5), "responses: 5 responses in one request; the limit is 4 (max_responses_per_request)"),
     (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["ok", "\t "]), "responses.1: response is empty"),
     (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["ok"], values=99), "values"),
 ])
