@@ -47,7 +47,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rmserve.service.core.answers import answer_number, final_answer, numbers_match, parse_number
+from rmserve.service.core.answers import (
+    MAX_NUMBER_CHARS,
+    answer_number,
+    final_answer,
+    numbers_match,
+    parse_number,
+)
 from rmserve.service.core.errors import ErrorKind, ScoringError
 
 Reference = str | int | float | dict | None
@@ -249,8 +255,9 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
     if isinstance(spec, NumericAnswer):
         expected = parse_number(str(reference))
         if expected is None:
-            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} needs a numeric reference, got "
-                               f"{reference!r}", field)
+            shown = str(reference) if len(str(reference)) <= 80 else str(reference)[:80] + "..."
+            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} needs a numeric reference (at most "
+                               f"{MAX_NUMBER_CHARS} characters), got {shown!r}", field)
         where, got = answer_number(response)
         if got is None:
             return False, f"no number found ({where})"
