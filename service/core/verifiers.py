@@ -22,7 +22,8 @@ Verifier types (each has a `name`, default its type, unique in the list; a passi
   json_schema  the response (or the code block it consists of, ```json ... ```) parses as JSON and is valid
                against `schema` (JSON Schema, checked against its own metaschema at load). Without `schema`,
                each item's reference is its schema (a JSON object, or its JSON text), checked the same way
-               when the request comes (an invalid one is a validation error naming the reference).
+               when the request comes (an invalid one is a validation error naming the reference). A `$ref`
+               resolves inside its schema only: no schema makes the server fetch a URL or read a file.
 
 Modes (the model's reward is whatever the caller passes: raw or normalized):
   weighted_sum  combined = model_weight × model + Σ weight_i × value_i
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -77,6 +79,14 @@ def _jsonschema():
         raise ValueError("the json_schema verifier needs the jsonschema package "
                          "(pip install 'rmserve[serve]')") from None
     return jsonschema
+
+
+def _no_retrieval() -> Any:
+    """A reference registry that retrieves nothing: without one, jsonschema fetches any URL a `$ref` names
+    (http://, file://), which a schema sent in a request could point anywhere the server can reach."""
+    from referencing import Registry  # installed with jsonschema
+
+    return Registry()
 
 
 class _Verifier(BaseModel):
@@ -282,8 +292,23 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
         document = json.loads(_json_body(response))
     except json.JSONDecodeError as e:
         return False, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except RecursionError:
+        return False, "not valid JSON: nested too deeply to read"
+    except ValueError:  # an integer longer than Python converts
+        return False, f"not valid JSON: a number of more than {sys.get_int_max_str_digits()} digits"
     jsonschema = _jsonschema()
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(document))
+    from referencing.exceptions import Unresolvable  # installed with jsonschema, which raises it wrapped
+
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=_no_retrieval())
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    except RecursionError:
+        return False, "invalid: nested too deeply to check"
+    except Unresolvable as e:
+        if spec.json_schema is not None:
+            raise  # the server's own schema: its configuration, not the request, is wrong
+        raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: the schema's $ref {str(e)[:200]!r} does "
+                           "not resolve inside the schema (no other document is fetched)", field) from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return False, f"invalid at {where}: {error.message}"
