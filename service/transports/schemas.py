@@ -217,6 +217,8 @@ def validation_error(errors: Sequence[Any], strip_prefix: str | None = None) -> 
         loc = loc[1:]
     field = ".".join(p for p in loc if p not in _NOT_FIELDS) or None
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if first.get("type") == "missing" and list(first.get("loc", ())) == ["body"]:  # FastAPI: no body at all
+        field, message = "body", "the request has no body: send a JSON object"
     if first.get("type") == "json_invalid":
         position = loc[-1] if loc else "?"
         field = "body"

@@ -96,6 +96,34 @@ def test_bodies_that_are_not_strict_json_are_422(server, content, message):
         assert response.json()["error"]["field"] == "body" and message in response.json()["error"]["message"]
 
 
+
+GOOD = json.dumps({"prompt": "hi", "response": "ok"}).encode()
+
+
+@pytest.mark.parametrize("headers, field, message", [
+    ({"content-type": "text/plain"}, "content-type", "not 'text/plain'"),
+    ({"content-type": "application/x-www-form-urlencoded"}, "content-type", "application/json"),  # curl -d's
+    ({}, "content-type", "no Content-Type"),
+    ({"content-type": "application/json", "content-encoding": "gzip"}, "content-encoding", "'gzip'"),
+])
+def test_a_body_that_is_not_plain_json_is_415_naming_the_header(server, headers, field, message):
+    for path in ("/score", "/compare", "/get_reward", "/classify"):
+        # httpx sends no Content-Type of its own for raw content
+        response = httpx.post(server.url + path, content=GOOD, headers=headers, timeout=30)
+        assert response.status_code == 415, (path, response.text)
+        error = response.json()["error"]
+        assert error["kind"] == "validation" and error["field"] == field and message in error["message"], (path, error)
+    assert post(server, "/score", GOOD).status_code == 200
+    assert post(server, "/score", GOOD, {"content-encoding": "identity"}).status_code == 200
+
+
+def test_a_missing_body_is_named(server):
+    for path in ("/score", "/compare", "/get_reward"):
+        response = post(server, path, b"")
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["field"] == "body", (path, response.text)
+
+
 @pytest.mark.parametrize("path", ["/score", "/get_reward"])
 def test_lone_surrogate_escape_is_422_naming_the_text(server, path):
     body = (b'{"prompt": "hi", "responses": ["ok", "bad \\ud800 text"]}' if path == "/score"
