@@ -251,6 +251,14 @@ def _json_body(response: str) -> str:
     return fenced.group(1) if fenced else text
 
 
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _not_a_number(name: str) -> Any:
+    raise _NotJsonNumber(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
+
+
 def _needs_reference(spec: VerifierSpec) -> bool:
     return spec.type in NEEDS_REFERENCE or (isinstance(spec, JsonSchemaCheck) and spec.json_schema is None)
 
@@ -289,9 +297,11 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
         except ValueError as e:
             raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: {e}", field) from None
     try:
-        document = json.loads(_json_body(response))
+        document = json.loads(_json_body(response), parse_constant=_not_a_number)
     except json.JSONDecodeError as e:
         return False, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except _NotJsonNumber as e:
+        return False, f"not valid JSON: {e} is not a JSON number"
     except RecursionError:
         return False, "not valid JSON: nested too deeply to read"
     except ValueError:  # an integer longer than Python converts

@@ -280,3 +280,9 @@ def test_a_schema_in_a_request_never_makes_the_server_fetch_a_url():
     # References inside the schema itself still resolve.
     local = {"$defs": {"name": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/name"}}}
     assert passed(ITEM_SCHEMA, '{"a": "x"}', local) and not passed(ITEM_SCHEMA, '{"a": 1}', local)
+
+
+@pytest.mark.parametrize("response", ["NaN", "-Infinity", '{"a": Infinity}'])
+def test_nan_and_infinity_are_not_json_numbers(response):
+    (result,) = one({"type": "json_schema", "schema": {"not": {"type": "string"}}}).check(response, None)
+    assert not result.passed and result.detail.startswith("not valid JSON"), result.detail
