@@ -19,7 +19,7 @@ def server(tmp_path_factory):
     ({"prompt": "hi", "responses": ["ok", 7]}, "responses.1", "valid string"),
     ({"prompt": "hi", "responses": []}, "responses", "at least 1"),
     ({"prompt": "hi"}, None, "exactly one of"),
-    ({"responses": ["a"]}, None, "'prompt' is required"),
+    ({"responses": ["a"]}, "prompt", "'prompt' is required"),
     ({"prompt": "hi", "response": "a", "extra": 1}, "extra", "Extra inputs"),
     ({"prompt": [{"role": "robot", "content": "x"}], "response": "a"}, "prompt.0.role", "'system', 'user' or 'assistant'"),
     ({"prompt": "hi", "responses": ["a"] * 5}, "responses", "limit is 4"),

@@ -62,6 +62,11 @@ def post(server, path, content, headers=None):
     ("/score", {"prompt": 7, "response": "ok"}, 422, "prompt", "valid"),
     ("/score", {"prompt": "hi", "responses": "ok"}, 422, "responses", "valid list"),
     ("/score", {"prompt": "hi", "response": None}, 422, None, "exactly one of"),
+    ("/score", {"response": "ok"}, 422, "prompt", "'prompt' is required with 'response'"),
+    ("/score", {"prompt": None, "responses": ["ok"]}, 422, "prompt", "'prompt' is required with 'responses'"),
+    ("/score", {"prompt": "hi", "items": [{"prompt": "hi", "response": "ok"}]}, 422, "prompt", "inside each item"),
+    ("/score", {"reference": "3", "items": [{"prompt": "hi", "response": "ok"}]}, 422, "reference", "inside each item"),
+    ("/score", {"items": [{"prompt": "hi", "response": "ok"}, {"prompt": "hi"}]}, 422, "items.1", "exactly one of"),
     ("/score", {"prompt": [{"role": "user"}], "response": "ok"}, 422, "prompt.0.content", "Field required"),
     ("/score", {"prompt": [{"role": "user", "content": "a", "name": "x"}], "response": "ok"}, 422, "prompt.0.name",
      "Extra inputs"),
@@ -191,6 +196,7 @@ def grpc_raw(server, method: str, payload: bytes, timeout: float = 10):
 
 
 @pytest.mark.parametrize("request_, detail", [
+    (pb.ScoreRequest(prompt=pb.Prompt(), responses=["ok"]), "prompt: 'prompt' is required with 'responses'"),
     (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["x" * 51]), "responses.0: text of 51 characters; the limit is 50 (max_text_chars)"),
     (pb.ScoreRequest(prompt=pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="user", content="a")] * 4)),
                      responses=["ok"]), "prompt: 4 messages in one conversation; the limit is 3 (max_messages)"),
