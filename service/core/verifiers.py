@@ -130,13 +130,28 @@ class RegexMatch(_Verifier):
         return pattern
 
 
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _not_a_number(name: str) -> Any:
+    raise _NotJsonNumber(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
+
+
 def checked_schema(schema: Any) -> dict[str, Any]:
     """`schema` (a JSON object, or its JSON text) after checking it against its metaschema; ValueError says where."""
     if isinstance(schema, str):
         try:
-            schema = json.loads(schema)
+            schema = json.loads(schema, parse_constant=_not_a_number)
         except json.JSONDecodeError as e:
             raise ValueError(f"not a valid JSON Schema: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except _NotJsonNumber as e:
+            raise ValueError(f"not a valid JSON Schema: not JSON: {e} is not a JSON number") from None
+        except RecursionError:
+            raise ValueError("not a valid JSON Schema: nested too deeply") from None
+        except ValueError:  # an integer longer than Python converts
+            raise ValueError(f"not a valid JSON Schema: a number of more than {sys.get_int_max_str_digits()} "
+                             "digits") from None
     if not isinstance(schema, dict):
         raise ValueError(f"not a valid JSON Schema: a schema is a JSON object, got {type(schema).__name__}")
     jsonschema = _jsonschema()
@@ -145,6 +160,8 @@ def checked_schema(schema: Any) -> dict[str, Any]:
     except jsonschema.SchemaError as e:
         where = "".join(f"/{p}" for p in e.absolute_path) or "the top level"
         raise ValueError(f"not a valid JSON Schema (at {where}): {e.message}") from None
+    except RecursionError:
+        raise ValueError("not a valid JSON Schema: nested too deeply") from None
     return schema
 
 
@@ -249,14 +266,6 @@ def _json_body(response: str) -> str:
     text = response.strip()
     fenced = FENCED.match(text)
     return fenced.group(1) if fenced else text
-
-
-class _NotJsonNumber(ValueError):
-    pass
-
-
-def _not_a_number(name: str) -> Any:
-    raise _NotJsonNumber(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
 
 
 def _needs_reference(spec: VerifierSpec) -> bool:

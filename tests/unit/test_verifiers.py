@@ -286,3 +286,17 @@ def test_a_schema_in_a_request_never_makes_the_server_fetch_a_url():
 def test_nan_and_infinity_are_not_json_numbers(response):
     (result,) = one({"type": "json_schema", "schema": {"not": {"type": "string"}}}).check(response, None)
     assert not result.passed and result.detail.startswith("not valid JSON"), result.detail
+
+
+@pytest.mark.parametrize("schema, message", [
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),  # as JSON text (a request's string, a gRPC reference)
+    ('{"not": ' * 3000 + "{}" + "}" * 3000, "nested too deeply"),
+    ('{"not": ' * 600 + "{}" + "}" * 600, "nested too deeply"),  # readable, but deeper than its check recurses
+    ('{"maximum": ' + "9" * 5000 + "}", "a number of more than"),
+    ('{"maximum": NaN}', "NaN is not a JSON number"),
+])
+def test_a_schema_reference_that_cannot_be_read_is_refused_naming_the_field(schema, message):
+    with pytest.raises(ScoringError) as info:
+        one(ITEM_SCHEMA).check("1", schema, field="items.0.reference")
+    assert (info.value.kind, info.value.field) == (ErrorKind.VALIDATION, "items.0.reference")
+    assert "not a valid JSON Schema" in info.value.message and message in info.value.message, info.value.message
