@@ -39,6 +39,15 @@ def test_malformed_json_is_a_422(server):
     assert response.json()["error"]["field"] == "body" and "not valid JSON" in response.json()["error"]["message"]
 
 
+def test_an_integer_longer_than_python_reads_is_a_422_in_the_services_words(server):
+    body = b'{"prompt": "hi", "response": "ok", "reference": ' + b"9" * 5000 + b"}"
+    response = httpx.post(server + "/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "body" and "a number of more than 4300 digits" in error["message"], error
+    assert "sys." not in error["message"]  # no advice meant for whoever runs the server
+
+
 def test_compare_missing_field(server):
     response = httpx.post(server + "/compare", json={"prompt": "hi", "response_a": "yes"})
     assert response.status_code == 422 and response.json()["error"]["field"] == "response_b"
