@@ -18,7 +18,8 @@ response) is read as an exact fraction:
   - around it, currency and units are ignored: "$18.00", "\\$18", "18 dollars", "5 cm", "12%", "90^\\circ",
     "\\text{ km}" (a percent sign is a unit: "12%" reads as 12, not 0.12).
 Not read: mixed numbers ("1 1/2" is 1, then 1/2), scientific notation, decimal commas ("3,5"), roots and
-other expressions.
+other expressions, and a number (or fraction) longer than `MAX_NUMBER_CHARS`: no answer has that many
+digits, and Python refuses to turn more than 4300 digits into an int.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _DIGIT_GROUP_GAP = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\!|\\,|\\ |\\;|[\u2009\u20
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*(?:\{\s*([^{}]*?)\s*\}|(\d))\s*(?:\{\s*([^{}]*?)\s*\}|(\d))")
 _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{([^{}]*)\}")
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?|[-+]?\.\d+"
+MAX_NUMBER_CHARS = 1000
 NUMBER_TOKEN = re.compile(rf"(?<![\w.])({_NUMBER})(?:\s*/\s*({_NUMBER}))?(?![\w])")
 
 
@@ -74,11 +76,14 @@ def _fraction(text: str) -> Fraction:
 
 
 def parse_number(text: str, last: bool = False) -> Fraction | None:
-    """The first (or `last`) number in `text` as an exact fraction; None when there is none (or x/0)."""
+    """The first (or `last`) number in `text` as an exact fraction; None when there is none (or x/0, or it
+    is longer than MAX_NUMBER_CHARS)."""
     tokens = list(NUMBER_TOKEN.finditer(_plain(text)))
     if not tokens:
         return None
     token = tokens[-1] if last else tokens[0]
+    if len(token.group(0)) > MAX_NUMBER_CHARS:
+        return None
     value = _fraction(token.group(1))
     if token.group(2) is not None:
         denominator = _fraction(token.group(2))

@@ -22,7 +22,8 @@ Verifier types (each has a `name`, default its type, unique in the list; a passi
   json_schema  the response (or the code block it consists of, ```json ... ```) parses as JSON and is valid
                against `schema` (JSON Schema, checked against its own metaschema at load). Without `schema`,
                each item's reference is its schema (a JSON object, or its JSON text), checked the same way
-               when the request comes (an invalid one is a validation error naming the reference).
+               when the request comes (an invalid one is a validation error naming the reference). A `$ref`
+               resolves inside its schema only: no schema makes the server fetch a URL or read a file.
 
 Modes (the model's reward is whatever the caller passes: raw or normalized):
   weighted_sum  combined = model_weight × model + Σ weight_i × value_i
@@ -41,13 +42,20 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rmserve.service.core.answers import answer_number, final_answer, numbers_match, parse_number
+from rmserve.service.core.answers import (
+    MAX_NUMBER_CHARS,
+    answer_number,
+    final_answer,
+    numbers_match,
+    parse_number,
+)
 from rmserve.service.core.errors import ErrorKind, ScoringError
 
 Reference = str | int | float | dict | None
@@ -71,6 +79,14 @@ def _jsonschema():
         raise ValueError("the json_schema verifier needs the jsonschema package "
                          "(pip install 'rmserve[serve]')") from None
     return jsonschema
+
+
+def _no_retrieval() -> Any:
+    """A reference registry that retrieves nothing: without one, jsonschema fetches any URL a `$ref` names
+    (http://, file://), which a schema sent in a request could point anywhere the server can reach."""
+    from referencing import Registry  # installed with jsonschema
+
+    return Registry()
 
 
 class _Verifier(BaseModel):
@@ -114,13 +130,28 @@ class RegexMatch(_Verifier):
         return pattern
 
 
+class _NotJsonNumber(ValueError):
+    pass
+
+
+def _not_a_number(name: str) -> Any:
+    raise _NotJsonNumber(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
+
+
 def checked_schema(schema: Any) -> dict[str, Any]:
     """`schema` (a JSON object, or its JSON text) after checking it against its metaschema; ValueError says where."""
     if isinstance(schema, str):
         try:
-            schema = json.loads(schema)
+            schema = json.loads(schema, parse_constant=_not_a_number)
         except json.JSONDecodeError as e:
             raise ValueError(f"not a valid JSON Schema: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except _NotJsonNumber as e:
+            raise ValueError(f"not a valid JSON Schema: not JSON: {e} is not a JSON number") from None
+        except RecursionError:
+            raise ValueError("not a valid JSON Schema: nested too deeply") from None
+        except ValueError:  # an integer longer than Python converts
+            raise ValueError(f"not a valid JSON Schema: a number of more than {sys.get_int_max_str_digits()} "
+                             "digits") from None
     if not isinstance(schema, dict):
         raise ValueError(f"not a valid JSON Schema: a schema is a JSON object, got {type(schema).__name__}")
     jsonschema = _jsonschema()
@@ -129,6 +160,8 @@ def checked_schema(schema: Any) -> dict[str, Any]:
     except jsonschema.SchemaError as e:
         where = "".join(f"/{p}" for p in e.absolute_path) or "the top level"
         raise ValueError(f"not a valid JSON Schema (at {where}): {e.message}") from None
+    except RecursionError:
+        raise ValueError("not a valid JSON Schema: nested too deeply") from None
     return schema
 
 
@@ -249,8 +282,9 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
     if isinstance(spec, NumericAnswer):
         expected = parse_number(str(reference))
         if expected is None:
-            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} needs a numeric reference, got "
-                               f"{reference!r}", field)
+            shown = str(reference) if len(str(reference)) <= 80 else str(reference)[:80] + "..."
+            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r} needs a numeric reference (at most "
+                               f"{MAX_NUMBER_CHARS} characters), got {shown!r}", field)
         where, got = answer_number(response)
         if got is None:
             return False, f"no number found ({where})"
@@ -272,11 +306,28 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
         except ValueError as e:
             raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: {e}", field) from None
     try:
-        document = json.loads(_json_body(response))
+        document = json.loads(_json_body(response), parse_constant=_not_a_number)
     except json.JSONDecodeError as e:
         return False, f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    except _NotJsonNumber as e:
+        return False, f"not valid JSON: {e} is not a JSON number"
+    except RecursionError:
+        return False, "not valid JSON: nested too deeply to read"
+    except ValueError:  # an integer longer than Python converts
+        return False, f"not valid JSON: a number of more than {sys.get_int_max_str_digits()} digits"
     jsonschema = _jsonschema()
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(document))
+    from referencing.exceptions import Unresolvable  # installed with jsonschema, which raises it wrapped
+
+    validator = jsonschema.validators.validator_for(schema)(schema, registry=_no_retrieval())
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    except RecursionError:
+        return False, "invalid: nested too deeply to check"
+    except Unresolvable as e:
+        if spec.json_schema is not None:
+            raise  # the server's own schema: its configuration, not the request, is wrong
+        raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: the schema's $ref {str(e)[:200]!r} does "
+                           "not resolve inside the schema (no other document is fetched)", field) from None
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "the top level"
         return False, f"invalid at {where}: {error.message}"

@@ -26,6 +26,14 @@ REFERENCE_DOC = "Reference answer for the server's verifiers (numeric and string
 RequestRow = tuple[PromptField, str, str, "tuple[str, ...] | None"]
 
 
+class _FieldError(ValueError):
+    """A whole-request check that one field fails (pydantic keeps the exception, so validation_error names it)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class ScoreItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: PromptField = Field(description="Prompt text, or chat messages rendered by the bundle's template.")
@@ -82,9 +90,10 @@ class ScoreRequest(BaseModel):
         if len(given) != 1:
             raise ValueError("give exactly one of 'response', 'responses', 'steps', 'response_steps' or 'items'")
         if given[0] == "items" and (self.prompt is not None or self.reference is not None):
-            raise ValueError("'prompt' and 'reference' go inside each item when 'items' is used")
+            raise _FieldError("prompt" if self.prompt is not None else "reference",
+                              "'prompt' and 'reference' go inside each item when 'items' is used")
         if given[0] != "items" and self.prompt is None:
-            raise ValueError(f"'prompt' is required with '{given[0]}'")
+            raise _FieldError("prompt", f"'prompt' is required with '{given[0]}'")
         return self
 
     def rows(self) -> list[RequestRow]:
@@ -217,6 +226,11 @@ def validation_error(errors: Sequence[Any], strip_prefix: str | None = None) -> 
         loc = loc[1:]
     field = ".".join(p for p in loc if p not in _NOT_FIELDS) or None
     message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, _FieldError):
+        field = ".".join(p for p in [field, cause.field] if p)
+    if first.get("type") == "missing" and list(first.get("loc", ())) == ["body"]:  # FastAPI: no body at all
+        field, message = "body", "the request has no body: send a JSON object"
     if first.get("type") == "json_invalid":
         position = loc[-1] if loc else "?"
         field = "body"

@@ -19,7 +19,7 @@ def server(tmp_path_factory):
     ({"prompt": "hi", "responses": ["ok", 7]}, "responses.1", "valid string"),
     ({"prompt": "hi", "responses": []}, "responses", "at least 1"),
     ({"prompt": "hi"}, None, "exactly one of"),
-    ({"responses": ["a"]}, None, "'prompt' is required"),
+    ({"responses": ["a"]}, "prompt", "'prompt' is required"),
     ({"prompt": "hi", "response": "a", "extra": 1}, "extra", "Extra inputs"),
     ({"prompt": [{"role": "robot", "content": "x"}], "response": "a"}, "prompt.0.role", "'system', 'user' or 'assistant'"),
     ({"prompt": "hi", "responses": ["a"] * 5}, "responses", "limit is 4"),
@@ -37,6 +37,15 @@ def test_malformed_json_is_a_422(server):
     response = httpx.post(server + "/score", content=b'{"prompt": "x"', headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "body" and "not valid JSON" in response.json()["error"]["message"]
+
+
+def test_an_integer_longer_than_python_reads_is_a_422_in_the_services_words(server):
+    body = b'{"prompt": "hi", "response": "ok", "reference": ' + b"9" * 5000 + b"}"
+    response = httpx.post(server + "/score", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "body" and "a number of more than 4300 digits" in error["message"], error
+    assert "sys." not in error["message"]  # no advice meant for whoever runs the server
 
 
 def test_compare_missing_field(server):

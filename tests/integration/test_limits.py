@@ -63,6 +63,11 @@ def post(server, path, content, headers=None):
     ("/score", {"prompt": 7, "response": "ok"}, 422, "prompt", "valid"),
     ("/score", {"prompt": "hi", "responses": "ok"}, 422, "responses", "valid list"),
     ("/score", {"prompt": "hi", "response": None}, 422, None, "exactly one of"),
+    ("/score", {"response": "ok"}, 422, "prompt", "'prompt' is required with 'response'"),
+    ("/score", {"prompt": None, "responses": ["ok"]}, 422, "prompt", "'prompt' is required with 'responses'"),
+    ("/score", {"prompt": "hi", "items": [{"prompt": "hi", "response": "ok"}]}, 422, "prompt", "inside each item"),
+    ("/score", {"reference": "3", "items": [{"prompt": "hi", "response": "ok"}]}, 422, "reference", "inside each item"),
+    ("/score", {"items": [{"prompt": "hi", "response": "ok"}, {"prompt": "hi"}]}, 422, "items.1", "exactly one of"),
     ("/score", {"prompt": [{"role": "user"}], "response": "ok"}, 422, "prompt.0.content", "Field required"),
     ("/score", {"prompt": [{"role": "user", "content": "a", "name": "x"}], "response": "ok"}, 422, "prompt.0.name",
      "Extra inputs"),
@@ -95,6 +100,34 @@ def test_bodies_that_are_not_strict_json_are_422(server, content, message):
         response = post(server, path, content)
         assert response.status_code == 422, (path, response.text)
         assert response.json()["error"]["field"] == "body" and message in response.json()["error"]["message"]
+
+
+
+GOOD = json.dumps({"prompt": "hi", "response": "ok"}).encode()
+
+
+@pytest.mark.parametrize("headers, field, message", [
+    ({"content-type": "text/plain"}, "content-type", "not 'text/plain'"),
+    ({"content-type": "application/x-www-form-urlencoded"}, "content-type", "application/json"),  # curl -d's
+    ({}, "content-type", "no Content-Type"),
+    ({"content-type": "application/json", "content-encoding": "gzip"}, "content-encoding", "'gzip'"),
+])
+def test_a_body_that_is_not_plain_json_is_415_naming_the_header(server, headers, field, message):
+    for path in ("/score", "/compare", "/get_reward", "/classify"):
+        # httpx sends no Content-Type of its own for raw content
+        response = httpx.post(server.url + path, content=GOOD, headers=headers, timeout=30)
+        assert response.status_code == 415, (path, response.text)
+        error = response.json()["error"]
+        assert error["kind"] == "validation" and error["field"] == field and message in error["message"], (path, error)
+    assert post(server, "/score", GOOD).status_code == 200
+    assert post(server, "/score", GOOD, {"content-encoding": "identity"}).status_code == 200
+
+
+def test_a_missing_body_is_named(server):
+    for path in ("/score", "/compare", "/get_reward"):
+        response = post(server, path, b"")
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["field"] == "body", (path, response.text)
 
 
 @pytest.mark.parametrize("path", ["/score", "/get_reward"])
@@ -164,6 +197,7 @@ def grpc_raw(server, method: str, payload: bytes, timeout: float = 10):
 
 
 @pytest.mark.parametrize("request_, detail", [
+    (pb.ScoreRequest(prompt=pb.Prompt(), responses=["ok"]), "prompt: 'prompt' is required with 'responses'"),
     (pb.ScoreRequest(prompt=pb.Prompt(text="hi"), responses=["x" * 51]), "responses.0: text of 51 characters; the limit is 50 (max_text_chars)"),
     (pb.ScoreRequest(prompt=pb.Prompt(messages=pb.Conversation(messages=[pb.ChatMessage(role="user", content="a")] * 4)),
                      responses=["ok"]), "prompt: 4 messages in one conversation; the limit is 3 (max_messages)"),

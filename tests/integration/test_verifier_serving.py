@@ -166,3 +166,43 @@ def test_a_process_reward_models_aggregate_is_the_model_component(tmp_path):
     assert [v["model"] for v in answer["verification"]] == pytest.approx(means, abs=1e-9)
     assert [v["verifiers"]["answer"]["passed"] for v in answer["verification"]] == [True, False]  # steps joined
     assert answer["values"] == pytest.approx([means[0], -10.0], abs=1e-9)
+
+
+LONG_NUMBER = "1" * 5000  # more digits than Python turns into an int by default (4300)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompt": PROMPT, "response": "3", "reference": LONG_NUMBER}, "reference"),
+    ({"prompt": PROMPT, "response": "3", "reference": "0." + LONG_NUMBER}, "reference"),
+    ({"items": [{"prompt": PROMPT, "response": "3", "reference": "3"},
+                {"prompt": PROMPT, "response": "3", "reference": LONG_NUMBER}]}, "items.1.reference"),
+])
+def test_a_reference_with_too_many_digits_is_refused_naming_it(served, body, field):
+    _, server = served
+    response = httpx.post(server.url + "/score", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and "numeric reference" in error["message"], error
+    assert len(error["message"]) < 500  # the reference is quoted, not echoed whole
+    with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as info:
+        pb_grpc.RewardModelStub(channel).Score(pb.ScoreRequest(
+            prompt=pb.Prompt(text=PROMPT), responses=["3"], reference=LONG_NUMBER))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reference" in info.value.details()
+
+
+def test_a_response_with_too_many_digits_fails_the_numeric_check(served):
+    _, server = served
+    prompt = f"\n\nHuman: {PROMPT}\n\nAssistant:"
+    for path, body in (("/score", {"prompt": PROMPT, "responses": ["the answer is " + LONG_NUMBER, "the answer is 3"],
+                                   "reference": "3"}),
+                       ("/get_reward", {"query": [prompt + " the answer is " + LONG_NUMBER, prompt + " the answer is 3"],
+                                        "labels": ["3", "3"]})):
+        response = httpx.post(server.url + path, json=body)
+        assert response.status_code == 200, (path, response.text)
+        if path == "/score":
+            passed = [v["verifiers"]["answer"]["passed"] for v in response.json()["verification"]]
+        else:
+            passed = response.json()["extra_logs"]["verifier/answer/passed"]
+        assert list(passed) == [False, True], path
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'outcome="internal"' not in metrics

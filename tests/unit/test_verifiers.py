@@ -219,3 +219,84 @@ def test_configuration_errors_name_the_field(config, field, message):
 def test_configuration_from_json_text():
     config = load_config('{"mode": "gate", "fail_reward": -1, "verifiers": [{"type": "regex", "pattern": "ok"}]}')
     assert config.names == ["regex"] and Verifiers(config).combine(2.0, "not", None).combined == -1.0
+
+
+ITEM_SCHEMA = {"type": "json_schema", "name": "shape"}  # each item's reference is its schema
+
+
+@pytest.mark.parametrize("response, detail", [
+    ("[" * 5000 + "]" * 5000, "not valid JSON: nested too deeply"),
+    ('{"n": ' + "9" * 5000 + "}", "not valid JSON: a number of more than"),
+])
+def test_json_the_response_cannot_hold_is_a_failed_check_not_an_error(response, detail):
+    (result,) = one({"type": "json_schema", "schema": {"type": ["array", "object"]}}).check(response, None)
+    assert not result.passed and result.detail.startswith(detail), result.detail
+
+
+def test_a_deep_document_against_a_recursive_schema_is_a_failed_check():
+    schema = {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}
+    (result,) = one(ITEM_SCHEMA).check("[" * 900 + "1" + "]" * 900, schema)
+    assert not result.passed and "nested too deeply" in result.detail, result.detail
+
+
+@pytest.mark.parametrize("ref", ["#/definitions/nowhere", "https://json-schema.invalid/none.json", "file:///etc/hostname"])
+def test_a_schema_reference_that_does_not_resolve_inside_the_schema_is_refused_naming_the_field(ref):
+    with pytest.raises(ScoringError) as info:
+        one(ITEM_SCHEMA).check('{"a": 1}', {"properties": {"a": {"$ref": ref}}}, field="items.2.reference")
+    assert (info.value.kind, info.value.field) == (ErrorKind.VALIDATION, "items.2.reference")
+    assert ref in info.value.message and "inside the schema" in info.value.message
+
+
+def test_a_schema_in_a_request_never_makes_the_server_fetch_a_url():
+    """A $ref to a URL would have the server fetch it (jsonschema's default retrieval): a request could make
+    the server reach any address it can (SSRF). A real local HTTP server counts the fetches."""
+    import http.server
+    import threading
+
+    fetched = []
+
+    class Schema(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            fetched.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/schema+json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Schema) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/schema.json"
+        try:
+            with pytest.raises(ScoringError, match="inside the schema"):
+                one(ITEM_SCHEMA).check('"text"', {"$ref": url}, field="reference")
+        finally:
+            server.shutdown()
+    assert fetched == []
+    # References inside the schema itself still resolve.
+    local = {"$defs": {"name": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/name"}}}
+    assert passed(ITEM_SCHEMA, '{"a": "x"}', local) and not passed(ITEM_SCHEMA, '{"a": 1}', local)
+
+
+@pytest.mark.parametrize("response", ["NaN", "-Infinity", '{"a": Infinity}'])
+def test_nan_and_infinity_are_not_json_numbers(response):
+    (result,) = one({"type": "json_schema", "schema": {"not": {"type": "string"}}}).check(response, None)
+    assert not result.passed and result.detail.startswith("not valid JSON"), result.detail
+
+
+@pytest.mark.parametrize("schema, message", [
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),  # as JSON text (a request's string, a gRPC reference)
+    ('{"not": ' * 3000 + "{}" + "}" * 3000, "nested too deeply"),
+    ('{"not": ' * 600 + "{}" + "}" * 600, "nested too deeply"),  # readable, but deeper than its check recurses
+    ('{"maximum": ' + "9" * 5000 + "}", "a number of more than"),
+    ('{"maximum": NaN}', "NaN is not a JSON number"),
+])
+def test_a_schema_reference_that_cannot_be_read_is_refused_naming_the_field(schema, message):
+    with pytest.raises(ScoringError) as info:
+        one(ITEM_SCHEMA).check("1", schema, field="items.0.reference")
+    assert (info.value.kind, info.value.field) == (ErrorKind.VALIDATION, "items.0.reference")
+    assert "not a valid JSON Schema" in info.value.message and message in info.value.message, info.value.message

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,12 @@ def json_shape(body: bytes) -> tuple[int, int]:
     return int(depth.max()), containers
 
 
+class _NotANumber(ValueError):
+    pass
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
+    raise _NotANumber(f"{name} is not a JSON number (JSON has no NaN or Infinity)")
 
 
 def parse_json(body: bytes, max_depth: int, containers_limit: int) -> Any:
@@ -100,7 +105,9 @@ def parse_json(body: bytes, max_depth: int, containers_limit: int) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as e:
         raise invalid(f"request body is not valid JSON at character {e.pos}: {e.msg}", "body") from None
-    except ValueError as e:  # NaN / Infinity
+    except _NotANumber as e:
         raise invalid(f"request body is not valid JSON: {e}", "body") from None
+    except ValueError:  # an integer longer than Python converts to int
+        raise invalid(f"request body holds a number of more than {sys.get_int_max_str_digits()} digits", "body") from None
     except RecursionError:  # not reached within max_json_depth (at most 500); kept as a last guard
         raise invalid(f"JSON nested deeper than the limit of {max_depth} levels (max_json_depth)", "body") from None

@@ -8,7 +8,10 @@ From the head alone, before any of the body is read:
   /admin/reload asks for an admin key. A route not listed is keyed, so a new route is never open by
   mistake. vLLM's routes refuse in vLLM's error shape;
 - `X-Request-Timeout` becomes the request's deadline, cut to `max_request_timeout_seconds`;
-- a body declared larger than `max_request_bytes` gets 413.
+- a body declared larger than `max_request_bytes` gets 413;
+- a body to a POST route that is not plain JSON gets 415 naming the header: every route reads JSON, and
+  none decompresses (without this, a form-encoded body, curl -d's default, was refused as "Input should be
+  a valid dictionary" naming nothing, and a gzip body as invalid UTF-8).
 Then the body, refused with 413 as soon as it passes the limit while streaming in; a JSON body is checked
 (body.py: strict UTF-8 JSON, nesting, how many arrays and objects) and parsed once, on the event loop when
 small and in a worker thread when large, into the scope (`PARSED_JSON`) for the route.
@@ -119,6 +122,8 @@ class RequestGuard:
             client = self.authenticate(scope)
             if shed is not None and (overloaded := shed(client)) is not None:
                 raise overloaded
+            if scope.get("method") == "POST" and allowed is not None and _has_body(scope):
+                _check_media_type(scope)
             timeout = header(scope, _TIMEOUT_HEADER)
             deadline = None
             if timeout is not None:
@@ -132,6 +137,9 @@ class RequestGuard:
                                                                  self.containers)
         except _TooLarge as e:
             await self.refuse(scope, send, 413, e.error, read=e.read)
+            return None
+        except _NotJson as e:
+            await self.refuse(scope, send, 415, e.error, read=False)
             return None
         except ScoringError as e:
             await self.refuse(scope, send, None, e, read=False)
@@ -188,6 +196,29 @@ class RequestGuard:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _has_body(scope: dict) -> bool:
+    declared = header(scope, b"content-length")
+    return header(scope, b"transfer-encoding") is not None or (declared is not None and declared.strip() != "0")
+
+
+def _check_media_type(scope: dict) -> None:
+    """A body every route can read: JSON (application/json or +json), not compressed."""
+    encoding = (header(scope, b"content-encoding") or "identity").strip().lower()
+    if encoding != "identity":
+        raise _NotJson(invalid(f"request bodies are not decompressed: send the body without Content-Encoding, "
+                               f"not {encoding[:40]!r}", "content-encoding"))
+    if not is_json(scope):
+        given = header(scope, b"content-type")
+        what = "no Content-Type" if given is None else f"not {given[:80]!r}"
+        raise _NotJson(invalid(f"the body must be JSON, sent with Content-Type: application/json ({what})",
+                               "content-type"))
+
+
+class _NotJson(Exception):
+    def __init__(self, error: ScoringError):
+        self.error = error
 
 
 class _TooLarge(Exception):

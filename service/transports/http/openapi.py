@@ -27,16 +27,17 @@ class ErrorBody(BaseModel):
 _WHY = {
     "401": "Missing or invalid API key.",
     "413": "Request body larger than max_request_bytes.",
+    "415": "A body that is not JSON (Content-Type), or is compressed (Content-Encoding); the header is named.",
     "422": "Invalid input; the field and the limit are named.",
     "429": "Queue full; retry after Retry-After.",
     "503": "Model not loaded yet, or shutting down; retry after Retry-After.",
     "504": "The request's deadline passed before it was scored.",
 }
-_SCORING = ("401", "413", "422", "429", "503", "504")
+_SCORING = ("401", "413", "415", "422", "429", "503", "504")
 _ERRORS_BY_PATH = {
     "/score": _SCORING, "/compare": _SCORING, "/get_reward": _SCORING,
     "/v1/model": ("401", "503"),
-    "/admin/reload": ("401", "413", "422", "503"),
+    "/admin/reload": ("401", "413", "415", "422", "503"),
     "/healthz": ("401",), "/metrics": ("401",), "/readyz": ("401",),
 }
 

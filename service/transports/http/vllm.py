@@ -130,6 +130,8 @@ _ERRORS = {
           "`param` names it."},
     401: {"model": ErrorResponse, "description": "Missing or invalid API key."},
     413: {"model": ErrorBody, "description": "Request body larger than max_request_bytes (rmserve's error shape)."},
+    415: {"model": ErrorBody, "description": "A body that is not JSON (Content-Type) or is compressed "
+          "(Content-Encoding), refused by the request guard in rmserve's error shape."},
     # The request guard refuses a body that is not strict JSON before this router, in rmserve's shape.
     422: {"description": "An input the bundle cannot score (e.g. a text it cannot split into prompt and response; "
           "`param` names it), or a body that is not strict JSON (rmserve's error shape, from the request guard).",
