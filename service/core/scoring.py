@@ -287,12 +287,16 @@ class Scorer:
             verification = combine_all(self.verifiers, checked, normalized if values == "normalized" else scores.raw)
         return summarize(scores.raw, normalized, values, grouped, verification)
 
-    def check(self, rows: Sequence[Row], references: Sequence[Reference] | None = None,
-              names: list[str] | None = None) -> Checked | None:
+    async def check(self, rows: Sequence[Row], references: Sequence[Reference] | None = None,
+                    names: list[str] | None = None) -> Checked | None:
         """The configured verifiers' results for every row, before scoring (None when none are configured);
-        a missing reference or an unknown verifier name is a validation error naming its field."""
-        return check_all(self.verifiers, [row.response for row in rows], [row.field for row in rows], references,
-                         names)
+        a missing reference or an unknown verifier name is a validation error naming its field. With
+        verifiers, off the event loop: a check can take seconds (jsonschema's uniqueItems compares every
+        pair of a long array's items), and the loop keeps answering other requests meanwhile."""
+        responses, fields = [row.response for row in rows], [row.field for row in rows]
+        if self.verifiers is None:
+            return check_all(None, responses, fields, references, names)
+        return await asyncio.to_thread(check_all, self.verifiers, responses, fields, references, names)
 
     def probability_a(self, reward_a: float, reward_b: float) -> float:
         z = (reward_a - reward_b) / self.manifest.calibration.temperature

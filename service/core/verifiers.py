@@ -138,6 +138,39 @@ def _not_a_number(name: str) -> Any:
     raise _NotJsonNumber(name)  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
 
 
+# Keywords whose values are subschemas: a map of them, a list of them, or one (draft 4 to 2020-12).
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas", "dependencies")
+_SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMAS = ("additionalProperties", "items", "contains", "not", "if", "then", "else", "propertyNames",
+               "unevaluatedItems", "unevaluatedProperties", "additionalItems", "contentSchema")
+
+
+def regex_keyword(schema: Any, where: str = "") -> str | None:
+    """Where a schema asks for a regular expression match (`pattern`, `patternProperties`), or None. Python's
+    regular expressions can take exponential time on a crafted response (`^(a+)+$` against 30 a's and a
+    '!' takes seconds, doubling with each 'a') while holding the GIL, which stops the whole server: a schema
+    sent in a request may not hold one."""
+    if not isinstance(schema, dict):
+        return None
+    for keyword in ("pattern", "patternProperties"):
+        if keyword in schema:
+            return f"{where}/{keyword}"
+    for keyword in _SUBSCHEMA_MAPS:
+        if isinstance(members := schema.get(keyword), dict):
+            for name, member in members.items():
+                if (found := regex_keyword(member, f"{where}/{keyword}/{name}")) is not None:
+                    return found
+    for keyword in _SUBSCHEMA_LISTS:
+        if isinstance(members := schema.get(keyword), list):
+            for i, member in enumerate(members):
+                if (found := regex_keyword(member, f"{where}/{keyword}/{i}")) is not None:
+                    return found
+    for keyword in _SUBSCHEMAS:
+        if (found := regex_keyword(schema.get(keyword), f"{where}/{keyword}")) is not None:
+            return found
+    return None
+
+
 def checked_schema(schema: Any) -> dict[str, Any]:
     """`schema` (a JSON object, or its JSON text) after checking it against its metaschema; ValueError says where."""
     if isinstance(schema, str):
@@ -303,8 +336,16 @@ def _check(spec: VerifierSpec, response: str, reference: Reference, field: str) 
     if schema is None:  # the item's own schema
         try:
             schema = checked_schema(reference)
+            regex = regex_keyword(schema)
         except ValueError as e:
             raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: {e}", field) from None
+        except RecursionError:
+            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: not a valid JSON Schema: nested "
+                               "too deeply", field) from None
+        if regex is not None:
+            raise ScoringError(ErrorKind.VALIDATION, f"verifier {spec.label()!r}: a schema sent in a request may not "
+                               f"match regular expressions (at {regex}): one can take exponential time on a crafted "
+                               "response; configure such a schema on the server (verifiers_config)", field)
     try:
         document = json.loads(_json_body(response), parse_constant=_not_a_number)
     except json.JSONDecodeError as e:

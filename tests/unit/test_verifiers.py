@@ -300,3 +300,57 @@ def test_a_schema_reference_that_cannot_be_read_is_refused_naming_the_field(sche
         one(ITEM_SCHEMA).check("1", schema, field="items.0.reference")
     assert (info.value.kind, info.value.field) == (ErrorKind.VALIDATION, "items.0.reference")
     assert "not a valid JSON Schema" in info.value.message and message in info.value.message, info.value.message
+
+
+@pytest.mark.parametrize("schema, where", [
+    ({"type": "string", "pattern": "^(a+)+$"}, "/pattern"),
+    ({"properties": {"name": {"type": "string", "pattern": "^x"}}}, "/properties/name/pattern"),
+    ({"patternProperties": {"^(a+)+$": {}}}, "/patternProperties"),
+    ({"prefixItems": [{"type": "string"}, {"anyOf": [{"pattern": "b"}]}]}, "/prefixItems/1/anyOf/0/pattern"),
+    ({"$schema": "http://json-schema.org/draft-07/schema#", "items": [{}, {"pattern": "b"}]}, "/items/1/pattern"),
+    ({"$defs": {"s": {"not": {"pattern": "c"}}}, "$ref": "#/$defs/s"}, "/$defs/s/not/pattern"),
+])
+def test_a_schema_sent_in_a_request_may_not_match_regular_expressions(schema, where):
+    """Python's regular expressions can take exponential time on a crafted response, holding the GIL: the
+    whole server would stop. A schema configured on the server may use them (its operator chose them)."""
+    with pytest.raises(ScoringError) as info:
+        one(ITEM_SCHEMA).check('"aaaa!"', schema, field="items.1.reference")
+    assert (info.value.kind, info.value.field) == (ErrorKind.VALIDATION, "items.1.reference")
+    assert f"(at {where})" in info.value.message and "regular expressions" in info.value.message
+    assert passed({"type": "json_schema", "schema": {"type": "string", "pattern": "^a"}}, '"ab"')
+
+
+def test_a_property_named_pattern_is_not_a_regular_expression():
+    schema = {"properties": {"pattern": {"type": "string"}, "items": {"type": "integer"}}, "required": ["pattern"]}
+    assert passed(ITEM_SCHEMA, '{"pattern": "x", "items": 2}', schema)
+    assert not passed(ITEM_SCHEMA, '{"items": 2}', schema)
+
+
+def test_checks_run_off_the_event_loop_so_that_a_slow_one_holds_only_its_request(monkeypatch):
+    """A check can take seconds (jsonschema's uniqueItems compares every pair of a long array's items); the
+    event loop must go on serving meanwhile. The check here waits for a coroutine to run: on the loop it
+    could never be released."""
+    import asyncio
+    import threading
+    from types import SimpleNamespace
+
+    from rmserve.service.core import scoring
+
+    started, release = threading.Event(), threading.Event()
+
+    def held_check(verifiers, responses, fields, references, names):
+        started.set()
+        assert release.wait(30), "the event loop did not run while the check ran"
+        return [("checked",)] * len(responses)
+
+    monkeypatch.setattr(scoring, "check_all", held_check)
+    scorer = SimpleNamespace(verifiers=object())
+    rows = [scoring.Row("p", "r", "responses.0")]
+
+    async def main():
+        check = asyncio.create_task(scoring.Scorer.check(scorer, rows))
+        assert await asyncio.to_thread(started.wait, 30)
+        release.set()  # the loop runs while the check is in progress
+        return await check
+
+    assert asyncio.run(main()) == [("checked",)]

@@ -165,7 +165,7 @@ class RewardModelServicer(reward_pb2_grpc.RewardModelServicer):
         scorer = self.state.require_scorer()
         body = score_request_from_proto(request)
         rows = [Row(*row) for row in body.rows()]
-        checked = scorer.check(rows, body.references(), body.verifiers)
+        checked = await scorer.check(rows, body.references(), body.verifiers)
         scores = await scorer.score(rows, _deadline(context), body.aggregate)
         summary = scorer.summarize(scores, body.values, body.grouped, checked)
         group = summary.group

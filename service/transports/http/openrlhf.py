@@ -85,7 +85,7 @@ async def get_reward(body: GetRewardRequest, scorer: ScorerDep, request: Request
     rows = split_queries(body.query, body.prompts, scorer.manifest.input)
     if body.labels is not None and scorer.verifiers is not None and len(body.labels) != len(rows):
         raise ScoringError(ErrorKind.VALIDATION, f"{len(body.labels)} labels for {len(rows)} queries", "labels")
-    checked = scorer.check(rows, body.labels)
+    checked = await scorer.check(rows, body.labels)
     scores = await score_in_chunks(scorer, rows, request)
     timing_headers(response, scores)
     summary = scorer.summarize(scores, values, checked=checked)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ scoring_router = APIRouter(tags=["scoring"], route_class=ParsedBodyRoute)
 @scoring_router.post("/score", response_model=ScoreResponse)
 async def score(body: ScoreRequest, scorer: ScorerDep, request: Request) -> Response:
     rows = [Row(*row) for row in body.rows()]
-    checked = scorer.check(rows, body.references(), body.verifiers)  # refused before it costs the engine
+    checked = await scorer.check(rows, body.references(), body.verifiers)  # refused before it costs the engine
     scores = await unless_client_leaves(request, scorer.score(rows, aggregate=body.aggregate))
     summary = scorer.summarize(scores, body.values, body.grouped, checked)
     return model_response(ScoreResponse.model_construct(
