@@ -4,7 +4,8 @@ in front of it all the scoring front, which every HTTP request passes first.
 Routers: the core routes (POST /score, /compare; GET /healthz, /readyz, /metrics, /v1/model: routes.py),
 OpenRLHF's /get_reward (openrlhf.py), vLLM's pooling API (vllm.py) and the admin endpoint (admin.py). Errors
 of the core map to HTTP statuses by one table, `common.HTTP_STATUS`; every error body is
-{"error": {kind, message, field}} (vLLM's routes answer in vLLM's shape). An unexpected exception is answered
+{"error": {kind, message, field}} (vLLM's routes answer in vLLM's shape; a path no route serves, 404, and a
+method its route does not take, 405, keep Starlette's {"detail": ...}). An unexpected exception is answered
 500 without its text, which goes to the log under the reference the answer gives (errors.internal_error).
 Scoring answers carry timing headers: X-Tokenize-Time-Ms, X-Queue-Time-Ms and X-Inference-Time-Ms
 (measured for this request in the scoring core and the batcher) and X-Total-Time-Ms (the whole request).
