@@ -48,10 +48,11 @@ class ScoredChains:
     labels: list[np.ndarray]  # per chain, bool labels of the same steps
     groups: np.ndarray  # per chain, the 0-based id of its problem
     steps_cut: np.ndarray  # per chain, steps cut away by truncation
+    correct: np.ndarray  # per chain, whether every step is good, the cut ones included (they are still its steps)
 
     def subset(self, chains: np.ndarray) -> ScoredChains:
         return ScoredChains([self.rewards[i] for i in chains], [self.labels[i] for i in chains], self.groups[chains],
-                            self.steps_cut[chains])
+                            self.steps_cut[chains], self.correct[chains])
 
 
 def group_ids(keys: Sequence[str | None]) -> np.ndarray:
@@ -78,7 +79,8 @@ def score_chains(engine: OnnxRewardModel, encoder: InputEncoder, chains: Sequenc
     labels = [np.array(c.labels[k:], dtype=bool) for c, k in zip(chains, cut)]
     for chain, row, wanted in zip(chains, scores, labels):
         assert len(row) == len(wanted), f"{chain.source}: {len(row)} step scores for {len(wanted)} scored steps"
-    return ScoredChains(scores, labels, group_ids([c.group for c in chains]), cut)
+    return ScoredChains(scores, labels, group_ids([c.group for c in chains]), cut,
+                        np.array([c.correct for c in chains], dtype=bool))
 
 
 def first_below(rewards: np.ndarray) -> int | None:
@@ -191,7 +193,7 @@ def step_metrics(scored: ScoredChains, resamples: int = RESAMPLES) -> dict[str, 
 
 def best_of_metrics(scored: ScoredChains, outcome: np.ndarray | None, resamples: int = RESAMPLES) -> dict[str, Any]:
     """Selection accuracy of the PRM (each aggregate), the outcome bundle (when given) and random choice."""
-    correct = np.array([labels.all() and not cut for labels, cut in zip(scored.labels, scored.steps_cut)])
+    correct = scored.correct
     groups = scored.groups
     values = {f"prm_{how}": aggregate_all(scored.rewards, how) for how in AGGREGATES}
     if outcome is not None:

@@ -118,7 +118,7 @@ def dev_step_metrics(model: StepRewardModel, encoder: InputEncoder, dev: list[En
                      device: torch.device) -> dict:
     rewards = score_encoded(model, encoder, dev, device)
     scored = ScoredChains(rewards, [np.array(c.labels) > 0.5 for c in dev], group_ids([c.group for c in chains]),
-                          np.array([c.steps_cut for c in dev]))
+                          np.array([c.steps_cut for c in dev]), np.array([c.correct for c in chains], dtype=bool))
     return {"chains": len(dev), **step_figures(scored)}
 
 

@@ -94,5 +94,5 @@ def step_text(prompt: Any, response: str, steps: Sequence[str] | None, separator
         # A whole response is split and joined again, so that its last step ends with a separator too.
         return join_steps(split_steps(response, separator) if steps is None else steps, separator)
     except StepError as e:
-        where = f"{field}.{e.step}" if steps is not None else field
+        where = f"{field}.{e.step}" if steps else field  # no steps at all: the response itself
         raise ScoringError(ErrorKind.VALIDATION, str(e), where) from None

@@ -123,10 +123,28 @@ def test_step_rows_are_counted_in_the_reward_metrics(server):
     assert metric(server, "rmserve_reward_count") == rewards + len(CHAINS)
 
 
+def test_trainer_protocols_answer_the_aggregate_of_the_step_rewards(server):
+    """/get_reward and the vLLM routes score a whole text as /score splits a response: their reward is the
+    aggregate of the step rewards, itself a probability, so vLLM's activation (on by default) leaves it as it
+    is rather than applying a second sigmoid."""
+    response = f"one two{SEPARATOR}three four five six{SEPARATOR}no"
+    scored = httpx.post(server.url + "/score", json={"prompt": PROMPT + "\n\nAssistant:", "response": response}).json()
+    text = f"{PROMPT}\n\nAssistant:{response}"
+    openrlhf = httpx.post(server.url + "/get_reward", json={"query": [text]}).json()
+    assert openrlhf["rewards"] == scored["rewards"]
+    for path in ("/classify", "/pooling"):
+        for activation in (None, True, False):
+            body = {"model": "m", "input": [text]} | ({} if activation is None else {"activation": activation})
+            answer = httpx.post(server.url + path, json=body).json()
+            value = answer["data"][0]["probs" if path == "/classify" else "data"][0]
+            assert value == pytest.approx(scored["rewards"][0], abs=1e-12), (path, activation)
+
+
 @pytest.mark.parametrize("body, field, message", [
     ({"prompt": PROMPT, "response_steps": [["one", f"two {SEPARATOR} three"]]}, "response_steps.0.1",
      "contains the step separator"),
     ({"prompt": PROMPT, "steps": ["one", "  "]}, "steps.1", "empty"),
+    ({"prompt": PROMPT, "response_steps": [["one"], []]}, "response_steps.1", "no steps"),
     ({"prompt": f"hello {SEPARATOR}", "steps": ["one"]}, "prompt", "step separator"),
     ({"items": [{"prompt": PROMPT, "response": f"one{SEPARATOR}{SEPARATOR}two"}]}, "items.0.response", "empty"),
     ({"items": [{"prompt": PROMPT, "response": "one", "steps": ["one"]}]}, "items.0", "exactly one of"),

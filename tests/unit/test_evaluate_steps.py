@@ -18,7 +18,7 @@ from rmserve.training.evaluate_steps import (
 def chains(rewards, labels, groups=None):
     groups = np.arange(len(rewards)) if groups is None else np.asarray(groups)
     return ScoredChains([np.array(r, dtype=float) for r in rewards], [np.array(lb, dtype=bool) for lb in labels],
-                        groups, np.zeros(len(rewards), dtype=np.int64))
+                        groups, np.zeros(len(rewards), dtype=np.int64), np.array([all(lb) for lb in labels]))
 
 
 def test_step_figures_on_literal_chains():
@@ -82,3 +82,17 @@ def test_step_metrics_count_steps_and_give_intervals():
     assert (metrics["chains"], metrics["problems"], metrics["steps"], metrics["bad_steps"]) == (4, 2, 8, 2)
     lo, hi = metrics["intervals"]["step_auc"]
     assert lo <= metrics["step_auc"] <= hi
+
+
+def test_a_right_chain_stays_right_when_truncation_cut_its_first_steps():
+    """Truncation cuts a chain's first steps from scoring, not from the data: a chain whose every step is
+    good (the cut one too) is a right candidate, and one whose cut step was bad is a wrong one."""
+    scored = ScoredChains(
+        rewards=[np.array([0.9]), np.array([0.2, 0.1]), np.array([0.8]), np.array([0.3])],
+        labels=[np.array([True]), np.array([True, False]), np.array([True]), np.array([False])],
+        groups=np.array([0, 0, 1, 1]), steps_cut=np.array([1, 0, 2, 0]),
+        correct=np.array([True, False, False, False]))  # chain 2's cut steps held its error
+    best = best_of_metrics(scored, None, resamples=50)
+    # problem 0: the PRM picks chain 0 (0.9), right; problem 1: it picks chain 2 (0.8), wrong.
+    assert best["prm_min"] == 0.5 and best["prm_last"] == 0.5
+    assert best["random"] == pytest.approx((1 / 2 + 0) / 2)

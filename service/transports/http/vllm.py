@@ -12,7 +12,8 @@ shapes of vLLM 0.33.0 (vllm_protocol.py names the files read). Thin adapters ove
 - **Values.** With activation off (`use_activation` or the older `activation`: false) a value is the raw
   reward, equal to /score's. With activation on (vLLM's default when neither is sent) it is the calibrated
   sigmoid 1 / (1 + exp(-(raw - mean) / T)): the probability, under the bundle's calibration temperature T,
-  that the response is preferred over one scoring the reference set's mean.
+  that the response is preferred over one scoring the reference set's mean. A process reward model bundle's
+  reward, the aggregate of its step rewards, is a probability already: it is the value either way.
 - **Options the core fixes.** Rows are always cut to the bundle's max_length from the left, and carry the
   special tokens the bundle was trained with: `truncate_prompt_tokens` (-1 or max_length),
   `truncation_side` (left) and `add_special_tokens` are accepted at those values and refused by name
@@ -245,7 +246,7 @@ async def _score(body: PoolingRequest, scorer: Scorer, request: Request,
             e.field = "messages" + e.field.removeprefix("prompt")  # the core names the prompt; here it is messages
         raise
     tokens = sum(await asyncio.to_thread(_token_counts, scorer, rows))
-    if activation:
+    if activation and scorer.steps is None:  # a PRM's reward is already a probability: no second activation
         mean = scorer.manifest.normalization.mean
         values = [scorer.probability_a(float(r), mean) for r in scores.raw]
     else:
