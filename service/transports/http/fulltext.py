@@ -35,10 +35,16 @@ def split_at_response_prefix(text: str, spec: InputSpec, field: str, advice: str
 
 def formatted_row(text: str, spec: InputSpec, field: str, advice: str) -> Row:
     """The row of a whole formatted conversation. A bundle with a chat template, or one that joins prompt
-    and response into one sequence (join concat or text), scores the text as it is (the core's PREFORMATTED row: tokenized as
-    is, cut from the left, never rendered again). A pair-template bundle needs prompt and response apart,
-    so the text is split after its response prefix."""
-    if spec.chat_template is not None or spec.join != "pair":
+    and response into one sequence (join concat or text), scores the text as it is (the core's PREFORMATTED
+    row: tokenized as is, cut from the left, never rendered again). A pair-template bundle needs prompt and
+    response apart, so the text is split after its response prefix; so does a process reward model's, whose
+    steps are the response's alone (a separator in the prompt is refused, not scored as a step). A PRM with
+    a chat template cannot tell its steps from the template's text in a whole conversation: refused."""
+    if spec.step_separator is not None and spec.chat_template is not None:
+        raise ScoringError(ErrorKind.VALIDATION, "a process reward model with a chat template cannot find the "
+                           "steps of a whole formatted conversation; send the prompt and the response's steps "
+                           f"apart{f' ({advice})' if advice else ''}", field)
+    if spec.step_separator is None and (spec.chat_template is not None or spec.join != "pair"):
         return Row(PREFORMATTED, text, field)
     return split_at_response_prefix(text, spec, field, advice)
 
