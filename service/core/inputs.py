@@ -247,9 +247,10 @@ def join_steps(steps: Sequence[str], separator: str) -> str:
 
 def split_steps(response: str, separator: str) -> list[str]:
     """A whole response as its steps: split on the separator, a trailing one optional (a response without
-    any is one step)."""
+    any is one step); whitespace after a trailing separator (the newline a policy's output often ends with)
+    is not a step."""
     pieces = response.split(separator)
-    if len(pieces) > 1 and pieces[-1] == "":
+    if len(pieces) > 1 and not pieces[-1].strip():
         pieces.pop()
     for i, piece in enumerate(pieces):
         if not piece.strip():

@@ -24,6 +24,7 @@ def test_join_and_split_are_inverse_and_a_trailing_separator_is_optional():
     assert join_steps(["a b", "c"], SEP) == f"a b{SEP}c{SEP}"
     assert split_steps(f"a b{SEP}c{SEP}", SEP) == ["a b", "c"] == split_steps(f"a b{SEP}c", SEP)
     assert split_steps("no separator at all", SEP) == ["no separator at all"]
+    assert split_steps(f"a b{SEP}c{SEP}\n", SEP) == ["a b", "c"] == split_steps(f"a b{SEP}c{SEP} \n\t", SEP)
 
 
 @pytest.mark.parametrize("steps, index, message", [
