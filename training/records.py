@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import numbers
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,20 +114,38 @@ class Where(NamedTuple):
         return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
 
 
+def _binary_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a file, gunzipped when it ends in .gz; a .gz that does not decompress raises DataError
+    naming the file and the line it stopped at (nothing after it can be read, so it is not skippable)."""
+    line_no = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for line_no, raw in enumerate(f, start=1):
+                yield raw
+    except (OSError, EOFError, zlib.error) as e:
+        if not path.suffix == ".gz" or isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(path, line_no + 1, None, f"not a readable gzip file ({e})") from None
+
+
 def jsonl_rows(path: Path) -> Iterator[tuple[Where, dict | DataError]]:
-    """Rows of a JSONL file; a line that is not a JSON object comes as its DataError, so it can be skipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = Where(path, line_no)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, where.error(None, f"not valid JSON ({e.msg})")
-                continue
-            yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
+    """Rows of a JSONL file; a line that is not UTF-8 or not a JSON object comes as its DataError, so it can be
+    skipped. Lines end at "\\n" only, as JSON Lines defines them."""
+    for line_no, raw in enumerate(_binary_lines(path), start=1):
+        where = Where(path, line_no)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield where, where.error(None, f"not valid UTF-8 (byte {e.start + 1} of the line: {e.reason})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, where.error(None, f"not valid JSON ({e.msg})")
+            continue
+        yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
