@@ -10,6 +10,7 @@ exactly when serving would accept it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import numbers
 import zlib
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.inputs import ChatMessage, Prompt
 
 if TYPE_CHECKING:  # only a type: training.ratings imports this module
@@ -120,7 +122,8 @@ def _binary_lines(path: Path) -> Iterator[bytes]:
     line_no = 0
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            for line_no, raw in enumerate(f, start=1):
+            for raw in f:
+                line_no += 1
                 yield raw
     except (OSError, EOFError, zlib.error) as e:
         if not path.suffix == ".gz" or isinstance(e, FileNotFoundError):
@@ -172,6 +175,18 @@ def dataset_rows(path: Path) -> Iterator[tuple[Where, dict]]:
                                        f"e.g. {path / splits[0]}" if splits else "holds no splits")
     for index, row in enumerate(dataset):
         yield Where(path, index, "row"), row
+
+
+def data_digest(path: Path) -> str:
+    """The first 12 hex digits of a sha256 naming the data a bundle was measured on: a file's own digest
+    (`file_digest`), or for a save_to_disk directory the digest of its files' relative paths and contents."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def text_field(value: object, field: str, where: Where) -> str:
