@@ -157,8 +157,6 @@ def train(config: TrainConfig) -> dict:
     """Train, evaluate on the dev set, save the checkpoint; returns the metrics (on every rank)."""
     if config.lr_schedule not in SCHEDULES:
         raise ValueError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {config.lr_schedule!r}")
-    if config.batch_size < 1 or config.gradient_accumulation_steps < 1:
-        raise ValueError("--batch-size and --gradient-accumulation-steps must be at least 1")
     world = setup(config.device)
     try:
         return _train(config, world)

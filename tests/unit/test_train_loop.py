@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 
@@ -177,3 +178,31 @@ def test_training_counts_an_exact_tie_in_score_as_half_like_eval():
     assert (right, counted) == (2.0, 4)  # 0.5 + 1 + 0 + 0.5
     accuracy, ties = tie_aware_accuracy(delta.numpy().astype(np.float64), label.numpy().astype(np.float64))
     assert accuracy == right / counted and ties == 1
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("max_steps", 0, "--max-steps must be at least 1"),  # 0 trained a whole epoch (0 read as "not given")
+    ("max_steps", -3, "--max-steps must be at least 1"),  # trained nothing and saved the checkpoint
+    ("epochs", 0.0, "--epochs must be a finite number > 0"),  # trained one step
+    ("epochs", -1.0, "--epochs must be a finite number > 0"),
+    ("epochs", math.nan, "--epochs must be a finite number > 0"),
+    ("limit_train", 0, "--limit-train must be at least 1"),  # blamed the file: "holds no preference rows"
+    ("limit_dev", -2, "--limit-dev must be at least 1"),
+    ("warmup_ratio", 2.0, "--warmup-ratio must be in [0, 1]"),  # the learning rate never reached its peak
+    ("save_steps", -1, "--save-steps must be 0 or more"),  # saved a state every step
+    ("eval_steps", -1, "--eval-steps must be 0 or more"),
+    ("save_total_limit", 0, "--save-total-limit must be at least 1"),
+    ("max_grad_norm", -1.0, "--max-grad-norm must be 0 or more"),
+    ("max_length", 4, "--max-length must be at least 8"),
+    ("threads", 0, "--threads must be at least 1"),
+    ("batch_size", 0, "--batch-size must be at least 1"),
+    ("gradient_accumulation_steps", 0, "--gradient-accumulation-steps must be at least 1"),
+])
+def test_options_out_of_range_are_refused_naming_the_flag(option, value, words):
+    with pytest.raises(ValueError, match=f"^{re.escape(words)}.*got {re.escape(str(value))}$"):
+        TrainConfig(**{option: value})
+
+
+def test_options_at_their_bounds_are_accepted():
+    TrainConfig(max_steps=1, epochs=0.5, limit_train=1, limit_dev=1, warmup_ratio=1.0, save_steps=0, eval_steps=0,
+                save_total_limit=1, max_grad_norm=0.0, max_length=8, threads=1, learning_rate=0.0)
