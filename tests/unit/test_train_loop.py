@@ -88,6 +88,17 @@ def test_resume_refuses_changed_options_and_names_them(tiny_base, tmp_path):  # 
         train(config(tmp_path, tiny_base, data, "a", learning_rate=2e-2, resume_from="latest"))
 
 
+def test_a_new_run_in_a_used_directory_does_not_keep_the_old_runs_states(tiny_base, tmp_path):  # noqa: F811
+    """An earlier run's states outnumbered the new run's: pruning kept the old 'step-9' as the latest and deleted
+    the new run's own, so --resume-from latest could not continue the new run (or silently continued the old)."""
+    data = write_rows(tmp_path / "mixed.jsonl", mixed_rows())
+    train(config(tmp_path, tiny_base, data, "a", max_steps=10, save_steps=3))
+    train(config(tmp_path, tiny_base, data, "a", max_steps=6, save_steps=2, seed=1))
+    root = tmp_path / "a" / "training_state"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2", "step-4"]
+    assert {json.loads((p / "state.json").read_text())["options"]["seed"] for p in root.iterdir()} == {1}
+
+
 def test_mixed_formats_train_and_log(tiny_base, tmp_path):  # noqa: F811
     data = write_rows(tmp_path / "mixed.jsonl", mixed_rows())
     metrics = train(config(tmp_path, tiny_base, data, "mixed", eval_steps=2, center_rewards=0.1))
