@@ -6,6 +6,7 @@ its --help section (data, ratings, input, optimisation, loss, performance, check
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -115,3 +116,27 @@ class TrainConfig:
     log_steps: int = _opt(1, "Write the training metrics to train_log.jsonl every N steps.", "output")
     tensorboard: bool = _opt(True, "Also write TensorBoard events to OUTPUT_DIR/tensorboard when tensorboard is installed.", "output")
     progress: bool = _opt(True, "Show a progress bar.", "output")
+
+    def __post_init__(self) -> None:
+        """Refuse values that would train something other than what was asked, naming the flag."""
+
+        def refuse(name: str, rule: str) -> None:
+            raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {getattr(self, name)}")
+
+        for name in ("batch_size", "gradient_accumulation_steps", "save_total_limit"):
+            if getattr(self, name) < 1:
+                refuse(name, "at least 1")
+        for name in ("max_steps", "limit_train", "limit_dev", "threads"):  # None: not given
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                refuse(name, "at least 1" + (" (leave it out to train for --epochs)" if name == "max_steps" else ""))
+        for name in ("save_steps", "eval_steps", "log_steps", "lora_r", "base_layers"):
+            if getattr(self, name) < 0:
+                refuse(name, "0 or more")
+        if not (math.isfinite(self.epochs) and self.epochs > 0):
+            refuse("epochs", "a finite number > 0")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            refuse("warmup_ratio", "in [0, 1]")
+        if not self.max_grad_norm >= 0.0:
+            refuse("max_grad_norm", "0 or more (0 disables clipping)")
+        if self.max_length < 8:
+            refuse("max_length", "at least 8")

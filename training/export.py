@@ -32,7 +32,6 @@ from rmserve.service.core.bundle import (
     load_bundle,
     write_manifest,
 )
-from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.service.core.inputs import Batch, InputEncoder
 from rmserve.service.core.step_scores import StepRewards, activate, aggregate
@@ -47,7 +46,7 @@ from rmserve.training.evaluate import (
 from rmserve.training.model import load_checkpoint
 from rmserve.training.onnx_graph import MAX_IR_VERSION, OPSET, data_file_of, export_onnx  # noqa: F401 (re-exported)
 from rmserve.training.ratings import RatingOptions
-from rmserve.training.records import PreferencePair
+from rmserve.training.records import PreferencePair, data_digest
 from rmserve.training.step_model import PRM_KIND, checkpoint_kind
 
 PARITY_TOLERANCE = 1e-4
@@ -200,7 +199,7 @@ def export_bundle(checkpoint: str | Path, output_dir: str | Path, dev_data: str 
             golden_rows=parity_rows(dev_pairs, GOLDEN_SIZE),
             provenance={"checkpoint": str(checkpoint), "base_model": meta.base_model, "training": meta.training,
                         "train_metrics": meta.metrics, "dev_data": str(dev_path), "parity_max_abs_diff": worst},
-            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=file_digest(dev_path), training=meta.training,
+            dev_pairs=dev_pairs, dev_name=dev_path.name, dev_digest=data_digest(dev_path), training=meta.training,
         )
         bundle, metrics = assemble_bundle(onnx_path, output_dir, contents)
     manifest = bundle.manifest

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from rmserve.service.core.bundle import MODEL_FILE, TOKENIZER_FILE, Bundle, ModelInfo
-from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.inputs import Batch, InputEncoder, join_steps
 from rmserve.service.core.step_scores import STEP_OUTPUT, StepRewards, read_step_scores
@@ -29,6 +28,7 @@ from rmserve.training.export import (
     torch_rewards,
 )
 from rmserve.training.onnx_graph import OPSET, export_onnx
+from rmserve.training.records import data_digest
 from rmserve.training.step_model import StepRewardModel, load_step_checkpoint
 from rmserve.training.steps import StepChain, load_steps
 
@@ -86,7 +86,7 @@ def export_step_bundle(checkpoint: Path, output_dir: Path, dev_data: str | None 
             tokenizer_json=(checkpoint / TOKENIZER_FILE).read_text(encoding="utf-8"),
             golden_rows=rows[:: max(1, len(rows) // GOLDEN_SIZE)][:GOLDEN_SIZE],
             provenance={"checkpoint": str(checkpoint), "base_model": meta.base_model, "training": meta.training,
-                        "train_metrics": meta.metrics, "dev_data": str(dev_path), "dev_digest": file_digest(dev_path),
+                        "train_metrics": meta.metrics, "dev_data": str(dev_path), "dev_digest": data_digest(dev_path),
                         "parity_max_abs_diff": worst, "dev_step_metrics_onnx": dev_figures},
             steps=steps,
         )

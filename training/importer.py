@@ -39,7 +39,6 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from rmserve.service.core.bundle import MODEL_FILE, Bundle, ModelInfo
-from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel
 from rmserve.service.core.inputs import InputEncoder, InputSpec, RowError
 from rmserve.training.export import (
@@ -61,6 +60,7 @@ from rmserve.training.model import (
     pad_id_of,
 )
 from rmserve.training.onnx_graph import OPSET, export_onnx
+from rmserve.training.records import data_digest
 
 # model_type -> what it is. Those transformers has and the exporter was checked on (tests/chat_models.py).
 SUPPORTED = {"bert": "encoder", "roberta": "encoder", "deberta-v2": "encoder", "llama": "decoder",
@@ -328,7 +328,7 @@ def import_model(source: str | Path, output_dir: str | Path, preferences: str | 
                         else "none",
                         "preferences": str(preferences) if preferences else None, "import_seconds": stage.seconds},
             dev_pairs=dev_pairs, dev_name=Path(preferences).name if preferences else "",
-            dev_digest=file_digest(Path(preferences)) if preferences else "",
+            dev_digest=data_digest(Path(preferences)) if preferences else "",
         )
         with stage("golden set, stats, files, verification"):
             bundle, metrics = assemble_bundle(staged, output_dir, contents)

@@ -31,12 +31,12 @@ from rmserve.service.core.bundle import (
     load_bundle,
     write_manifest,
 )
-from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.engine import OnnxRewardModel, check_golden
 from rmserve.training.data import load_pairs, shipped_data
 from rmserve.training.evaluate import pair_metrics, score_pairs
 from rmserve.training.onnx_graph import convert_fp16, data_file_of, pack_onnx
 from rmserve.training.ratings import RatingOptions
+from rmserve.training.records import data_digest
 
 Precision = Literal["int8", "fp16"]
 
@@ -61,7 +61,7 @@ def default_dev_data(normalization: Normalization) -> Path:
     stats are recomputed on its dev pairs, so a bundle normalized on other data would silently change the
     reference its normalized rewards are measured against."""
     shipped = shipped_data("dev")
-    if normalization.computed_on != "none" and not normalization.version.startswith(file_digest(shipped)):
+    if normalization.computed_on != "none" and not normalization.version.startswith(data_digest(shipped)):
         raise VariantRefused(f"this bundle's normalization was computed on {normalization.computed_on!r}, not on "
                              "the shipped dev split; give --dev-data (that file keeps the reference its normalized "
                              "rewards are measured against)")
@@ -109,7 +109,7 @@ def make_variant(bundle_dir: str | Path, output_dir: str | Path, precision: Prec
     shutil.copyfile(source.tokenizer_path, output_dir / TOKENIZER_FILE)
 
     rewards = np.concatenate([chosen, rejected])
-    normalization = Normalization.over(rewards, dev_path.name, file_digest(dev_path), len(pairs))  # this model's stats
+    normalization = Normalization.over(rewards, dev_path.name, data_digest(dev_path), len(pairs))  # this model's stats
     manifest = source.manifest
     golden = [
         GoldenExample(prompt=g.prompt, response=g.response,

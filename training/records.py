@@ -10,8 +10,10 @@ exactly when serving would accept it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import numbers
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
+from rmserve.service.core.bundle_files import file_digest
 from rmserve.service.core.inputs import ChatMessage, Prompt
 
 if TYPE_CHECKING:  # only a type: training.ratings imports this module
@@ -113,20 +116,39 @@ class Where(NamedTuple):
         return f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}:row {self.line}"
 
 
+def _binary_lines(path: Path) -> Iterator[bytes]:
+    """The lines of a file, gunzipped when it ends in .gz; a .gz that does not decompress raises DataError
+    naming the file and the line it stopped at (nothing after it can be read, so it is not skippable)."""
+    line_no = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for raw in f:
+                line_no += 1
+                yield raw
+    except (OSError, EOFError, zlib.error) as e:
+        if not path.suffix == ".gz" or isinstance(e, FileNotFoundError):
+            raise
+        raise DataError(path, line_no + 1, None, f"not a readable gzip file ({e})") from None
+
+
 def jsonl_rows(path: Path) -> Iterator[tuple[Where, dict | DataError]]:
-    """Rows of a JSONL file; a line that is not a JSON object comes as its DataError, so it can be skipped."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = Where(path, line_no)
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield where, where.error(None, f"not valid JSON ({e.msg})")
-                continue
-            yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
+    """Rows of a JSONL file; a line that is not UTF-8 or not a JSON object comes as its DataError, so it can be
+    skipped. Lines end at "\\n" only, as JSON Lines defines them."""
+    for line_no, raw in enumerate(_binary_lines(path), start=1):
+        where = Where(path, line_no)
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield where, where.error(None, f"not valid UTF-8 (byte {e.start + 1} of the line: {e.reason})")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield where, where.error(None, f"not valid JSON ({e.msg})")
+            continue
+        yield where, row if isinstance(row, dict) else where.error(None, "each line must be a JSON object")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -153,6 +175,18 @@ def dataset_rows(path: Path) -> Iterator[tuple[Where, dict]]:
                                        f"e.g. {path / splits[0]}" if splits else "holds no splits")
     for index, row in enumerate(dataset):
         yield Where(path, index, "row"), row
+
+
+def data_digest(path: Path) -> str:
+    """The first 12 hex digits of a sha256 naming the data a bundle was measured on: a file's own digest
+    (`file_digest`), or for a save_to_disk directory the digest of its files' relative paths and contents."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode("utf-8") + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def text_field(value: object, field: str, where: Where) -> str:

@@ -54,6 +54,14 @@ def list_states(output_dir: Path) -> list[Path]:
     return [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "state.json").is_file()]
 
 
+def clear_states(output_dir: Path) -> int:
+    """Remove the states an earlier run left in `output_dir` (a new run there starts its own); returns how many.
+    Left in place, pruning by step number would keep an older run's later steps and delete the new run's."""
+    states = list_states(output_dir)
+    shutil.rmtree(output_dir / STATE_DIR, ignore_errors=True)
+    return len(states)
+
+
 def resolve_state(resume_from: str, output_dir: Path) -> Path:
     if resume_from == "latest":
         states = list_states(output_dir)

@@ -43,7 +43,7 @@ from rmserve.training.model import (
 from rmserve.training.ratings import RatingOptions
 from rmserve.training.records import PreferencePair
 from rmserve.training.splits import hold_out_calibration
-from rmserve.training.state import load_state, resolve_state, save_state
+from rmserve.training.state import clear_states, load_state, resolve_state, save_state
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -157,8 +157,6 @@ def train(config: TrainConfig) -> dict:
     """Train, evaluate on the dev set, save the checkpoint; returns the metrics (on every rank)."""
     if config.lr_schedule not in SCHEDULES:
         raise ValueError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}, not {config.lr_schedule!r}")
-    if config.batch_size < 1 or config.gradient_accumulation_steps < 1:
-        raise ValueError("--batch-size and --gradient-accumulation-steps must be at least 1")
     world = setup(config.device)
     try:
         return _train(config, world)
@@ -225,6 +223,8 @@ def _train(config: TrainConfig, world: World) -> dict:
         state_path = resolve_state(config.resume_from, output_dir)
         start_step = load_state(state_path, model, optimizer, scheduler, config)
         say(f"resumed from {state_path} at step {start_step}")
+    elif world.is_main and (cleared := clear_states(output_dir)):
+        say(f"removed {cleared} resumable training states of an earlier run from {output_dir / 'training_state'}")
     ddp_model: torch.nn.Module = model
     if world.size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(

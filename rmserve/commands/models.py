@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from rmserve.commands.options import add_dataclass_options
+from rmserve.commands.options import add_dataclass_options, at_least_one
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -168,7 +168,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--dev-data", default=None,
                         help="Pairs for normalization stats and the dev report (a ratings file is read with the "
                         "rating options the checkpoint was trained with). Default: the checkpoint's dev data.")
-    export.add_argument("--limit-dev", type=int, default=None, help="Use only the first N dev pairs.")
+    export.add_argument("--limit-dev", type=at_least_one, default=None, help="Use only the first N dev pairs.")
     export.set_defaults(handler=_cmd_export)
 
     importer = sub.add_parser(
@@ -184,7 +184,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                           help="Preference pairs (as for training) for normalization stats, the calibration "
                           "temperature and the dev report. Without: normalization is the identity, temperature 1, "
                           "and the bundle says so.")
-    importer.add_argument("--limit-dev", type=int, default=None, help="Use only the first N preference rows.")
+    importer.add_argument("--limit-dev", type=at_least_one, default=None, help="Use only the first N preference rows.")
     importer.add_argument("--max-length", type=int, default=None,
                           help="Tokens per row, 8 to the model's positions (more is refused). Default: the model's "
                           "positions, at most 2048.")
@@ -230,7 +230,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", default=None, help="Preference data (pairs, rankings or ratings; JSONL(.gz) or a "
                           "saved dataset directory). Default: the shipped HH-RLHF dev split. A process reward model bundle: "
                           "step-labelled chains (stepwise, Math-Shepherd or PRM800K rows), required.")
-    evaluate.add_argument("--limit", type=int, default=None,
+    evaluate.add_argument("--limit", type=at_least_one, default=None,
                           help="Use only the first N rows (a ranking row brings all its pairs).")
     evaluate.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto", help="Execution provider.")
     evaluate.add_argument("--bootstrap", type=int, default=1000, metavar="N",

@@ -9,6 +9,14 @@ import types
 import typing
 
 
+def at_least_one(text: str) -> int:
+    """An argparse type for counts of rows: 0 would read as "no rows" and blame the data file."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, only: tuple[str, ...] | None = None) -> None:
     """One option per field of `cls` (only those of the --help sections in `only`, when given)."""
     hints = typing.get_type_hints(cls)

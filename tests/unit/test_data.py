@@ -267,3 +267,29 @@ def test_dataset_dict_and_plain_directories_are_explained(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="not a dataset written by datasets' save_to_disk"):
         load_preferences(tmp_path / "empty")
+
+
+# --- files that are not readable text ----------------------------------------------------------------
+
+
+def test_a_line_that_is_not_utf8_names_file_and_line_and_can_be_skipped(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}).encode()
+    path.write_bytes(good + b"\n" + b'{"prompt": "q\xff", "chosen": "a", "rejected": "c"}\n' + good + b"\n")
+    with pytest.raises(DataError, match=r"d.jsonl:2: not valid UTF-8") as info:
+        load_pairs(path)
+    assert info.value.line == 2
+    loaded = load_pairs(path, skip_bad_rows=True)
+    assert len(loaded.pairs) == 2 and [e.line for e in loaded.skipped] == [2]
+
+
+GOOD_ROWS = "".join(json.dumps({"prompt": f"q{i}", "chosen": f"a{i * i}", "rejected": f"b{i}"}) + "\n"
+                    for i in range(200)).encode()
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all\n", gzip.compress(GOOD_ROWS)[:-400]], ids=["not gzip", "truncated"])
+def test_a_gz_file_that_does_not_decompress_names_the_file(tmp_path, content):
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"d.jsonl.gz(:\d+)?: not a readable gzip file"):
+        load_pairs(path)

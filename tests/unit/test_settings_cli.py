@@ -130,3 +130,15 @@ def test_without_uvloop_auto_falls_back_to_asyncio_and_uvloop_is_refused(tiny_bu
     assert seen == ["asyncio"]
     assert main(["serve", "--bundle", str(tiny_bundle), "--event-loop", "uvloop"]) == 2
     assert "uvloop is not installed" in capsys.readouterr().err and seen == ["asyncio"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "--bundle", "b", "--limit", "0"], "--limit"),  # read as "no rows": "holds no preference rows"
+    (["export", "--checkpoint", "c", "--output", "o", "--limit-dev", "-1"], "--limit-dev"),
+    (["import", "src", "--output", "o", "--limit-dev", "0"], "--limit-dev"),
+])
+def test_row_limits_below_one_are_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert f"argument {flag}: must be at least 1" in capsys.readouterr().err

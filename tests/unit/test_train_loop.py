@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 
@@ -85,6 +86,17 @@ def test_resume_refuses_changed_options_and_names_them(tiny_base, tmp_path):  # 
     train(config(tmp_path, tiny_base, data, "a", save_steps=2))
     with pytest.raises(ValueError, match="learning_rate: saved 0.01, now 0.02"):
         train(config(tmp_path, tiny_base, data, "a", learning_rate=2e-2, resume_from="latest"))
+
+
+def test_a_new_run_in_a_used_directory_does_not_keep_the_old_runs_states(tiny_base, tmp_path):  # noqa: F811
+    """An earlier run's states outnumbered the new run's: pruning kept the old 'step-9' as the latest and deleted
+    the new run's own, so --resume-from latest could not continue the new run (or silently continued the old)."""
+    data = write_rows(tmp_path / "mixed.jsonl", mixed_rows())
+    train(config(tmp_path, tiny_base, data, "a", max_steps=10, save_steps=3))
+    train(config(tmp_path, tiny_base, data, "a", max_steps=6, save_steps=2, seed=1))
+    root = tmp_path / "a" / "training_state"
+    assert sorted(p.name for p in root.iterdir()) == ["step-2", "step-4"]
+    assert {json.loads((p / "state.json").read_text())["options"]["seed"] for p in root.iterdir()} == {1}
 
 
 def test_mixed_formats_train_and_log(tiny_base, tmp_path):  # noqa: F811
@@ -177,3 +189,31 @@ def test_training_counts_an_exact_tie_in_score_as_half_like_eval():
     assert (right, counted) == (2.0, 4)  # 0.5 + 1 + 0 + 0.5
     accuracy, ties = tie_aware_accuracy(delta.numpy().astype(np.float64), label.numpy().astype(np.float64))
     assert accuracy == right / counted and ties == 1
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("max_steps", 0, "--max-steps must be at least 1"),  # 0 trained a whole epoch (0 read as "not given")
+    ("max_steps", -3, "--max-steps must be at least 1"),  # trained nothing and saved the checkpoint
+    ("epochs", 0.0, "--epochs must be a finite number > 0"),  # trained one step
+    ("epochs", -1.0, "--epochs must be a finite number > 0"),
+    ("epochs", math.nan, "--epochs must be a finite number > 0"),
+    ("limit_train", 0, "--limit-train must be at least 1"),  # blamed the file: "holds no preference rows"
+    ("limit_dev", -2, "--limit-dev must be at least 1"),
+    ("warmup_ratio", 2.0, "--warmup-ratio must be in [0, 1]"),  # the learning rate never reached its peak
+    ("save_steps", -1, "--save-steps must be 0 or more"),  # saved a state every step
+    ("eval_steps", -1, "--eval-steps must be 0 or more"),
+    ("save_total_limit", 0, "--save-total-limit must be at least 1"),
+    ("max_grad_norm", -1.0, "--max-grad-norm must be 0 or more"),
+    ("max_length", 4, "--max-length must be at least 8"),
+    ("threads", 0, "--threads must be at least 1"),
+    ("batch_size", 0, "--batch-size must be at least 1"),
+    ("gradient_accumulation_steps", 0, "--gradient-accumulation-steps must be at least 1"),
+])
+def test_options_out_of_range_are_refused_naming_the_flag(option, value, words):
+    with pytest.raises(ValueError, match=f"^{re.escape(words)}.*got {re.escape(str(value))}$"):
+        TrainConfig(**{option: value})
+
+
+def test_options_at_their_bounds_are_accepted():
+    TrainConfig(max_steps=1, epochs=0.5, limit_train=1, limit_dev=1, warmup_ratio=1.0, save_steps=0, eval_steps=0,
+                save_total_limit=1, max_grad_norm=0.0, max_length=8, threads=1, learning_rate=0.0)

@@ -53,3 +53,35 @@ def test_training_changes_every_parameter_and_writes_a_checkpoint(tiny_base, tmp
     assert json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())["model_max_length"] == 32
     # The task is trivially learnable: after 3 large steps the chosen response must score higher.
     assert metrics["dev_accuracy"] == 1.0
+
+
+def test_a_saved_dataset_as_train_and_dev_data_trains_and_exports(tiny_base, tmp_path):
+    """docs/training.md lists a save_to_disk directory beside JSONL; export names the dev data by a digest of it."""
+    datasets = pytest.importorskip("datasets")
+    from rmserve.training.export import export_bundle
+
+    rows = [{"prompt": f"hello there {i}", "chosen": "sure i am fine thanks", "rejected": "no"} for i in range(12)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    train(TrainConfig(output_dir=str(tmp_path / "ckpt"), base_model=str(tiny_base), train_data=str(tmp_path / "ds"),
+                      dev_data=str(tmp_path / "ds"), max_length=32, batch_size=4, max_steps=1, progress=False,
+                      tensorboard=False, threads=1))
+    bundle = export_bundle(tmp_path / "ckpt", tmp_path / "bundle")  # was IsADirectoryError from its digest
+    from rmserve.training.records import data_digest
+
+    normalization = bundle.manifest.normalization
+    assert normalization.computed_on == "ds: chosen+rejected of 12 pairs"
+    assert normalization.version.startswith(data_digest(tmp_path / "ds") + "-")
+
+
+def test_data_digest_of_a_directory_follows_its_files(tmp_path):
+    from rmserve.service.core.bundle_files import file_digest
+    from rmserve.training.records import data_digest
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.arrow").write_bytes(b"one")
+    first = data_digest(tmp_path / "d")
+    assert len(first) == 12 and data_digest(tmp_path / "d") == first
+    (tmp_path / "d" / "a.arrow").write_bytes(b"two")
+    assert data_digest(tmp_path / "d") != first
+    (tmp_path / "f.jsonl").write_text("{}\n")
+    assert data_digest(tmp_path / "f.jsonl") == file_digest(tmp_path / "f.jsonl")
