@@ -168,7 +168,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--dev-data", default=None,
                         help="Pairs for normalization stats and the dev report (a ratings file is read with the "
                         "rating options the checkpoint was trained with). Default: the checkpoint's dev data.")
-    export.add_argument("--limit-dev", type=at_least_one, default=None, help="Use only the first N dev pairs.")
+    export.add_argument("--limit-dev", type=at_least_one, default=None, help="Use only the first N rows of the dev data.")
     export.set_defaults(handler=_cmd_export)
 
     importer = sub.add_parser(
