@@ -27,7 +27,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings(**given)
     except ValidationError as e:
         first = e.errors()[0]
-        print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        where = f"setting '{'.'.join(map(str, first['loc']))}': " if first["loc"] else ""  # else: it names them
+        print(f"rmserve serve: {where}{message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # keys readable; no open port on a public address by accident
