@@ -19,6 +19,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rmserve.service.core.verification import load_verifiers
     from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
+    from rmserve.service.transports.tls import ListenError
 
     given: dict[str, Any] = {
         name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
@@ -43,6 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
         return 2
     load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
+    run = asyncio.run
     if settings.event_loop != "asyncio":
         try:
             import uvloop
@@ -51,8 +53,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
                 return 2
         else:
-            return uvloop.run(serve(settings))
-    return asyncio.run(serve(settings))
+            run = uvloop.run
+    try:
+        return run(serve(settings))
+    except ListenError as e:
+        print(f"rmserve serve: {e}", file=sys.stderr)
+        return 2
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

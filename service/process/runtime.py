@@ -39,7 +39,7 @@ from rmserve.service.transports.http.connections import (
     settled,
     stop_accepting,
 )
-from rmserve.service.transports.tls import harden, uvicorn_tls_options
+from rmserve.service.transports.tls import check_tls_files, harden, uvicorn_tls_options
 
 log = logging.getLogger("rmserve")
 
@@ -59,9 +59,11 @@ def check_exposure(settings: Settings, api_keys: ApiKeys) -> None:
 
 
 def preflight(settings: Settings) -> None:
-    """What can refuse a start before the bundle loads and ports are bound: the key files, and exposure."""
+    """What can refuse a start before the bundle loads and ports are bound: the key files, exposure, and the
+    TLS certificate and key."""
     check_exposure(settings, ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file))
     ApiKeys.load(settings.admin_api_keys.get_secret_value(), settings.admin_api_keys_file, "admin_api_keys_file")
+    check_tls_files(settings)
 
 
 async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
