@@ -143,7 +143,7 @@ class Reloader:
             log.warning("bundle %s still had calls after %.0f s; closing it anyway", old.manifest.bundle_id, grace)
         await asyncio.to_thread(old.close)
 
-    async def close(self) -> None:
-        """Wait for replaced scorers to finish their work and close."""
+    async def close(self, limit: float) -> None:
+        """Wait, at most `limit` seconds, for replaced scorers to finish their work and close."""
         if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.wait(self._retiring, timeout=limit)

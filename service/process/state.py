@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.metrics import Metrics
@@ -90,11 +92,24 @@ class ServiceState:
         if self.scorer is not None and not await until_idle(self.scorer, min(DRAIN_QUIET_SECONDS, limit), limit):
             log.warning("work still under way after the %.0f s shutdown grace period", limit)
 
-    async def close(self) -> None:
+    async def close(self, limit: float | None = None) -> None:
+        """Close the scorer (and those a reload replaced), waiting at most `limit` seconds (default
+        shutdown_grace_seconds): an engine still busy then (a hung GPU, a batch past the grace period) is
+        left to the process's exit."""
         self.set_ready(False)
-        await self.reloader.close()
+        limit = self.settings.shutdown_grace_seconds if limit is None else limit
+        give_up = time.monotonic() + limit
+        await self.reloader.close(limit)
         scorer, self.scorer = self.scorer, None
-        if scorer is not None:
-            await asyncio.to_thread(scorer.close)
+        if scorer is None:
+            return
+        # A daemon thread, not the loop's executor: the event loop's end would wait for an executor thread.
+        closing = threading.Thread(target=scorer.close, name="close-scorer", daemon=True)
+        closing.start()
+        while closing.is_alive():
+            if time.monotonic() >= give_up:
+                log.warning("the engine is still busy at the end of the shutdown grace period: exiting without it")
+                return
+            await asyncio.sleep(0.02)
 
 

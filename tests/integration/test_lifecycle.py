@@ -93,3 +93,51 @@ def test_a_bundle_that_fails_to_load_stops_the_process(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle), "--port", "0",
                           "--grpc-port", "-1"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "bad hash" in out.stderr
+
+
+@pytest.mark.holds_engine
+def test_work_still_held_when_the_grace_period_ends_is_sent_away_and_the_process_exits(tmp_path):
+    """The engine never finishes the batch (a hung GPU, a batch longer than the grace period): when
+    shutdown_grace_seconds have passed, the HTTP request under way gets 503 `unavailable` in JSON (was
+    uvicorn's plain-text 500, which clients do not retry elsewhere), the gRPC call UNAVAILABLE, and the
+    process exits without waiting on the engine (it waited 30 s more for the batcher's thread, past
+    Kubernetes' terminationGracePeriodSeconds)."""
+    import time
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    gate = EngineGate()
+    grace = 1.0
+    with running_server(bundle, gate=gate, shutdown_grace_seconds=str(grace)) as server:
+        answers: dict = {}
+
+        def http_client() -> None:
+            r = httpx.post(server.url + "/score", json={"prompt": "hello there", "responses": ["no"]}, timeout=120)
+            answers["http"] = (r.status_code, r.headers.get("content-type"), r.text)
+
+        def grpc_client() -> None:
+            with grpc.insecure_channel(server.grpc_target) as channel:
+                try:
+                    pb_grpc.RewardModelStub(channel).Score(
+                        pb.ScoreRequest(prompt=pb.Prompt(text="hello there"), responses=["sure"]), timeout=120)
+                    answers["grpc"] = "scored"
+                except grpc.RpcError as e:
+                    answers["grpc"] = e.code()
+
+        gate.hold()
+        clients = [threading.Thread(target=http_client), threading.Thread(target=grpc_client)]
+        for client in clients:
+            client.start()
+        gate.wait_held()
+        wait_until(lambda: in_flight(server, "http") == 1 and in_flight(server, "grpc") == 1, "both requests admitted")
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        for client in clients:
+            client.join(120)
+        assert server.process.wait(timeout=120) == 0
+        # Not a speed figure: without the bound the process waited 30 s for the held engine; the margin
+        # over the grace period is for a slow or busy machine.
+        assert time.monotonic() - signalled < grace + 15, "the process waited on the engine past its grace period"
+    status, content_type, text = answers["http"]
+    assert status == 503 and content_type == "application/json", answers
+    assert httpx.Response(status, text=text).json()["error"]["kind"] == "unavailable"
+    assert answers["grpc"] == grpc.StatusCode.UNAVAILABLE, answers
