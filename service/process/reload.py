@@ -13,13 +13,16 @@ new engine) in a thread while the old one keeps serving; a failure leaves everyt
 success the new `Scorer` (its own tokenizer, batcher and session) replaces the old one in one assignment:
 requests that already hold the old scorer finish on it, new requests get the new one, so every request
 and every batch is scored by exactly one bundle and its answer names that bundle. The old scorer is
-closed once no call has used it for `RETIRE_QUIET_SECONDS` (at most `shutdown_grace_seconds`).
+closed once no call has used it for `RETIRE_QUIET_SECONDS`, however long its last requests take (a request
+scored in chunks, /get_reward's, keeps its scorer from the first chunk to the last); a shutdown waits for
+it only within its grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,9 +141,9 @@ class Reloader:
             log.error("SIGHUP reload: %s", e.message)
 
     async def _retire(self, old: Scorer) -> None:
-        grace = max(self.state.settings.shutdown_grace_seconds, RETIRE_QUIET_SECONDS)
-        if not await until_idle(old, RETIRE_QUIET_SECONDS, grace):
-            log.warning("bundle %s still had calls after %.0f s; closing it anyway", old.manifest.bundle_id, grace)
+        # No time limit: closing it under a request refuses that request's next chunk (each request's own
+        # deadline bounds it; a shutdown stops waiting at the end of its grace period, in close()).
+        await until_idle(old, RETIRE_QUIET_SECONDS, math.inf)
         await asyncio.to_thread(old.close)
 
     async def close(self, limit: float) -> None:
