@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.metrics import Metrics
 from rmserve.service.core.scoring import Scorer
-from rmserve.service.process.reload import Reloader, until_idle
+from rmserve.service.process.reload import Reloader, off_loop, until_idle
 from rmserve.service.settings import Settings
 from rmserve.service.transports.auth import ApiKeys
 
@@ -56,7 +55,7 @@ class ServiceState:
 
     async def load(self) -> None:
         try:
-            self.scorer = await asyncio.to_thread(Scorer.load, self.settings, self.metrics)
+            self.scorer = await off_loop(Scorer.load, self.settings, self.metrics)
         except Exception as e:
             self.load_error = e
             raise
@@ -103,13 +102,9 @@ class ServiceState:
         scorer, self.scorer = self.scorer, None
         if scorer is None:
             return
-        # A daemon thread, not the loop's executor: the event loop's end would wait for an executor thread.
-        closing = threading.Thread(target=scorer.close, name="close-scorer", daemon=True)
-        closing.start()
-        while closing.is_alive():
-            if time.monotonic() >= give_up:
-                log.warning("the engine is still busy at the end of the shutdown grace period: exiting without it")
-                return
-            await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(off_loop(scorer.close), max(0.0, give_up - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.warning("the engine is still busy at the end of the shutdown grace period: exiting without it")
 
 
