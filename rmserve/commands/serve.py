@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,6 +18,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from rmserve.service.core.bundle import BundleError, load_bundle
     from rmserve.service.core.verification import load_verifiers
+    from rmserve.service.process.reload import loads_or_closes_under_way
     from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
     from rmserve.service.transports.tls import ListenError
@@ -55,10 +57,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         else:
             run = uvloop.run
     try:
-        return run(serve(settings))
+        code = run(serve(settings))
     except ListenError as e:
         print(f"rmserve serve: {e}", file=sys.stderr)
         return 2
+    if loads_or_closes_under_way():  # a hung engine, or a large bundle still loading, at the end of the grace period
+        # The interpreter's exit would tear itself down under ONNX Runtime's running code (an abort).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -85,11 +85,23 @@ async def off_loop(function: Callable[..., T], *args: Any) -> T:
             outcome: tuple[Any, BaseException | None] = (function(*args), None)
         except BaseException as e:  # handed to the awaiting coroutine
             outcome = (None, e)
+        finally:
+            _running.discard(threading.current_thread())
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
             loop.call_soon_threadsafe(settle, *outcome)
 
-    threading.Thread(target=run, name=getattr(function, "__qualname__", "off-loop"), daemon=True).start()
+    thread = threading.Thread(target=run, name=getattr(function, "__qualname__", "off-loop"), daemon=True)
+    _running.add(thread)
+    thread.start()
     return await done
+
+
+_running: set[threading.Thread] = set()
+
+
+def loads_or_closes_under_way() -> bool:
+    """Whether an `off_loop` call is still running (the process is exiting without it: see rmserve serve)."""
+    return bool(_running)
 
 
 class Reloader:

@@ -176,3 +176,30 @@ def test_sigterm_during_a_reload_exits_without_waiting_for_the_new_bundle(tmp_pa
         # Not a speed figure: without the fix the process waited for the held engine, for ever.
         assert time.monotonic() - signalled < grace + 15
     assert answers[0].status_code == 503 and answers[0].json()["error"]["kind"] == "unavailable", answers[0].text
+
+
+def test_sigterm_while_the_bundle_loads_exits_zero_at_once(tmp_path):
+    """SIGTERM while the first bundle is still being verified (ports open, /readyz 503): the process exits
+    0 without waiting for the load, and without the abort that tearing the interpreter down under ONNX
+    Runtime's running code gives ('terminate called without an active exception', status -6)."""
+    import subprocess
+    import sys
+
+    from tests.integration.server import ROOT, free_port
+
+    bundle = make_slow_bundle(tmp_path / "bundle", products=4000)  # its golden set and warm-up take a while
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "rmserve.cli", "serve", "--bundle", str(bundle), "--port",
+                                str(port), "--grpc-port", str(free_port()), "--shutdown-grace-seconds", "1",
+                                "--device", "cpu", "--log-level", "warning"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(url + "/healthz", timeout=5).status_code == 200, "the port to answer",
+                   ignore=(httpx.TransportError,))
+        loading = httpx.get(url + "/readyz", timeout=5).status_code == 503
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, process.stderr.read()[-2000:]
+    finally:
+        process.kill()
+    assert loading, "the bundle had loaded before SIGTERM: this test needs a slower bundle"
