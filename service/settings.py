@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -156,11 +156,12 @@ class Settings(BaseSettings):
         "(docs/prm.md); read with the bundle, at start-up and at every reload. Unset: no verifiers.",
     )
 
-    @model_validator(mode="after")
-    def _verifiers_file_exists(self) -> Settings:
-        if self.verifiers_config is not None and not self.verifiers_config.is_file():
-            raise ValueError(f"verifiers_config {self.verifiers_config} does not exist")
-        return self
+    @field_validator("verifiers_config", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _is_a_file(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} {'is not a file' if path.exists() else 'does not exist'}")
+        return path
 
     @property
     def client_queue_rows(self) -> int:
@@ -170,12 +171,13 @@ class Settings(BaseSettings):
         return min(self.max_queue_rows, max(self.max_queue_rows // 2, self.max_responses_per_request))
 
     @model_validator(mode="after")
-    def _tls_needs_both_files(self) -> Settings:
+    def _settings_agree(self) -> Settings:
+        """Settings that are valid alone but not together; each message names the settings."""
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
-        for path in (self.tls_cert_file, self.tls_key_file):
-            if path is not None and not path.is_file():
-                raise ValueError(f"TLS file {path} does not exist")
+        if self.grpc_port == self.port != 0:
+            raise ValueError(f"grpc_port ({self.grpc_port}) is the HTTP port too: give gRPC a port of its own, "
+                             "or -1 to serve no gRPC")
         if self.request_timeout_seconds > self.max_request_timeout_seconds:
             raise ValueError(f"request_timeout_seconds ({self.request_timeout_seconds:g}) is longer than "
                              f"max_request_timeout_seconds ({self.max_request_timeout_seconds:g})")

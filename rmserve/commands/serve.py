@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -17,8 +18,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from rmserve.service.core.bundle import BundleError, load_bundle
     from rmserve.service.core.verification import load_verifiers
+    from rmserve.service.process.reload import loads_or_closes_under_way
     from rmserve.service.process.runtime import preflight, serve
     from rmserve.service.settings import Settings
+    from rmserve.service.transports.tls import ListenError
 
     given: dict[str, Any] = {
         name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None
@@ -27,7 +30,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         settings = Settings(**given)
     except ValidationError as e:
         first = e.errors()[0]
-        print(f"rmserve serve: setting '{'.'.join(map(str, first['loc']))}': {first['msg']}", file=sys.stderr)
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        where = f"setting '{'.'.join(map(str, first['loc']))}': " if first["loc"] else ""  # else: it names them
+        print(f"rmserve serve: {where}{message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # keys readable; no open port on a public address by accident
@@ -41,6 +46,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"rmserve serve: bundle {settings.bundle}: {e}", file=sys.stderr)
         return 2
     load_verifiers(settings.verifiers_config)  # and with the verifier configuration's
+    run = asyncio.run
     if settings.event_loop != "asyncio":
         try:
             import uvloop
@@ -49,8 +55,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 print("rmserve serve: setting 'event_loop': uvloop is not installed (pip install uvloop)", file=sys.stderr)
                 return 2
         else:
-            return uvloop.run(serve(settings))
-    return asyncio.run(serve(settings))
+            run = uvloop.run
+    try:
+        code = run(serve(settings))
+    except ListenError as e:
+        print(f"rmserve serve: {e}", file=sys.stderr)
+        return 2
+    if loads_or_closes_under_way():  # a hung engine, or a large bundle still loading, at the end of the grace period
+        # The interpreter's exit would tear itself down under ONNX Runtime's running code (an abort).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -13,16 +13,22 @@ new engine) in a thread while the old one keeps serving; a failure leaves everyt
 success the new `Scorer` (its own tokenizer, batcher and session) replaces the old one in one assignment:
 requests that already hold the old scorer finish on it, new requests get the new one, so every request
 and every batch is scored by exactly one bundle and its answer names that bundle. The old scorer is
-closed once no call has used it for `RETIRE_QUIET_SECONDS` (at most `shutdown_grace_seconds`).
+closed once no call has used it for `RETIRE_QUIET_SECONDS`, however long its last requests take (a request
+scored in chunks, /get_reward's, keeps its scorer from the first chunk to the last); a shutdown waits for
+it only within its grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter
 
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
     from rmserve.service.process.state import ServiceState
 
 log = logging.getLogger("rmserve.reload")
+T = TypeVar("T")
 
 # A request takes its scorer and starts scoring within one pass of the event loop; a scorer unused for
 # this long has no request left that could still reach it.
@@ -56,6 +63,45 @@ async def until_idle(scorer: Scorer, quiet: float, limit: float) -> bool:
         if now >= give_up:
             return False
         await asyncio.sleep(0.02)
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """`function(*args)` on a daemon thread of its own, awaited: for loading and closing scorers, which can
+    take minutes (a large model) or never end (a hung engine). `asyncio.to_thread` would use the loop's
+    executor, whose threads the end of the event loop and the interpreter's exit wait for, so a shutdown
+    could not end within its grace period."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(result)
+            else:
+                done.set_exception(error)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (function(*args), None)
+        except BaseException as e:  # handed to the awaiting coroutine
+            outcome = (None, e)
+        finally:
+            _running.discard(threading.current_thread())
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    thread = threading.Thread(target=run, name=getattr(function, "__qualname__", "off-loop"), daemon=True)
+    _running.add(thread)
+    thread.start()
+    return await done
+
+
+_running: set[threading.Thread] = set()
+
+
+def loads_or_closes_under_way() -> bool:
+    """Whether an `off_loop` call is still running (the process is exiting without it: see rmserve serve)."""
+    return bool(_running)
 
 
 class Reloader:
@@ -105,7 +151,7 @@ class Reloader:
             settings = state.settings if where is None else state.settings.model_copy(update={"bundle": where})
             name = "the configured bundle" if bundle is None else "the bundle"
             try:
-                new = await asyncio.to_thread(Scorer.load, settings, state.metrics,
+                new = await off_loop(Scorer.load, settings, state.metrics,
                                               None if where is None else state.settings.bundle_root)
             except BundleError as e:  # names the failed check, files relative to the bundle
                 self.reloads.labels("refused").inc()
@@ -118,7 +164,7 @@ class Reloader:
                 raise ScoringError(ErrorKind.VALIDATION, f"{name} was refused, still serving {old.manifest.bundle_id}: "
                                    "it could not be loaded (the server log has the details)", "bundle") from None
             if not state.ready:  # shutdown began while the bundle loaded
-                await asyncio.to_thread(new.close)
+                await off_loop(new.close)
                 raise ScoringError(ErrorKind.UNAVAILABLE, "the service is shutting down")
             state.scorer = new
             new.publish_model_info()
@@ -138,12 +184,12 @@ class Reloader:
             log.error("SIGHUP reload: %s", e.message)
 
     async def _retire(self, old: Scorer) -> None:
-        grace = max(self.state.settings.shutdown_grace_seconds, RETIRE_QUIET_SECONDS)
-        if not await until_idle(old, RETIRE_QUIET_SECONDS, grace):
-            log.warning("bundle %s still had calls after %.0f s; closing it anyway", old.manifest.bundle_id, grace)
-        await asyncio.to_thread(old.close)
+        # No time limit: closing it under a request refuses that request's next chunk (each request's own
+        # deadline bounds it; a shutdown stops waiting at the end of its grace period, in close()).
+        await until_idle(old, RETIRE_QUIET_SECONDS, math.inf)
+        await off_loop(old.close)
 
-    async def close(self) -> None:
-        """Wait for replaced scorers to finish their work and close."""
+    async def close(self, limit: float) -> None:
+        """Wait, at most `limit` seconds, for replaced scorers to finish their work and close."""
         if self._retiring:
-            await asyncio.gather(*self._retiring, return_exceptions=True)
+            await asyncio.wait(self._retiring, timeout=limit)

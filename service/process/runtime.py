@@ -39,7 +39,7 @@ from rmserve.service.transports.http.connections import (
     settled,
     stop_accepting,
 )
-from rmserve.service.transports.tls import harden, uvicorn_tls_options
+from rmserve.service.transports.tls import check_tls_files, harden, uvicorn_tls_options
 
 log = logging.getLogger("rmserve")
 
@@ -59,9 +59,11 @@ def check_exposure(settings: Settings, api_keys: ApiKeys) -> None:
 
 
 def preflight(settings: Settings) -> None:
-    """What can refuse a start before the bundle loads and ports are bound: the key files, and exposure."""
+    """What can refuse a start before the bundle loads and ports are bound: the key files, exposure, and the
+    TLS certificate and key."""
     check_exposure(settings, ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file))
     ApiKeys.load(settings.admin_api_keys.get_secret_value(), settings.admin_api_keys_file, "admin_api_keys_file")
+    check_tls_files(settings)
 
 
 async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
@@ -84,6 +86,7 @@ async def close_grpc(server: Any, state: ServiceState, grace: float) -> None:
 
 
 _CALLS_SETTLED = 0.2  # long enough for a busy event loop to take up a call that has arrived
+_ANSWERS_SENT = 1.0  # at most, for the event loop to write the answers of requests cancelled at the end
 
 
 async def _until(condition: Callable[[], bool], limit: float) -> bool:
@@ -123,14 +126,17 @@ async def serve(settings: Settings) -> int:
 
     draining: asyncio.Task | None = None
     tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+    # When the shutdown must be over: SIGTERM + shutdown_grace_seconds (a second signal: now). Every wait of
+    # the shutdown, gRPC's and the engine's included, ends by then.
+    stop_by: float | None = None
+
+    def left() -> float:
+        if stop_by is None:  # stopping without a signal (the bundle failed to load)
+            return settings.shutdown_grace_seconds
+        return max(0.0, stop_by - time.monotonic())
 
     async def drain_then_stop() -> None:
-        began = time.monotonic()
-
-        def left() -> float:
-            return max(0.0, settings.shutdown_grace_seconds - (time.monotonic() - began))
-
-        await state.drain(settings.shutdown_grace_seconds)
+        await state.drain(left())
         # New connections wait unanswered (and then find the port closed); those already queued are
         # accepted and answered 503, closing; the servers stop once every connection has its answer.
         listeners = stop_accepting(getattr(http, "servers", []))
@@ -143,13 +149,15 @@ async def serve(settings: Settings) -> int:
         http.should_exit = True
 
     def begin_shutdown(sig: signal.Signals) -> None:
-        nonlocal draining
+        nonlocal draining, stop_by
         if draining is not None:  # a second signal: stop waiting
             log.info("%s received again: stopping now", sig.name)
+            stop_by = time.monotonic()
             http.force_exit = True
             http.should_exit = True
             return
         log.info("%s received: readiness off, refusing new work, finishing admitted work", sig.name)
+        stop_by = time.monotonic() + settings.shutdown_grace_seconds
         state.set_ready(False)
         state.draining = True  # every HTTP answer from now on closes its connection
         for connection in list(http.server_state.connections):
@@ -181,7 +189,9 @@ async def serve(settings: Settings) -> int:
         if not loading.done():
             loading.cancel()
         state.set_ready(False)
+        # HTTP requests cancelled at the end of the grace period are being answered 503 (ScoringFront).
+        await _until(lambda: not http.server_state.connections, _ANSWERS_SENT)
         if grpc_server is not None:
-            await close_grpc(grpc_server, state, settings.shutdown_grace_seconds)
-        await state.close()
+            await close_grpc(grpc_server, state, left())
+        await state.close(left())
     return 1 if state.load_error is not None else 0

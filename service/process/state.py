@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from rmserve.service.core.errors import ErrorKind, ScoringError
 from rmserve.service.core.metrics import Metrics
 from rmserve.service.core.scoring import Scorer
-from rmserve.service.process.reload import Reloader, until_idle
+from rmserve.service.process.reload import Reloader, off_loop, until_idle
 from rmserve.service.settings import Settings
 from rmserve.service.transports.auth import ApiKeys
 
@@ -54,7 +55,7 @@ class ServiceState:
 
     async def load(self) -> None:
         try:
-            self.scorer = await asyncio.to_thread(Scorer.load, self.settings, self.metrics)
+            self.scorer = await off_loop(Scorer.load, self.settings, self.metrics)
         except Exception as e:
             self.load_error = e
             raise
@@ -90,11 +91,20 @@ class ServiceState:
         if self.scorer is not None and not await until_idle(self.scorer, min(DRAIN_QUIET_SECONDS, limit), limit):
             log.warning("work still under way after the %.0f s shutdown grace period", limit)
 
-    async def close(self) -> None:
+    async def close(self, limit: float | None = None) -> None:
+        """Close the scorer (and those a reload replaced), waiting at most `limit` seconds (default
+        shutdown_grace_seconds): an engine still busy then (a hung GPU, a batch past the grace period) is
+        left to the process's exit."""
         self.set_ready(False)
-        await self.reloader.close()
+        limit = self.settings.shutdown_grace_seconds if limit is None else limit
+        give_up = time.monotonic() + limit
+        await self.reloader.close(limit)
         scorer, self.scorer = self.scorer, None
-        if scorer is not None:
-            await asyncio.to_thread(scorer.close)
+        if scorer is None:
+            return
+        try:
+            await asyncio.wait_for(off_loop(scorer.close), max(0.0, give_up - time.monotonic()))
+        except asyncio.TimeoutError:
+            log.warning("the engine is still busy at the end of the shutdown grace period: exiting without it")
 
 

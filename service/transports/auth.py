@@ -27,7 +27,10 @@ class ApiKeys:
                 lines = Path(file).read_text().splitlines()
             except OSError as e:
                 raise ValueError(f"{setting} {file}: {e.strerror}") from e
-            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            from_file = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            if not from_file:  # given but empty (a secret mounted before it was filled): never "no keys, open"
+                raise ValueError(f"{setting} {file} holds no key (one a line; # starts a comment)")
+            keys += from_file
         return cls([k for k in keys if k])
 
     @property

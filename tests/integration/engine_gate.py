@@ -14,8 +14,11 @@ it (tests/integration/test_engine_gate.py checks both).
 The gate can also make the engine fail once (`fail_next`): the next batch raises the kind of error ONNX
 Runtime raises, for tests of what clients are told when inference fails.
 
+The gate can hold only the engines loaded so far (`hold(loaded_only=True)`): a bundle loaded later (a
+reload) runs freely, for tests of work held on a bundle that is being replaced.
+
 The test and the server process talk over a Unix socket (multiprocessing.connection): the test sends
-"hold", "release" or "fail" and gets "ok" once it took effect; the server sends ("held", rows) for each batch it
+"hold", "hold-loaded", "release" or "fail" and gets "ok" once it took effect; the server sends ("held", rows) for each batch it
 holds.
 """
 
@@ -62,9 +65,10 @@ class EngineGate:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         return self._conn.recv()
 
-    def hold(self) -> None:
-        """From now on every batch waits in the engine until `release`."""
-        self._command("hold")
+    def hold(self, loaded_only: bool = False) -> None:
+        """From now on every batch waits in the engine until `release`; with `loaded_only`, only batches of
+        the engines that have run one already (every engine runs its warm-up when it loads)."""
+        self._command("hold-loaded" if loaded_only else "hold")
 
     def release(self) -> None:
         """Held batches run, and later ones pass freely."""
@@ -95,6 +99,8 @@ class _ServerGate:
         self._open = threading.Event()
         self._open.set()
         self._fail = threading.Event()
+        self._engines: set[int] = set()  # engines that have run a batch
+        self._only: frozenset[int] | None = None  # hold only these engines' batches (None: every one)
         self._send_lock = threading.Lock()
         self._conn: Connection | None = None
         self._listener = Listener(address, family="AF_UNIX", authkey=AUTHKEY)
@@ -108,7 +114,8 @@ class _ServerGate:
             except (EOFError, OSError):  # the test is done with the gate: never hold again
                 self._open.set()
                 return
-            if command == "hold":
+            if command in ("hold", "hold-loaded"):
+                self._only = frozenset(self._engines) if command == "hold-loaded" else None
                 self._open.clear()
             elif command == "release":
                 self._open.set()
@@ -123,7 +130,8 @@ class _ServerGate:
 
     def wrap(self, call):
         def gated(engine, batch):
-            if not self._open.is_set():
+            self._engines.add(id(engine))
+            if not self._open.is_set() and (self._only is None or id(engine) in self._only):
                 self._send(("held", int(batch.input_ids.shape[0])))
                 self._open.wait()
             if self._fail.is_set():

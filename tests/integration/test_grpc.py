@@ -196,3 +196,15 @@ def test_http_and_grpc_serve_on_asyncio_own_event_loop_too(trained):
         http = httpx.post(running.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES}).json()
     np.testing.assert_allclose(reply.rewards, http["rewards"], atol=1e-5, rtol=0)
     assert len(reply.rewards) == len(RESPONSES)
+
+
+def test_a_grpc_port_in_use_stops_start_up_naming_it(server, trained):
+    """A second server given the first one's gRPC port (the default, 50051, for two servers on one host)
+    exits naming grpc_port, instead of sharing the port (gRPC's SO_REUSEPORT) and splitting its calls
+    between two models, or ending in a traceback."""
+    _, bundle, _, _ = trained
+    taken = int(server.grpc_target.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match=r"exited with 2:[\s\S]*grpc_port[\s\S]*in use") as info:
+        with running_server(bundle.path, grpc_port=taken):
+            pass
+    assert "Traceback" not in str(info.value)

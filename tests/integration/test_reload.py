@@ -4,6 +4,7 @@ refused while the old one keeps serving; /v1/model and the metrics name the live
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import signal
 import threading
@@ -17,6 +18,7 @@ from rmserve.proto import reward_pb2 as pb
 from rmserve.proto import reward_pb2_grpc as pb_grpc
 from rmserve.service.core.bundle import MANIFEST, load_bundle, write_manifest
 from tests.conftest import build_tiny_onnx, make_tiny_bundle
+from tests.integration.engine_gate import EngineGate
 from tests.integration.server import running_server
 from tests.integration.slow_bundle import make_slow_bundle
 from tests.integration.test_observability import value
@@ -238,3 +240,37 @@ def test_admin_keys_can_come_from_a_file(tmp_path):
         assert httpx.post(server.url + "/admin/reload", json={}, headers=ADMIN).status_code == 401
         r = httpx.post(server.url + "/admin/reload", json={}, headers={"authorization": "bearer from-file"}, timeout=60)
         assert r.status_code == 200, r.text
+
+
+@pytest.mark.holds_engine
+def test_a_replaced_bundle_serves_its_long_requests_to_the_end(bundles):
+    """A request that took the old bundle before a reload keeps it to its end, however long it takes:
+    /get_reward scores its queries in chunks of max_responses_per_request, one after another, on one
+    scorer; the old scorer was closed once it had been busy for shutdown_grace_seconds, and the request's
+    next chunk was refused 503 'shutting down' on a server that was not shutting down."""
+    import time
+
+    make_other_bundle(bundles["root"] / "long-requests", "bundle-long", seed=7)
+    gate = EngineGate()
+    grace = 1.0
+    queries = ["hello there i am fine thanks", "hello there no"]
+    with running_server(bundles["b"], gate=gate, admin_api_keys="admin-key", bundle_root=str(bundles["root"]),
+                        max_responses_per_request=1, shutdown_grace_seconds=str(grace)) as server, \
+            cf.ThreadPoolExecutor(1) as pool:
+        gate.hold(loaded_only=True)  # bundle-b's engine; the new bundle's runs freely
+        answer = pool.submit(httpx.post, server.url + "/get_reward",
+                             json={"query": queries, "prompts": ["hello there"] * 2}, timeout=120)
+        try:
+            gate.wait_held()  # the first chunk, on bundle-b
+            r = httpx.post(server.url + "/admin/reload", json={"bundle": "long-requests"}, headers=ADMIN, timeout=60)
+            assert r.status_code == 200 and r.json()["model"]["bundle_id"] == "bundle-long", r.text
+            # Not synchronization: the old bundle must still be open after its busy time passed the grace
+            # period, which is what closed it.
+            time.sleep(3 * grace)
+        finally:
+            gate.release()
+        reply = answer.result()
+        assert reply.status_code == 200, reply.text
+        assert len(reply.json()["rewards"]) == 2
+        assert httpx.post(server.url + "/score", json={"prompt": PROMPT, "responses": RESPONSES[:1]},
+                          timeout=60).json()["model"]["bundle_id"] == "bundle-long"

@@ -101,3 +101,31 @@ def test_only_tls_1_2_and_later_with_forward_secret_suites(server, protocol):
     # TLS 1.2 without forward secrecy (RSA key exchange) or with CBC suites: refused.
     assert handshake(port, ssl.TLSVersion.TLSv1_2, "AES256-GCM-SHA384:AES128-SHA").startswith("refused")
     assert handshake(port, ssl.TLSVersion.TLSv1_2, "ECDHE-RSA-AES128-SHA").startswith("refused")
+
+
+def test_a_certificate_and_key_that_do_not_belong_together_stop_start_up(tmp_path, certificate, monkeypatch, capsys):
+    """A key of another certificate, a file that is not PEM, the two swapped: refused before the bundle
+    loads or a port is bound, naming both settings, instead of a traceback from the TLS library."""
+    from rmserve.cli import main
+
+    started = []
+
+    async def serve(settings):  # stands in for the server: a refused start never reaches it
+        started.append(settings)
+        return 0
+
+    monkeypatch.setattr("rmserve.service.process.runtime.serve", serve)
+    cert, key = certificate
+    other_key, other_cert = tmp_path / "other-key.pem", tmp_path / "other-cert.pem"
+    subprocess.run([require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout",
+                    str(other_key), "-out", str(other_cert), "-subj", "/CN=other"], check=True, capture_output=True)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    for cert_file, key_file in [(cert, other_key), (not_pem, key), (cert, not_pem), (key, cert)]:
+        code = main(["serve", "--bundle", str(bundle), "--tls-cert-file", str(cert_file), "--tls-key-file",
+                     str(key_file)])
+        err = capsys.readouterr().err
+        assert code == 2 and "tls_cert_file" in err and "tls_key_file" in err, (cert_file, key_file, err)
+        assert "Traceback" not in err
+    assert not started

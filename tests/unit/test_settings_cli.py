@@ -142,3 +142,47 @@ def test_row_limits_below_one_are_refused_naming_the_flag(argv, flag, capsys):
         main(argv)
     assert info.value.code == 2
     assert f"argument {flag}: must be at least 1" in capsys.readouterr().err
+
+
+def _never_serve(monkeypatch) -> list:
+    """Stand in for the server, so that a start the test expects to be refused cannot block it."""
+    started: list = []
+
+    async def serve(settings):
+        started.append(settings)
+        return 0
+
+    monkeypatch.setattr("rmserve.service.process.runtime.serve", serve)
+    return started
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--tls-cert-file", "{missing}", "--tls-key-file", "{missing}"], "setting 'tls_cert_file'"),
+    (["--tls-cert-file", "{directory}", "--tls-key-file", "{directory}"], "setting 'tls_cert_file'"),
+    (["--tls-key-file", "{file}"], "tls_cert_file and tls_key_file"),
+    (["--verifiers-config", "{missing}"], "setting 'verifiers_config'"),
+    (["--request-timeout-seconds", "400"], "request_timeout_seconds (400) is longer than max_request_timeout_seconds"),
+    (["--port", "18000", "--grpc-port", "18000"], "grpc_port"),
+])
+def test_settings_checked_together_or_on_disk_are_named(tiny_bundle, tmp_path, monkeypatch, capsys, flags, named):
+    started = _never_serve(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    paths = {"missing": tmp_path / "missing", "directory": tmp_path, "file": tmp_path / "file"}
+    flags = [flag.format(**paths) for flag in flags]
+    assert main(["serve", "--bundle", str(tiny_bundle), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "setting ''" not in err and "Value error" not in err, err
+    assert not started
+
+
+@pytest.mark.parametrize("setting", ["api_keys_file", "admin_api_keys_file"])
+def test_a_key_file_that_holds_no_key_stops_start_up(tiny_bundle, tmp_path, monkeypatch, capsys, setting):
+    """A key file given but empty (a Secret mounted before it was filled) would serve with authentication
+    off on loopback: refused, naming the setting and the file."""
+    started = _never_serve(monkeypatch)
+    keys = tmp_path / "keys"
+    keys.write_text("# the operators' keys go here\n\n")
+    assert main(["serve", "--bundle", str(tiny_bundle), "--" + setting.replace("_", "-"), str(keys)]) == 2
+    err = capsys.readouterr().err
+    assert setting in err and str(keys) in err and "no key" in err, err
+    assert not started

@@ -255,7 +255,8 @@ def server_options(settings: Any) -> list[tuple[str, int]]:
     then reconnects, possibly to a newer replica), and clients' own pings accepted no more often than
     every `_MIN_CLIENT_PING_MS`."""
     ms = 1000
-    return [("grpc.max_receive_message_length", settings.max_request_bytes),
+    return [("grpc.so_reuseport", 0),  # a second server on this port must fail, not take half of its calls
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
             ("grpc.server_handshake_timeout_ms", int(settings.header_timeout_seconds * ms)),
             ("grpc.keepalive_time_ms", _KEEPALIVE_MS), ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
             ("grpc.http2.min_ping_interval_without_data_ms", _MIN_CLIENT_PING_MS),

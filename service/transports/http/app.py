@@ -21,6 +21,7 @@ request (docs/performance-notes.md). Every other request goes on to FastAPI with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -105,10 +106,30 @@ class ScoringFront:
         return child
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        path = scope.get("path")
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
+
+        async def watched(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, watched)
+        except asyncio.CancelledError:
+            # What is still under way when the shutdown grace period ends is cancelled by uvicorn, which
+            # would answer a plain-text 500; the documented answer is 503, which clients retry elsewhere.
+            if started or not self.state.draining:
+                raise
+            if scope.get("path") in self.guard.counted_paths:
+                self._metric(self.state.metrics.requests, scope["path"], "http", ErrorKind.UNAVAILABLE.value).inc()
+            await error_response(ScoringError(ErrorKind.UNAVAILABLE, "the service shut down before this request "
+                                              "was answered; retry on another replica"))(scope, receive, send)
+
+    async def _handle(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path")
         if path not in SCORING_PATHS:
             admitted = await self.guard.admit(scope, receive, send)
             if admitted is not None:
