@@ -296,7 +296,11 @@ class Scorer:
         responses, fields = [row.response for row in rows], [row.field for row in rows]
         if self.verifiers is None:
             return check_all(None, responses, fields, references, names)
-        return await asyncio.to_thread(check_all, self.verifiers, responses, fields, references, names)
+        self.active_calls += 1  # a reload must not retire this scorer while the request it serves is checked
+        try:
+            return await asyncio.to_thread(check_all, self.verifiers, responses, fields, references, names)
+        finally:
+            self.active_calls -= 1
 
     def probability_a(self, reward_a: float, reward_b: float) -> float:
         z = (reward_a - reward_b) / self.manifest.calibration.temperature

@@ -337,6 +337,7 @@ def test_checks_run_off_the_event_loop_so_that_a_slow_one_holds_only_its_request
     from rmserve.service.core import scoring
 
     started, release = threading.Event(), threading.Event()
+    scorer = SimpleNamespace(verifiers=object(), active_calls=0)
 
     def held_check(verifiers, responses, fields, references, names):
         started.set()
@@ -344,13 +345,14 @@ def test_checks_run_off_the_event_loop_so_that_a_slow_one_holds_only_its_request
         return [("checked",)] * len(responses)
 
     monkeypatch.setattr(scoring, "check_all", held_check)
-    scorer = SimpleNamespace(verifiers=object())
     rows = [scoring.Row("p", "r", "responses.0")]
 
     async def main():
         check = asyncio.create_task(scoring.Scorer.check(scorer, rows))
         assert await asyncio.to_thread(started.wait, 30)
+        # The check counts as a call of its scorer: a reload meanwhile must not retire it under the request.
+        assert scorer.active_calls == 1
         release.set()  # the loop runs while the check is in progress
         return await check
 
-    assert asyncio.run(main()) == [("checked",)]
+    assert asyncio.run(main()) == [("checked",)] and scorer.active_calls == 0

@@ -109,24 +109,21 @@ class ScoringFront:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def watched(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self._handle(scope, receive, watched)
+            await self._handle(scope, receive, send)
         except asyncio.CancelledError:
             # What is still under way when the shutdown grace period ends is cancelled by uvicorn, which
             # would answer a plain-text 500; the documented answer is 503, which clients retry elsewhere.
-            if started or not self.state.draining:
+            # (Caught here rather than by watching every answer's messages: that cost each request a wrapper.)
+            if not self.state.draining:
                 raise
+            try:
+                await error_response(ScoringError(ErrorKind.UNAVAILABLE, "the service shut down before this "
+                                                  "request was answered; retry on another replica"))(scope, receive, send)
+            except RuntimeError:  # its answer had begun, and uvicorn refuses a second start
+                raise asyncio.CancelledError from None
             if scope.get("path") in self.guard.counted_paths:
                 self._metric(self.state.metrics.requests, scope["path"], "http", ErrorKind.UNAVAILABLE.value).inc()
-            await error_response(ScoringError(ErrorKind.UNAVAILABLE, "the service shut down before this request "
-                                              "was answered; retry on another replica"))(scope, receive, send)
 
     async def _handle(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path")
