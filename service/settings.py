@@ -6,6 +6,7 @@ that names the setting.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -182,3 +183,11 @@ class Settings(BaseSettings):
             raise ValueError(f"request_timeout_seconds ({self.request_timeout_seconds:g}) is longer than "
                              f"max_request_timeout_seconds ({self.max_request_timeout_seconds:g})")
         return self
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """`RMSERVE_*` variables that name no setting, which pydantic-settings ignores: a misspelt
+    `RMSERVE_API_KEY` would otherwise start a server without authentication and say nothing.
+    `RMSERVE_TEST_*` belong to the test suite."""
+    return sorted(name for name in environ if name.startswith("RMSERVE_") and not name.startswith("RMSERVE_TEST_")
+                  and name.removeprefix("RMSERVE_").lower() not in Settings.model_fields)

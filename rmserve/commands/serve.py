@@ -20,7 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rmserve.service.core.verification import load_verifiers
     from rmserve.service.process.reload import loads_or_closes_under_way
     from rmserve.service.process.runtime import preflight, serve
-    from rmserve.service.settings import Settings
+    from rmserve.service.settings import Settings, unknown_environment
     from rmserve.service.transports.tls import ListenError
 
     given: dict[str, Any] = {
@@ -35,6 +35,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"rmserve serve: {where}{message}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if unknown := unknown_environment(os.environ):
+        logging.getLogger("rmserve").warning("ignoring environment variables that name no setting: %s "
+                                             "(the settings: rmserve serve --help)", ", ".join(unknown))
     try:  # keys readable; no open port on a public address by accident
         preflight(settings)
     except ValueError as e:

@@ -186,3 +186,18 @@ def test_a_key_file_that_holds_no_key_stops_start_up(tiny_bundle, tmp_path, monk
     err = capsys.readouterr().err
     assert setting in err and str(keys) in err and "no key" in err, err
     assert not started
+
+
+def test_environment_variables_that_name_no_setting_are_reported(tiny_bundle, monkeypatch, caplog):
+    """pydantic-settings ignores them: a misspelt RMSERVE_API_KEY (the setting is api_keys) would start a
+    server without authentication and say nothing."""
+    from rmserve.service.settings import unknown_environment
+
+    environ = {"RMSERVE_API_KEY": "secret", "RMSERVE_API_KEYS": "k", "RMSERVE_TEST_CUDA": "1", "HOME": "/"}
+    assert unknown_environment(environ) == ["RMSERVE_API_KEY"]
+    started = _never_serve(monkeypatch)
+    monkeypatch.setenv("RMSERVE_API_KEY", "secret")
+    monkeypatch.setenv("RMSERVE_MAX_BATCH_SIZE", "8")
+    with caplog.at_level("WARNING", logger="rmserve"):
+        assert main(["serve", "--bundle", str(tiny_bundle)]) == 0
+    assert started and "name no setting: RMSERVE_API_KEY" in caplog.text and "MAX_BATCH_SIZE" not in caplog.text
