@@ -11,6 +11,7 @@ functions of `rmserve.training.metrics`; `format_summary` prints them and
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from rmserve.service.core.inputs import InputEncoder
 from rmserve.training import bootstrap
 from rmserve.training.data import load_pairs, load_preferences, shipped_data
 from rmserve.training.metrics import (
+    TEMPERATURE_BOUNDS,
     TIE,
     checked_labels,
     expected_calibration_error,
@@ -104,6 +106,13 @@ def labels_of(pairs: list[PreferencePair]) -> np.ndarray:
 def fit_calibration(delta: np.ndarray, labels: np.ndarray | None, source: str) -> Calibration:
     """A calibration fitted on `source` (named by its file first), saying what it was fitted on and what it gained."""
     temperature = fit_temperature(delta, labels)
+    low, high = TEMPERATURE_BOUNDS
+    if temperature <= low * (1 + 1e-9) or temperature >= high * (1 - 1e-9):
+        why = ("the rewards order every pair as its label does, so no finite T is best: P(a≻b) will be close to 0 "
+               "or 1" if temperature <= low * (1 + 1e-9) else "the rewards tell these pairs' preferences apart no "
+               "better than chance: P(a≻b) will be close to 0.5")
+        print(f"warning: the calibration temperature stopped at its bound, T={temperature:g}, on {source}: {why}",
+              file=sys.stderr)
     before, after = soft_log_loss(delta, labels), soft_log_loss(delta, labels, temperature)
     return Calibration(temperature=temperature,
                        fitted_on=f"{source}: {len(delta)} pairs, log-loss {before:.4f} at T=1, {after:.4f} at T={temperature:.4g}")

@@ -268,3 +268,14 @@ def test_summary_says_what_the_temperature_was_fitted_on_and_whether_that_is_thi
         line = next(line for line in summary.splitlines() if line.startswith("temperature fitted on "))
         assert fitted_on in line and ("in-sample" in line) == in_sample and ("out-of-sample" in line) != in_sample
     assert "[" not in format_summary({"bundle_id": "b", "data": "x", **metrics}).splitlines()[0]  # no intervals asked
+
+
+def test_a_calibration_temperature_at_its_bound_is_reported(capsys):
+    """Rewards that order every pair as labelled leave no finite best T (the fit stops at 0.01); rewards
+    that do not tell pairs apart push it to 100. Either is said, not written into the bundle silently."""
+    from rmserve.training.evaluate import fit_calibration
+
+    separated = fit_calibration(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 1.0]), "dev.jsonl")
+    assert separated.temperature == pytest.approx(0.01) and "stopped at its bound, T=0.01, on dev.jsonl" in capsys.readouterr().err
+    fitted = fit_calibration(np.array([1.0, -0.5, 2.0, 0.3]), np.array([1.0, 1.0, 1.0, 0.0]), "dev.jsonl")
+    assert 0.01 < fitted.temperature < 100 and "bound" not in capsys.readouterr().err
