@@ -264,9 +264,9 @@ def test_a_replaced_bundle_serves_its_long_requests_to_the_end(bundles):
             gate.wait_held()  # the first chunk, on bundle-b
             r = httpx.post(server.url + "/admin/reload", json={"bundle": "long-requests"}, headers=ADMIN, timeout=60)
             assert r.status_code == 200 and r.json()["model"]["bundle_id"] == "bundle-long", r.text
-            # Not synchronization: the old bundle must still be open after its busy time passed the grace
-            # period, which is what closed it.
-            time.sleep(3 * grace)
+            # Not synchronization: this checks that something does NOT happen (the old bundle closed once it
+            # had been busy for the grace period), so time must pass; with the fix nothing depends on how much.
+            time.sleep(3 * grace)  # not synchronization: lets the old time limit pass (see above)
         finally:
             gate.release()
         reply = answer.result()
